@@ -1,0 +1,1 @@
+"""Data sources (image folders, tables, webdataset tars, clip-retrieval folders) and the demo world."""
