@@ -43,8 +43,9 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            shape, _, dtype = np.lib.format._read_array_header(f, version)  # noqa: SLF001
-    except (OSError, ValueError) as err:
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[version]
+            shape, _, dtype = read(f)
+    except (OSError, ValueError, KeyError) as err:
         raise DataError(f"{path} is not a readable .npy file ({err}); re-create it with `clipsim embed`") from err
     return shape, dtype
 
