@@ -68,8 +68,11 @@ class SearchResult:
                 reasons.append(f"{role} set {name!r} embeddings changed")
         for ref, fp in self.config.get("references", {}).items():
             try:
-                if SearchResult.load(self.ws, self.test, ref).fingerprint != fp:
+                ref_result = SearchResult.load(self.ws, self.test, ref)
+                if ref_result.fingerprint != fp:
                     reasons.append(f"reference search {self.test!r} vs {ref!r} changed")
+                elif ref_result.stale:  # margins were computed from an s_ref that no longer matches its inputs
+                    reasons.append(f"reference search {self.test!r} vs {ref!r} is stale")
             except WorkspaceError:
                 reasons.append(f"reference search {self.test!r} vs {ref!r} is gone")
         return reasons
@@ -114,6 +117,8 @@ class SearchResult:
         for index in self.config["shards"]:
             with np.load(self.folder / "stats" / f"shard_{index}.npz") as z:
                 key = name.replace("/", "__")
+                if not z.files:  # a shard with no rows (all its images failed to embed) stores no arrays
+                    continue
                 if key not in z.files:
                     raise WorkspaceError(
                         f"statistic {name!r} was not computed for {self.train!r} vs {self.test!r} "
@@ -197,7 +202,7 @@ def _run_pass(ws, train, train_set, tests, k, reference, precision, device, bloc
         groups.append(Group(t, start, start + emb.count, {use_ref: offsets} if use_ref else None))
         inputs[t] = {"test": emb.fingerprint(), "references": {use_ref: ref_fp} if use_ref else {}}
         start += emb.count
-    signature = _digest(train_set.fingerprint(), inputs, k)
+    signature = _digest(train_set.fingerprint(), list(tests), inputs, k)  # test order fixes the query rows of the state
     _log_memory(start, train_set.dim, k, block_rows)
     scanner = ExactScanner(np.concatenate(queries), groups, k, precision, dev)
     pass_dir = ws.path("search", train, "_pass")

@@ -205,10 +205,13 @@ class EmbeddingSet:
         return out
 
     def all(self) -> np.ndarray:
-        """All rows (n, dim) float16; only for sets that fit in memory (test sets)."""
+        """All rows (n, dim) float16, validated like `iter_blocks`; only for sets that fit in memory (test sets)."""
         if not self.shards:
             return np.zeros((0, self.dim), dtype=np.float16)
-        return np.concatenate([np.asarray(self.load(s), dtype=np.float16) for s in self.shards])
+        parts = [np.asarray(self.load(s), dtype=np.float16) for s in self.shards]
+        for shard, rows in zip(self.shards, parts):
+            check_rows(shard.emb, rows)
+        return np.concatenate(parts)
 
     def metadata(self, columns: list[str] | None = None, shards: list[Shard] | None = None) -> pd.DataFrame:
         """Concatenated metadata of the given shards (default all), row-aligned with `all()`."""

@@ -137,7 +137,14 @@ class Workspace:
         if entry is None:
             known = ", ".join(sorted(self._registry["datasets"])) or "none"
             raise WorkspaceError(f"no dataset {name!r} in workspace {self.root} (registered: {known})")
-        return Dataset(name=name, **entry)
+        ds = Dataset(name=name, **entry)
+        ds.source = str(self.resolve(ds.source))
+        return ds
+
+    def resolve(self, path: str | Path) -> Path:
+        """A registry path made absolute: relative paths are relative to the workspace folder."""
+        path = Path(path)
+        return path if path.is_absolute() else self.root / path
 
     def dataset_names(self, role: str | None = None) -> list[str]:
         """Registered dataset names in registration order, optionally of one role."""

@@ -141,8 +141,8 @@ def _mask(scene: Scene) -> Image.Image:
 
 
 def _texture(scene: Scene, rng: np.random.Generator, base: tuple[int, int, int]) -> np.ndarray:
-    n = SIZE * SUPER
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / SUPER
+    """Fill pattern of the object: (SIZE, SIZE, 3) float32 in 0..255."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
     col = np.array(base, np.float32)
     if scene.texture == 0:
         f = 0.5 + 0.5 * np.sign(np.sin((xx * math.cos(scene.hue * 9) + yy * math.sin(scene.hue * 9)) * 0.9))
@@ -150,41 +150,41 @@ def _texture(scene: Scene, rng: np.random.Generator, base: tuple[int, int, int])
     elif scene.texture == 1:
         shade = 0.75 + 0.25 * ((np.sin(xx * 1.3) * np.sin(yy * 1.3)) > 0.3)
     elif scene.texture == 2:
-        noise = rng.random((SIZE // 4, SIZE // 4)).astype(np.float32)
-        shade = 0.7 + 0.3 * np.kron(noise, np.ones((4 * SUPER, 4 * SUPER), np.float32))
+        shade = 0.7 + 0.3 * np.kron(rng.random((SIZE // 4, SIZE // 4)).astype(np.float32), np.ones((4, 4), np.float32))
     else:
-        shade = np.ones((n, n), np.float32)
+        shade = np.ones((SIZE, SIZE), np.float32)
     light = 1.0 - 0.35 * ((xx - scene.cx) + (yy - scene.cy)) / (SIZE * 1.2)  # light from the top-left
     return np.clip(col[None, None, :] * (shade * light)[..., None], 0, 255)
 
 
-def _background(scene: Scene, rng: np.random.Generator, clutter: int) -> Image.Image:
+def _background(rng: np.random.Generator, clutter: int) -> np.ndarray:
+    """Gradient with blurred clutter: (SIZE, SIZE, 3) float32."""
     h0, h1 = rng.uniform(0, 1, 2)
     c0, c1 = np.array(_rgb(h0, 0.35, 0.75)), np.array(_rgb(h1, 0.35, 0.45))
-    t = np.linspace(0, 1, SIZE * SUPER, dtype=np.float32)[:, None, None]
-    bg = Image.fromarray((c0 * (1 - t) + c1 * t).repeat(SIZE * SUPER, axis=1).astype(np.uint8))
+    t = np.linspace(0, 1, SIZE, dtype=np.float32)[:, None, None]
+    bg = Image.fromarray((c0 * (1 - t) + c1 * t).repeat(SIZE, axis=1).astype(np.uint8))
     draw = ImageDraw.Draw(bg)
     for _ in range(clutter):
-        x, y = rng.uniform(0, SIZE * SUPER, 2)
-        r = rng.uniform(2, 9) * SUPER
+        x, y = rng.uniform(0, SIZE, 2)
+        r = rng.uniform(2, 9)
         colour = _rgb(rng.uniform(0, 1), rng.uniform(0.2, 0.7), rng.uniform(0.3, 0.9))
         if rng.random() < 0.5:
             draw.ellipse([x - r, y - r * rng.uniform(0.4, 1), x + r, y + r], fill=colour)
         else:
-            draw.line([x, y, x + rng.uniform(-1, 1) * 4 * r, y + rng.uniform(-1, 1) * 4 * r], fill=colour, width=SUPER * 2)
-    return bg.filter(ImageFilter.GaussianBlur(SUPER * 0.8))
+            draw.line([x, y, x + rng.uniform(-1, 1) * 4 * r, y + rng.uniform(-1, 1) * 4 * r], fill=colour, width=2)
+    return np.asarray(bg.filter(ImageFilter.GaussianBlur(0.8)), np.float32)
 
 
 def _photo(scene: Scene, rng: np.random.Generator, dark: bool = False) -> Image.Image:
-    bg = _background(scene, rng, clutter=int(rng.integers(4, 10)))
-    mask = _mask(scene)
-    shadow = Image.new("L", mask.size, 0)
-    shadow.paste(mask, (2 * SUPER, 2 * SUPER))
-    bg.paste((20, 20, 20), (0, 0), shadow.filter(ImageFilter.GaussianBlur(3 * SUPER)).point(lambda v: v // 2))
-    obj = Image.fromarray(_texture(scene, rng, _rgb(scene.hue, scene.sat, scene.val)).astype(np.uint8))
-    bg.paste(obj, (0, 0), mask)
-    img = bg.resize((SIZE, SIZE), Image.LANCZOS)
-    arr = np.asarray(img, np.float32) + rng.normal(0, 6, (SIZE, SIZE, 3))
+    bg = _background(rng, clutter=int(rng.integers(4, 10)))
+    alpha_img = _mask(scene).resize((SIZE, SIZE), Image.BOX)
+    alpha = np.asarray(alpha_img, np.float32)[..., None] / 255
+    shadow = Image.new("L", (SIZE, SIZE), 0)
+    shadow.paste(alpha_img, (2, 2))
+    shadow_a = np.asarray(shadow.filter(ImageFilter.GaussianBlur(3)), np.float32)[..., None] / 510
+    bg = bg * (1 - shadow_a) + 20 * shadow_a
+    arr = bg * (1 - alpha) + _texture(scene, rng, _rgb(scene.hue, scene.sat, scene.val)) * alpha
+    arr = arr + rng.normal(0, 6, (SIZE, SIZE, 3))
     if dark:
         arr = arr * 0.45 + 30
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))

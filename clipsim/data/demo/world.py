@@ -37,7 +37,7 @@ class DemoSize:
 
 
 PRESETS = {
-    "full": DemoSize(web=24_000, curated=6_000, test=480, planted_share=0.1, web_shard=6_000, train_steps=300, batch=256),
+    "full": DemoSize(web=24_000, curated=6_000, test=480, planted_share=0.1, web_shard=6_000, train_steps=240, batch=256),
     "small": DemoSize(web=3_000, curated=960, test=96, planted_share=0.125, web_shard=1_000, train_steps=60, batch=128),
 }
 

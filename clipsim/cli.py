@@ -1,0 +1,220 @@
+"""Command line: `python -m clipsim <command> --workspace DIR ...`; each command is one library call.
+
+Commands register their arguments in `COMMANDS`; later modules (prune, jobs, report) add theirs the same way.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable
+
+from clipsim.errors import ClipsimError
+from clipsim.workspace import Workspace, default_root
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help_text: str, add_args: Callable[[argparse.ArgumentParser], None]):
+    """Register a subcommand: decorated function takes the parsed namespace, returns an exit code."""
+
+    def wrap(fn: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = (help_text, add_args, fn)
+        return fn
+
+    return wrap
+
+
+def tqdm_progress() -> Callable[[int, int, str], None]:
+    """A progress callback drawing one tqdm bar per description."""
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def update(done: int, total: int, desc: str = "") -> None:
+        key = desc.split(" (")[0]
+        bar = bars.get(key)
+        if bar is None:
+            for old in bars.values():
+                old.close()
+            bar = bars[key] = tqdm(total=total, desc=key, unit="it", dynamic_ncols=True, leave=True, file=sys.stderr)
+        bar.total = max(total, done)
+        bar.n = done
+        bar.set_postfix_str(desc[len(key):].strip(" ()"), refresh=False)
+        bar.refresh()
+
+    return update
+
+
+def csv_list(value: str | None) -> list[str] | None:
+    """'a,b' -> ['a', 'b']; None stays None."""
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+# ----- commands --------------------------------------------------------------------------------------
+def _no_args(p: argparse.ArgumentParser) -> None:
+    return None
+
+
+@command("init", "create an empty workspace", _no_args)
+def cmd_init(args: argparse.Namespace) -> int:
+    ws = Workspace.create(args.workspace)
+    print(f"workspace ready at {ws.root.resolve()}")
+    return 0
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="world seed (same seed, same demo)")
+    p.add_argument("--size", choices=["full", "small"], default="full", help="'small' builds in about a minute")
+    p.add_argument("--workers", type=int, default=2, help="processes for drawing and decoding")
+
+
+@command("demo", "build the embedded demo workspace (offline, CPU, a few minutes)", _demo_args)
+def cmd_demo(args: argparse.Namespace) -> int:
+    from clipsim.data.demo.build import build_demo
+
+    ws = build_demo(args.workspace, seed=args.seed, size=args.size, workers=args.workers, progress=tqdm_progress())
+    print(ws.datasets().to_string(index=False))
+    return 0
+
+
+def _register_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", required=True)
+    p.add_argument("--role", choices=["train", "test"], required=True)
+    p.add_argument("--kind", choices=["folder", "table", "wds", "embeddings"], required=True)
+    p.add_argument("--source", required=True, help="image folder, table file, tar folder/glob, or clip-retrieval folder")
+    p.add_argument("--classes", help="text file with one class name per line (label i = line i); "
+                                     "default for folders: the sorted sub-folder names")
+
+
+@command("register", "register a dataset (image folder, table, webdataset tars, clip-retrieval embeddings)", _register_args)
+def cmd_register(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from clipsim.data.sources import open_source
+
+    ws = Workspace.create(args.workspace)
+    classes = None
+    if args.classes:
+        classes = [line.strip() for line in Path(args.classes).read_text().splitlines() if line.strip()]
+    elif args.kind == "folder":
+        classes = open_source("folder", args.source).classes or None
+    ds = ws.register_dataset(args.name, args.role, Path(args.source).resolve(), args.kind, classes=classes)
+    print(f"registered {ds.name} ({ds.role}, {ds.kind}, {len(ds.classes or [])} classes) from {ds.source}")
+    return 0
+
+
+def _embed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--datasets", help="comma-separated (default: all registered)")
+    p.add_argument("--model", help="open_clip architecture or JSON config path "
+                                   "(default: the workspace's similarity model, else ViT-B-16-plus-240)")
+    p.add_argument("--pretrained", help="pretrained tag from the local cache or a checkpoint path "
+                                        "(default: the workspace's, else laion400m_e32)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true", help="discard existing shards and re-embed")
+
+
+@command("embed", "embed registered datasets into clip-retrieval shards (resumable)", _embed_args)
+def cmd_embed(args: argparse.Namespace) -> int:
+    from clipsim.embed import DEFAULT_MODEL, DEFAULT_PRETRAINED, embed_dataset
+
+    ws = Workspace.open(args.workspace)
+    saved = ws.settings.get("similarity_model", {})
+    model = args.model or (str(ws.resolve(saved["model"])) if "model" in saved else DEFAULT_MODEL)
+    pretrained = args.pretrained or (str(ws.resolve(saved["pretrained"])) if "pretrained" in saved else DEFAULT_PRETRAINED)
+    for name in csv_list(args.datasets) or ws.dataset_names():
+        emb = embed_dataset(ws, name, model=model, pretrained=pretrained, batch_size=args.batch_size,
+                            workers=args.workers, device=args.device, progress=tqdm_progress(), force=args.force)
+        print(f"{name}: {emb.count} embeddings of dimension {emb.dim}")
+    return 0
+
+
+def _search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train", help="comma-separated train sets (default: all)")
+    p.add_argument("--tests", help="comma-separated test sets (default: all)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--reference", help="train set giving s_ref(t) for similarity-gap margins "
+                                       "(default: the workspace's reference setting)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--block-rows", type=int, default=65536)
+    p.add_argument("--force", action="store_true")
+
+
+@command("search", "exact nearest neighbours and per-sample statistics (resumable)", _search_args)
+def cmd_search(args: argparse.Namespace) -> int:
+    from clipsim.search import search
+
+    ws = Workspace.open(args.workspace)
+    reference = args.reference or ws.settings.get("reference")
+    trains = csv_list(args.train) or ws.dataset_names("train")
+    if reference in trains:  # margins against the reference need its own search first
+        trains = [reference] + [t for t in trains if t != reference]
+    tests = csv_list(args.tests) or ws.dataset_names("test")
+    for train in trains:
+        results = search(ws, train, tests, k=args.k, reference=reference, precision=args.precision,
+                         device=args.device, block_rows=args.block_rows, force=args.force, progress=tqdm_progress())
+        for test, res in results.items():
+            print(f"{test} vs {train}: median s_{train}(t) = {float(res.nn_similarity().median()):.4f}")
+    return 0
+
+
+def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+@command("status", "datasets and artifacts of a workspace", _status_args)
+def cmd_status(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace)
+    status = ws.status()
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+        return 0
+    print(f"workspace {status['workspace']}")
+    print(ws.datasets().to_string(index=False))
+    for s in status["searches"]:
+        flag = "STALE: " + "; ".join(s["stale"]) if s["stale"] else "fresh"
+        print(f"search {s['test']} vs {s['train']} (k={s['k']}): {flag}")
+    return 0
+
+
+# ----- entry point -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser with every registered command."""
+    _load_command_modules()
+    parser = argparse.ArgumentParser(prog="python -m clipsim", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_args, fn) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--workspace", default=str(default_root()),
+                       help="workspace folder (default: $CLIPSIM_WORKSPACE or ./workspace)")
+        p.add_argument("-v", "--verbose", action="store_true")
+        add_args(p)
+        p.set_defaults(func=fn)
+    return parser
+
+
+COMMAND_MODULES: tuple[str, ...] = ()  # modules whose import registers more commands
+
+
+def _load_command_modules() -> None:
+    """Import modules that register further commands (kept out of the core import path)."""
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (2 with a one-line message for user errors)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("clipsim").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return args.func(args)
+    except ClipsimError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
