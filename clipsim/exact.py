@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-PAIR_BATCH = 16384  # exact re-check batch: pairs x dim x 16 bytes stays near 100 MB at dim 640
+NORM_SLACK = 1.001  # safety factor on float32-computed norms (error <= (d + 2) 2^-24 relative)
+PAIR_BATCH = 512  # CPU re-check batch: gathered rows stay in cache (0.5 us/pair at dim 512 vs 3.7 at 16384)
 
 
 def default_precision(device: torch.device) -> str:
@@ -64,16 +65,20 @@ class Screen:
         """Round float16 rows to the screen precision.
 
         Returns:
-            (x_lo, max_norm, max_residual): x_lo (n, d) in the screen dtype, the largest row norm of x_lo
-            and the largest norm of x16 - x_lo (both float64 scalars, 0 for empty input).
+            (x_lo, max_norm, max_residual): x_lo (n, d) in the screen dtype, an upper bound on the row norms of
+            x16 and x_lo, and one on the norms of x16 - x_lo (0 for empty input or an exact screen).
         """
         x_lo = x16.to(self.dtype)
         if len(x16) == 0:
             return x_lo, 0.0, 0.0
-        x64 = x16.double()
-        norm = float(torch.linalg.vector_norm(x64, dim=1).max())
-        lo_norm = float(torch.linalg.vector_norm(x_lo.double(), dim=1).max())
-        resid = float(torch.linalg.vector_norm(x64 - x_lo.double(), dim=1).max())
+        # float32 norms are within (d + 2) * 2^-24 of the true value (relative); NORM_SLACK covers d <= 16k.
+        x32 = x16.float()
+        norm = float(torch.linalg.vector_norm(x32, dim=1).max()) * NORM_SLACK
+        if self.dtype in (torch.float32, torch.float16):  # float16 rows are exact in both
+            return x_lo, norm, 0.0
+        lo32 = x_lo.float()
+        lo_norm = float(torch.linalg.vector_norm(lo32, dim=1).max()) * NORM_SLACK
+        resid = float(torch.linalg.vector_norm(x32 - lo32, dim=1).max()) * NORM_SLACK  # difference is exact
         return x_lo, max(norm, lo_norm), resid
 
     def product(self, q_lo: torch.Tensor, x_lo: torch.Tensor) -> torch.Tensor:
@@ -97,12 +102,16 @@ class Screen:
 
 
 def exact_dots(q16: torch.Tensor, qi: torch.Tensor, x16: torch.Tensor, xj: torch.Tensor) -> torch.Tensor:
-    """Canonical similarities of pairs (q16[qi[n]], x16[xj[n]]): float32 (n_pairs,) on q16's device."""
+    """Canonical similarities of pairs (q16[qi[n]], x16[xj[n]]): float32 (n_pairs,) on q16's device.
+
+    float16 x float16 products are exact in float32 (22 significant bits), so only the sum needs float64.
+    """
     out = torch.empty(len(qi), dtype=torch.float32, device=q16.device)
-    for lo in range(0, len(qi), PAIR_BATCH):
-        a = q16[qi[lo : lo + PAIR_BATCH]].double()
-        b = x16[xj[lo : lo + PAIR_BATCH]].double()
-        out[lo : lo + PAIR_BATCH] = (a * b).sum(dim=1).float()
+    batch = PAIR_BATCH if q16.device.type == "cpu" else 65536
+    for lo in range(0, len(qi), batch):
+        a = q16[qi[lo : lo + batch]].float()
+        b = x16[xj[lo : lo + batch]].float()
+        out[lo : lo + batch] = (a * b).double().sum(dim=1).float()
     return out
 
 

@@ -37,9 +37,9 @@ def write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Atomically write `obj` as indented, key-sorted JSON."""
-    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+def write_json(path: Path, obj: Any, sort_keys: bool = True) -> None:
+    """Atomically write `obj` as indented JSON (keys sorted unless their order carries meaning)."""
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=sort_keys, default=str) + "\n").encode())
 
 
 def read_json(path: Path) -> Any:

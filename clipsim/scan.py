@@ -14,6 +14,7 @@ import torch
 from clipsim.exact import Screen, exact_dots, exact_margin
 
 TILE_ELEMENTS = 2**24  # one float32 product tile (64 MB); bounds memory beside the block itself
+_NO_ID = torch.iinfo(torch.int64).max  # empty top-k slots sort after every real id
 
 
 @dataclass
@@ -30,6 +31,41 @@ class Group:
     offsets: dict[str, np.ndarray] | None = None
 
 
+class _RowMax:
+    """Per-train-row maximum of one statistic over a group's query chunks, re-checked exactly once per block.
+
+    Chunks only add candidate pairs whose screened value lies within 2 * bound of the running screened
+    maximum; pairs the final maximum rules out are dropped before the exact re-check.
+    """
+
+    def __init__(self, n_rows: int, bound: float, offsets: torch.Tensor | None, device: torch.device):
+        self.bound, self.offsets = bound, offsets
+        self.lo_max = torch.full((n_rows,), -torch.inf, device=device)
+        self.qi, self.xj, self.s = [], [], []
+
+    def add(self, s: torch.Tensor, q0: int) -> None:
+        """s: (chunk, n_rows) screened statistic for group rows q0 .. q0 + chunk."""
+        self.lo_max = torch.maximum(self.lo_max, s.max(dim=0).values)
+        qi, xj = torch.nonzero(s >= (self.lo_max - 2 * self.bound)[None, :], as_tuple=True)
+        self.qi.append(qi + q0)
+        self.xj.append(xj)
+        self.s.append(s[qi, xj])
+
+    def exact(self, q16, x16, g0: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(max (n_rows,) f32, first argmax (n_rows,) i64 within the group, pairs re-checked)."""
+        qi, xj, s = torch.cat(self.qi), torch.cat(self.xj), torch.cat(self.s)
+        keep = s >= self.lo_max[xj] - 2 * self.bound
+        qi, xj = qi[keep], xj[keep]
+        vals = exact_dots(q16, qi + g0, x16, xj)
+        if self.offsets is not None:
+            vals = exact_margin(vals, self.offsets[qi])
+        n = len(self.lo_max)
+        best = torch.full((n,), -torch.inf, device=vals.device).scatter_reduce(0, xj, vals, "amax")
+        tie = vals == best[xj]
+        arg = torch.full((n,), _NO_ID, dtype=torch.int64, device=vals.device).scatter_reduce(0, xj[tie], qi[tie], "amin")
+        return best, arg, len(vals)
+
+
 class ExactScanner:
     """Streams train blocks (global row order) against queries; exact top-k and per-row statistics.
 
@@ -39,10 +75,12 @@ class ExactScanner:
         k: neighbours kept per query.
         precision: screen precision ('fp32', 'bf16', 'fp16').
         device: torch device.
+        row_stats: also compute per-train-row maxima (and margins); off for a pure top-k search.
     """
 
-    def __init__(self, queries: np.ndarray, groups: list[Group], k: int, precision: str, device: torch.device):
-        self.k, self.groups, self.device = k, groups, device
+    def __init__(self, queries: np.ndarray, groups: list[Group], k: int, precision: str, device: torch.device,
+                 row_stats: bool = True):
+        self.k, self.groups, self.device, self.row_stats = k, groups, device, row_stats
         self.q16 = torch.as_tensor(np.ascontiguousarray(queries, dtype=np.float16), device=device)
         self.screen = Screen(precision, device, queries.shape[1])
         self.q_lo, nq, rq = self.screen.prepare(self.q16)
@@ -61,8 +99,8 @@ class ExactScanner:
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore a checkpoint made by `state()`."""
-        self.top_s = torch.as_tensor(state["top_s"], device=self.device)
-        self.top_i = torch.as_tensor(state["top_i"], device=self.device)
+        self.top_s = torch.as_tensor(state["top_s"], device=self.device).clone()
+        self.top_i = torch.as_tensor(state["top_i"], device=self.device).clone()
 
     def add_block(self, block: np.ndarray, base: int) -> dict[str, dict[str, np.ndarray]]:
         """Score one train block; update the top-k and return its per-row statistics.
@@ -73,87 +111,82 @@ class ExactScanner:
 
         Returns:
             {group: {"max_sim": (n_b,) f32, "argmax": (n_b,) i32, "margin/<ref>": (n_b,) f32,
-            "margin_argmax/<ref>": (n_b,) i32}}; argmax indexes the group's rows.
+            "margin_argmax/<ref>": (n_b,) i32}} ({} per group without row_stats); argmax indexes the group.
         """
-        x16 = torch.as_tensor(np.ascontiguousarray(block, dtype=np.float16), device=self.device)
+        block = np.ascontiguousarray(block, dtype=np.float16)
+        x16 = torch.from_numpy(block if block.flags.writeable else block.copy()).to(self.device)
         x_lo, nx, rx = self.screen.prepare(x16)
         bound = self.screen.bound(self.q_stats, (nx, rx))
         chunk = max(1, TILE_ELEMENTS // max(1, len(block)))
         stats = {}
         for g in self.groups:
-            best: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+            maxima = {}
+            if self.row_stats and g.stop > g.start:
+                maxima[""] = _RowMax(len(block), bound, None, self.device)
+                for ref, off in self.offsets[g.name].items():
+                    maxima[ref] = _RowMax(len(block), bound + 2.0**-21, off, self.device)  # + rounding of s - off
             for lo in range(g.start, g.stop, chunk):
                 hi = min(g.stop, lo + chunk)
                 s = self.screen.product(self.q_lo[lo:hi], x_lo)
                 self._update_topk(s, lo, x16, base, bound)
-                part = {"": self._row_max(s, lo, x16, bound, None)}
-                for ref, off in self.offsets[g.name].items():
-                    part[ref] = self._row_max(s, lo, x16, bound + 2.0**-21, off[lo - g.start : hi - g.start])
-                for key, (val, arg) in part.items():
-                    arg = arg + (lo - g.start)
-                    if key in best:  # later chunks hold higher query indices: replace only when strictly greater
-                        old_val, old_arg = best[key]
-                        take = val > old_val
-                        val, arg = torch.where(take, val, old_val), torch.where(take, arg, old_arg)
-                    best[key] = (val, arg)
-            out = {"max_sim": best[""][0], "argmax": best[""][1]}
-            for ref in self.offsets[g.name]:
-                out[f"margin/{ref}"], out[f"margin_argmax/{ref}"] = best[ref]
-            stats[g.name] = {
-                name: v.cpu().numpy().astype(np.float32 if v.is_floating_point() else np.int32) for name, v in out.items()
-            }
+                for ref, acc in maxima.items():
+                    acc.add(s if ref == "" else s - acc.offsets[lo - g.start : hi - g.start, None], lo - g.start)
+            stats[g.name] = self._finish_rows(maxima, x16, g)
         return stats
 
-    def _row_max(self, s, q0, x16, bound, offsets) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact per-train-row max over this query chunk of c (or of c - offset) and its first argmax."""
-        adj = s if offsets is None else s - offsets[:, None]
-        lo_max = adj.max(dim=0).values
-        qi, xj = torch.nonzero(adj >= (lo_max - 2 * bound)[None, :], as_tuple=True)
-        vals = exact_dots(self.q16, qi + q0, x16, xj)
-        self.rechecked += len(vals)
-        if offsets is not None:
-            vals = exact_margin(vals, offsets[qi])
-        n_b = s.shape[1]
-        best = torch.full((n_b,), -torch.inf, device=s.device).scatter_reduce(0, xj, vals, "amax")
-        tie = vals == best[xj]
-        arg = torch.full((n_b,), len(s), dtype=torch.int64, device=s.device)
-        arg = arg.scatter_reduce(0, xj[tie], qi[tie], "amin")
-        return best, arg
+    def _finish_rows(self, maxima: dict[str, _RowMax], x16: torch.Tensor, g: Group) -> dict[str, np.ndarray]:
+        out = {}
+        for ref, acc in maxima.items():
+            best, arg, n = acc.exact(self.q16, x16, g.start)
+            self.rechecked += n
+            names = ("max_sim", "argmax") if ref == "" else (f"margin/{ref}", f"margin_argmax/{ref}")
+            out[names[0]] = best.cpu().numpy().astype(np.float32)
+            out[names[1]] = arg.cpu().numpy().astype(np.int32)
+        return out
 
-    def _update_topk(self, s, q0, x16, base, bound) -> None:
-        """Merge this tile's exact candidates into the running top-k of query rows q0 .. q0 + len(s)."""
+    def _update_topk(self, s: torch.Tensor, q0: int, x16: torch.Tensor, base: int, bound: float) -> None:
+        """Merge this tile's exact candidates into the running top-k of query rows q0 .. q0 + len(s).
+
+        After the merge the k-th best is at least L = max(old k-th, v_k - bound), v_k being the tile's k-th
+        largest screened value; so only entries screened at >= L - bound can enter, and all of them are
+        re-checked.
+        """
         rows = torch.arange(q0, q0 + len(s), device=s.device)
         kth = self.top_s[rows, -1]
         active = torch.nonzero(s.max(dim=1).values + bound >= kth, as_tuple=True)[0]
         if len(active) == 0:
             return
-        m = min(self.k + 1, s.shape[1])
-        lo_vals, lo_idx = torch.topk(s[active], m, dim=1)
-        n_take = min(self.k, s.shape[1])
-        cand = lo_idx[:, :n_take]
-        qi = (active + q0)[:, None].expand_as(cand)
-        vals = exact_dots(self.q16, qi.reshape(-1), x16, cand.reshape(-1)).view(cand.shape)
-        self.rechecked += vals.numel()
-        self._merge(rows[active], vals, cand + base)
-        if m == self.k + 1:  # an item outside the screened top-k may still beat the new k-th: re-check those rows
-            unsafe = torch.nonzero(lo_vals[:, -1] + bound >= self.top_s[rows[active], -1], as_tuple=True)[0]
-            for a in unsafe.tolist():
-                r = int(active[a])
-                j = torch.nonzero(s[r] >= self.top_s[q0 + r, -1] - bound, as_tuple=True)[0]
-                j = j[~torch.isin(j + base, self.top_i[q0 + r])]  # already merged above
-                qj = torch.full_like(j, q0 + r)
-                v = exact_dots(self.q16, qj, x16, j)
-                self.rechecked += len(v)
-                self._merge(torch.tensor([q0 + r], device=s.device), v[None], (j + base)[None])
+        s_a, kth_a = s[active], kth[active]
+        floor = kth_a
+        if s.shape[1] >= self.k:
+            v_k = torch.topk(s_a, self.k, dim=1, sorted=False).values.min(dim=1).values
+            floor = torch.maximum(kth_a, v_k - bound)
+        r, j = torch.nonzero(s_a >= (floor - bound)[:, None], as_tuple=True)
+        vals = exact_dots(self.q16, active[r] + q0, x16, j)
+        self.rechecked += len(vals)
+        enter = vals > kth_a[r]  # equal to the old k-th cannot enter: block ids are larger than the running ones
+        if enter.any():
+            self._merge(rows[active], r[enter], vals[enter], j[enter] + base)
 
-    def _merge(self, rows: torch.Tensor, vals: torch.Tensor, ids: torch.Tensor) -> None:
-        """Keep the k best of (running, new) per row, ordered by (-sim, id)."""
-        all_s = torch.cat([self.top_s[rows], vals], dim=1)
-        all_i = torch.cat([self.top_i[rows], ids], dim=1)
-        all_i = torch.where(all_i < 0, torch.iinfo(torch.int64).max, all_i)  # empty slots sort last
-        order = torch.sort(all_i, dim=1, stable=True).indices
-        all_s, all_i = all_s.gather(1, order), all_i.gather(1, order)
-        order = torch.sort(-all_s, dim=1, stable=True).indices[:, : self.k]
-        all_i = all_i.gather(1, order)
-        self.top_s[rows] = all_s.gather(1, order)
-        self.top_i[rows] = torch.where(all_i == torch.iinfo(torch.int64).max, -1, all_i)
+    def _merge(self, rows: torch.Tensor, r: torch.Tensor, vals: torch.Tensor, ids: torch.Tensor) -> None:
+        """Keep the k best of (running, new pairs) per row, ordered by (-sim, id); r indexes `rows`."""
+        counts = torch.bincount(r, minlength=len(rows))
+        used = torch.nonzero(counts, as_tuple=True)[0]
+        order = torch.argsort(r, stable=True)
+        r, vals, ids = r[order], vals[order], ids[order]
+        starts = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(len(r), device=r.device) - starts[r]
+        width = int(counts.max())
+        slot = torch.searchsorted(used, r)
+        new_s = torch.full((len(used), width), -torch.inf, device=vals.device)
+        new_i = torch.full((len(used), width), _NO_ID, dtype=torch.int64, device=vals.device)
+        new_s[slot, pos], new_i[slot, pos] = vals, ids
+        target = rows[used]
+        all_s = torch.cat([self.top_s[target], new_s], dim=1)
+        all_i = torch.cat([self.top_i[target].masked_fill(self.top_i[target] < 0, _NO_ID), new_i], dim=1)
+        by_id = torch.sort(all_i, dim=1, stable=True).indices
+        all_s, all_i = all_s.gather(1, by_id), all_i.gather(1, by_id)
+        best = torch.sort(-all_s, dim=1, stable=True).indices[:, : self.k]
+        all_i = all_i.gather(1, best)
+        self.top_s[target] = all_s.gather(1, best)
+        self.top_i[target] = all_i.masked_fill(all_i == _NO_ID, -1)

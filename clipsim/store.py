@@ -189,7 +189,7 @@ class EmbeddingSet:
         for shard in shards if shards is not None else self.shards:
             emb = self.load(shard)
             for lo in range(0, shard.rows, block_rows):
-                block = np.asarray(emb[lo : lo + block_rows], dtype=np.float16)
+                block = np.array(emb[lo : lo + block_rows], dtype=np.float16)  # read into memory once
                 check_rows(shard.emb, block, first_row=lo)
                 yield shard, shard.start + lo, block
 

@@ -93,7 +93,7 @@ class Workspace:
     def _save(self) -> None:
         if read_only():
             raise ReadOnlyError("this workspace is served read-only (CLIPSIM_READ_ONLY=1); nothing was changed")
-        fileio.write_json(self.root / REGISTRY, self._registry)
+        fileio.write_json(self.root / REGISTRY, self._registry, sort_keys=False)  # keeps dataset order
 
     def reload(self) -> None:
         """Re-read the registry (another process may have changed it)."""

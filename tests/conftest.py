@@ -54,3 +54,11 @@ def draw_image(seed: int, size: tuple[int, int] = (40, 48)) -> Image.Image:
 def draw():
     """The draw_image(seed, size) helper as a fixture."""
     return draw_image
+
+
+@pytest.fixture(scope="session")
+def demo_ws(tmp_path_factory):
+    """The small demo workspace (built once per test session, about a minute): every page and job test uses it."""
+    from clipsim.data.demo.build import build_demo
+
+    return build_demo(tmp_path_factory.mktemp("demo") / "ws", seed=0, size="small")

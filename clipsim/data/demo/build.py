@@ -63,6 +63,7 @@ def build_demo(root: str | Path, seed: int = 0, size: str = "full", workers: int
     _search_all(ws, progress)
     timings["search"] = time.time() - t
     fileio.write_parquet(ws.path("demo", "planted.parquet"), world.planted_table(items))
+    fileio.write_parquet(ws.path("demo", "web_truth.parquet"), world.web_truth(items))
     fileio.write_json(done_file, {"seed": seed, "size": size, "seconds": {k: round(v, 1) for k, v in timings.items()},
                                   "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     log.info("demo built in %.0f s (%s)", sum(timings.values()), timings)

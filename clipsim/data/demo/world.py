@@ -127,19 +127,29 @@ def write_folder(root: Path, items: list[Item], jpgs: list[bytes]) -> None:
 
 
 def write_web_shards(root: Path, items: list[Item], jpgs: list[bytes], shard_size: int) -> None:
-    """Write img2dataset-style tar shards root/<00000>.tar holding <key>.jpg, <key>.txt and <key>.json."""
+    """Write img2dataset-style tar shards root/<00000>.tar holding <key>.jpg, .txt (caption), .cls (label), .json."""
     for s, lo in enumerate(range(0, len(items), shard_size)):
 
         def _write(tmp: Path, lo=lo) -> None:
             with tarfile.open(tmp, "w") as tar:
                 for item, data in zip(items[lo : lo + shard_size], jpgs[lo : lo + shard_size]):
-                    meta = {"key": item.key, "caption": item.caption, "domain": item.scene.domain, "label": item.scene.cls}
-                    for ext, payload in (("jpg", data), ("txt", item.caption.encode()), ("json", json.dumps(meta).encode())):
+                    meta = {"key": item.key, "caption": item.caption}
+                    members = (("jpg", data), ("txt", item.caption.encode()), ("cls", str(item.scene.cls).encode()),
+                               ("json", json.dumps(meta).encode()))
+                    for ext, payload in members:
                         info = tarfile.TarInfo(f"{item.key}.{ext}")
                         info.size = len(payload)
                         tar.addfile(info, io.BytesIO(payload))
 
         fileio.atomic_write(root / f"{s:05d}.tar", _write)
+
+
+def web_truth(items: list[Item]) -> pd.DataFrame:
+    """What the demo knows of every web sample: key, domain, true class, and the test image it duplicates."""
+    web = [it for it in items if it.dataset == "web"]
+    return pd.DataFrame({"key": [it.key for it in web], "domain": [it.scene.domain for it in web],
+                         "label": np.array([it.scene.cls for it in web], np.int64),
+                         "near_dup_of": [it.near_dup_of for it in web]})
 
 
 def planted_table(items: list[Item]) -> pd.DataFrame:
