@@ -197,15 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMAND_MODULES: tuple[str, ...] = ()  # modules whose import registers more commands
+# Modules whose import registers more commands; each is imported when present.
+COMMAND_MODULES = ("clipsim.prune_cli", "clipsim.jobs.cli", "clipsim.runs_cli", "clipsim.report_cli",
+                   "clipsim.benchmarks_cli")
 
 
 def _load_command_modules() -> None:
     """Import modules that register further commands (kept out of the core import path)."""
     import importlib
+    import importlib.util
 
     for module in COMMAND_MODULES:
-        importlib.import_module(module)
+        parent = module.rsplit(".", 1)[0]
+        if importlib.util.find_spec(parent) is not None and importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
 
 
 def main(argv: list[str] | None = None) -> int:
