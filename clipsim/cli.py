@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Modules whose import registers more commands; each is imported when present.
 COMMAND_MODULES = ("clipsim.prune_cli", "clipsim.jobs.cli", "clipsim.runs_cli", "clipsim.report_cli",
-                   "clipsim.benchmarks_cli")
+                   "clipsim.datasets_cli")
 
 
 def _load_command_modules() -> None:

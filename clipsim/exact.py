@@ -82,13 +82,17 @@ class Screen:
         return x_lo, max(norm, lo_norm), resid
 
     def product(self, q_lo: torch.Tensor, x_lo: torch.Tensor) -> torch.Tensor:
-        """S = q_lo @ x_lo.T as float32 (n_q, n_x)."""
+        """S = q_lo @ x_lo.T, (n_q, n_x): float32, or bfloat16 on CPU (its output rounding is in the bound).
+
+        Consumers reduce and compare S as is (comparisons with float32 tensors promote on the fly), which
+        avoids a float32 copy of every tile.
+        """
         if self.device.type == "cpu" and self.precision == "fp32":
             # OpenBLAS sgemm (numpy) runs ~1.4x MKL's on AMD CPUs; results obey the same bound.
             return torch.from_numpy(q_lo.numpy() @ x_lo.numpy().T)
         if self.device.type == "cuda" and self.precision != "fp32":
             return torch.mm(q_lo, x_lo.T, out_dtype=torch.float32)
-        return (q_lo @ x_lo.T).float()
+        return q_lo @ x_lo.T
 
     def bound(self, q: tuple[float, float], x: tuple[float, float]) -> float:
         """Proven bound on |S_ij - c_ij| for rows with (max_norm, max_residual) q and x.

@@ -44,12 +44,12 @@ class _RowMax:
         self.qi, self.xj, self.s = [], [], []
 
     def add(self, s: torch.Tensor, q0: int) -> None:
-        """s: (chunk, n_rows) screened statistic for group rows q0 .. q0 + chunk."""
-        self.lo_max = torch.maximum(self.lo_max, s.max(dim=0).values)
+        """s: (chunk, n_rows) screened statistic (float32 or bfloat16) for group rows q0 .. q0 + chunk."""
+        self.lo_max = torch.maximum(self.lo_max, s.amax(dim=0).float())
         qi, xj = torch.nonzero(s >= (self.lo_max - 2 * self.bound)[None, :], as_tuple=True)
         self.qi.append(qi + q0)
         self.xj.append(xj)
-        self.s.append(s[qi, xj])
+        self.s.append(s[qi, xj].float())
 
     def exact(self, q16, x16, g0: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(max (n_rows,) f32, first argmax (n_rows,) i64 within the group, pairs re-checked)."""
@@ -130,6 +130,7 @@ class ExactScanner:
                 s = self.screen.product(self.q_lo[lo:hi], x_lo)
                 self._update_topk(s, lo, x16, base, bound)
                 for ref, acc in maxima.items():
+                    # s - offsets promotes a bfloat16 tile to float32 inside the subtraction (no extra copy)
                     acc.add(s if ref == "" else s - acc.offsets[lo - g.start : hi - g.start, None], lo - g.start)
             stats[g.name] = self._finish_rows(maxima, x16, g)
         return stats
@@ -153,13 +154,13 @@ class ExactScanner:
         """
         rows = torch.arange(q0, q0 + len(s), device=s.device)
         kth = self.top_s[rows, -1]
-        active = torch.nonzero(s.max(dim=1).values + bound >= kth, as_tuple=True)[0]
+        active = torch.nonzero(s.amax(dim=1).float() + bound >= kth, as_tuple=True)[0]
         if len(active) == 0:
             return
         s_a, kth_a = s[active], kth[active]
         floor = kth_a
         if s.shape[1] >= self.k:
-            v_k = torch.topk(s_a, self.k, dim=1, sorted=False).values.min(dim=1).values
+            v_k = torch.topk(s_a, self.k, dim=1, sorted=False).values.amin(dim=1).float()
             floor = torch.maximum(kth_a, v_k - bound)
         r, j = torch.nonzero(s_a >= (floor - bound)[:, None], as_tuple=True)
         vals = exact_dots(self.q16, active[r] + q0, x16, j)

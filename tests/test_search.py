@@ -149,7 +149,7 @@ def test_near_tie_data_is_adversarial():
     bound = screen.bound((nq, rq), (nx, rx))
     kth = np.sort(c[0])[::-1][k - 1]
     assert (c[0] >= kth - bound).sum() > 3 * k, "too few rows within the bf16 error bound of the k-th"
-    s = screen.product(q_lo, x_lo).numpy()
+    s = screen.product(q_lo, x_lo).float().numpy()
     screened = np.argsort(-s[0], kind="stable")[:k]
     assert not np.array_equal(screened, np.argsort(-c[0], kind="stable")[:k]), "bf16 screen alone already exact"
 
@@ -162,7 +162,7 @@ def test_screen_bound_holds_and_is_tight(precision):
         q_lo, nq, rq = screen.prepare(torch.as_tensor(q))
         x_lo, nx, rx = screen.prepare(torch.as_tensor(x))
         bound = screen.bound((nq, rq), (nx, rx))
-        err = np.abs(screen.product(q_lo, x_lo).numpy().astype(np.float64) - brute_force(q, x))
+        err = np.abs(screen.product(q_lo, x_lo).float().numpy().astype(np.float64) - brute_force(q, x))
         assert err.max() <= bound
         assert bound < (1e-5 if precision == "fp32" else 1e-2)  # a vacuous bound would re-check everything
 
