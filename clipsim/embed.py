@@ -93,7 +93,8 @@ def encode_texts(model: torch.nn.Module, tokenizer: Callable, texts: list[str], 
 class _ShardImages(torch.utils.data.Dataset):
     """Map-style dataset over one shard's records: decode + preprocess in the loader workers."""
 
-    def __init__(self, records: pd.DataFrame, preprocess: Callable):
+    def __init__(self, records: pd.DataFrame, preprocess: Callable, crop_border: int = 0):
+        self.crop_border = crop_border  # the dataset's per-image crop (ObjectNet: its 1 px frame)
         self.paths = records["path"].to_numpy(dtype=object)
         self.offsets = records["offset"].to_numpy(dtype=np.int64)
         self.sizes = records["size"].to_numpy(dtype=np.int64)
@@ -106,7 +107,7 @@ class _ShardImages(torch.utils.data.Dataset):
         offset = int(self.offsets[i])
         locator = (self.paths[i], offset, int(self.sizes[i])) if offset >= 0 else self.paths[i]
         try:
-            return i, self.preprocess(read_image(locator)), None
+            return i, self.preprocess(read_image(locator, self.crop_border)), None
         except Exception as err:  # any failure of one image skips that image; the run goes on
             return i, None, f"{type(err).__name__}: {err}"
 
@@ -126,8 +127,8 @@ def _embed_shard(model, preprocess, records: pd.DataFrame, device: torch.device,
         (embeddings (n_ok, d) float32 normalised, row ids (n_ok,) int64 into records, [(row id, error)]).
     """
     loader = torch.utils.data.DataLoader(
-        _ShardImages(records, preprocess), batch_size=opts["batch_size"], num_workers=opts["workers"],
-        collate_fn=_collate, pin_memory=device.type == "cuda", shuffle=False,
+        _ShardImages(records, preprocess, opts["crop_border"]), batch_size=opts["batch_size"],
+        num_workers=opts["workers"], collate_fn=_collate, pin_memory=device.type == "cuda", shuffle=False,
     )
     parts, rows, failed = [], [], []
     for ids, pixels, errors in loader:
@@ -249,16 +250,18 @@ def embed_dataset(
     ds = ws.dataset(name)
     if ds.kind == "embeddings":
         return ws.embeddings(name)
-    source = open_source(ds.kind, ds.source, shard_size)
+    source = open_source(ds.kind, ds.source, shard_size, options=ds.extra)
     root = ws.path("embeddings", name)
     dev = resolve_device(device)
     net, preprocess, _, info = load_model(model, pretrained, dev, cache_dir)
     config = {**info, "kind": ds.kind, "source": ds.source, "shard_size": shard_size, "precision": precision,
               "source_fingerprint": source.fingerprint(), "shards": len(source.shards),
+              "crop_border": source.crop_border,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     _prepare_folder(root, config, force)
     run = _Run(root, source, progress, name)
-    opts = {"batch_size": batch_size, "workers": workers, "precision": precision, "dim": info["dim"]}
+    opts = {"batch_size": batch_size, "workers": workers, "precision": precision, "dim": info["dim"],
+            "crop_border": source.crop_border}
     for shard in source.shards:
         if _shard_done(root, shard.index):
             _resume_shard(run, shard)

@@ -5,6 +5,7 @@ A workspace is one folder holding `clipsim.json` (the dataset registry and setti
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -120,6 +121,9 @@ class Workspace:
             raise WorkspaceError(f"role {role!r} for dataset {name!r} must be one of {ROLES}")
         if kind not in KINDS:
             raise WorkspaceError(f"kind {kind!r} for dataset {name!r} must be one of {KINDS}")
+        if kind == "embeddings" and "columns" not in extra:  # clip-retrieval folders name metadata columns their way
+            columns = _imported_columns(self.resolve(source))
+            extra.update({"columns": columns} if columns is not None else {})
         ds = Dataset(name, role, str(source), kind, list(classes) if classes is not None else None, dict(extra))
         entry = asdict(ds)
         entry.pop("name")
@@ -174,10 +178,19 @@ class Workspace:
         return Path(ds.source) if ds.kind == "embeddings" else self.path("embeddings", name)
 
     def embeddings(self, name: str, required: bool = True) -> EmbeddingSet | None:
-        """The dataset's embedding shards; None (or an error when required) if not embedded yet."""
-        folder = self.embedding_dir(name)
+        """The dataset's embedding shards; None (or an error when required) if not embedded yet.
+
+        Imported folders whose metadata lacks clipsim's column names are seen through the mapping found when
+        they were registered (clipsim.data.retrieval), so `key`, `caption`, `url` always read the same.
+        """
+        ds = self.dataset(name)
+        folder = Path(ds.source) if ds.kind == "embeddings" else self.path("embeddings", name)
         if not required and not (folder / "img_emb").is_dir():
             return None
+        if ds.kind == "embeddings":
+            from clipsim.data.retrieval import open_imported
+
+            return open_imported(folder, ds.extra.get("columns"), allow_partial=not required)
         return EmbeddingSet(folder, allow_partial=not required)
 
     @property
@@ -227,3 +240,15 @@ class Workspace:
     def keys(self, name: str) -> np.ndarray:
         """All keys of a dataset, row-aligned with its embeddings."""
         return self.embeddings(name).keys()
+
+
+def _imported_columns(folder: Path) -> dict[str, str] | None:
+    """The column mapping of a clip-retrieval folder, logged when it renames; None while the folder is empty."""
+    from clipsim.data.retrieval import describe, detect_columns
+
+    if not (folder / "metadata").is_dir():
+        return None  # detected when the folder is first opened
+    mapping = detect_columns(folder)
+    if mapping:
+        logging.getLogger(__name__).info(describe(folder, mapping))
+    return mapping

@@ -2,12 +2,15 @@
 
 A record is one image: `key`, its locator (`path`, `offset`, `size`; offset/size -1 for a plain file, else the
 byte range of the image inside a tar), `caption` (missing: NaN) and `label` (-1 unknown). One source shard
-becomes one embedding shard. `read_image(locator)` fetches any image again by seek + read.
+becomes one embedding shard. `read_image(locator)` fetches any image again by seek + read. Per-dataset options
+(`label_map`: class folder -> label; `crop_border`: pixels cut from every side when an image is loaded) come
+from the dataset record's `extra`.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,19 +43,27 @@ class SourceShard:
 
 
 class Source:
-    """Interface of a dataset source: `shards`, `records(shard)`, `fingerprint()`, `classes` (or None)."""
+    """Interface of a dataset source: `shards`, `records(shard)`, `fingerprint()`, `classes` (or None), and
+    `crop_border` (pixels to cut from every side of each image when it is loaded; 0 = none)."""
 
     kind: str
     classes: list[str] | None = None
     shards: list[SourceShard]
+    crop_border: int = 0
+    options: dict | None = None  # the label_map / crop_border options in force (part of the fingerprint)
 
     def records(self, shard: SourceShard) -> pd.DataFrame:
         """The shard's records: RECORD_COLUMNS (tars add `url`), in a fixed order."""
         raise NotImplementedError
 
     def fingerprint(self) -> str:
-        """Changes when the listing changes (records added, removed or moved)."""
+        """Changes when the listing changes (records added, removed or moved) or the options change."""
         raise NotImplementedError
+
+    def _salted(self, base: str) -> str:
+        if not self.options:  # no options: the fingerprint of earlier versions, so old embeddings stay current
+            return base
+        return hashlib.sha256((base + json.dumps(self.options, sort_keys=True)).encode()).hexdigest()[:16]
 
 
 class ListedSource(Source):
@@ -75,7 +86,7 @@ class ListedSource(Source):
 
     def fingerprint(self) -> str:
         hashed = pd.util.hash_pandas_object(self.listing[["key", "path", "offset", "size"]], index=False)
-        return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()[:16]
+        return self._salted(hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()[:16])
 
 
 class TarSource(Source):
@@ -91,37 +102,47 @@ class TarSource(Source):
         return index_tar(self.tars[shard.index])
 
     def fingerprint(self) -> str:
-        return fileio.file_fingerprint(self.tars)
+        return self._salted(fileio.file_fingerprint(self.tars))
 
 
-def open_source(kind: str, source: str | Path, shard_size: int = DEFAULT_SHARD_SIZE) -> Source:
+def open_source(kind: str, source: str | Path, shard_size: int = DEFAULT_SHARD_SIZE,
+                options: dict | None = None) -> Source:
     """Open a dataset source of kind 'folder', 'table' or 'wds'.
 
     Args:
         kind: dataset kind as registered in the workspace.
         source: image folder, table file, or tar folder/glob/brace pattern.
         shard_size: records per shard for folders and tables (a tar is always one shard).
+        options: the dataset record's `extra`; `label_map` (folders: class folder -> label, see list_folder) and
+            `crop_border` (pixels cut from every side when an image is loaded) are used, other keys ignored.
 
     Raises:
         DataError: the source is missing, empty or malformed (see list_folder, read_table, expand_tars).
     """
+    options = options or {}
+    used = {k: options[k] for k in ("label_map", "crop_border") if options.get(k)}
     if kind == "folder":
-        listing, classes = list_folder(source)
-        return ListedSource(kind, listing, shard_size, classes)
-    if kind == "table":
-        return ListedSource(kind, read_table(source), shard_size)
-    if kind == "wds":
-        return TarSource(expand_tars(source))
-    raise DataError(f"dataset kind {kind!r} has no image source to embed; use 'folder', 'table' or 'wds'")
+        listing, classes = list_folder(source, label_map=used.get("label_map"))
+        opened: Source = ListedSource(kind, listing, shard_size, classes)
+    elif kind == "table":
+        opened = ListedSource(kind, read_table(source), shard_size)
+    elif kind == "wds":
+        opened = TarSource(expand_tars(source))
+    else:
+        raise DataError(f"dataset kind {kind!r} has no image source to embed; use 'folder', 'table' or 'wds'")
+    opened.crop_border, opened.options = int(used.get("crop_border", 0)), used
+    return opened
 
 
-def list_folder(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
+def list_folder(root: str | Path, label_map: dict[str, int] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """List an image folder: `root/<class>/.../<image>` (label = index of the sorted class folder) or flat.
 
-    Images directly in `root` get label -1. Keys are paths relative to root, without extension.
+    Images directly in `root` get label -1. Keys are paths relative to root, without extension. With a
+    `label_map`, only the class folders it names are listed, each with its mapped label (benchmarks whose
+    labels are ImageNet class indices); other folders and images directly in root are left out.
 
     Returns:
-        (records with RECORD_COLUMNS sorted by key, class folder names in label order).
+        (records with RECORD_COLUMNS sorted by key, class folder names: in label order, or sorted with a label_map).
 
     Raises:
         DataError: the folder is missing, holds no images, or two images share a key (`a.jpg` and `a.png`).
@@ -130,13 +151,20 @@ def list_folder(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist; fix the dataset source (expected root/<class>/<image>)")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    rels = [(rel, -1) for rel in _images_under(root, recursive=False)]
-    for label, name in enumerate(classes):
-        rels.extend((f"{name}/{rel}", label) for rel in _images_under(root / name, recursive=True))
+    if label_map is not None:
+        classes = [c for c in classes if c in label_map]
+        labels = {c: int(label_map[c]) for c in classes}
+        rels = []
+    else:
+        labels = {c: i for i, c in enumerate(classes)}
+        rels = [(rel, -1) for rel in _images_under(root, recursive=False)]
+    for name in classes:
+        rels.extend((f"{name}/{rel}", labels[name]) for rel in _images_under(root / name, recursive=True))
     if not rels:
         raise DataError(
             f"image folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)}, any case); expected "
             "root/<class>/<image> or images directly in root: check the path"
+            + (f" (only the {len(label_map)} class folders of the label map are read)" if label_map else "")
         )
     rel_paths = [r for r, _ in rels]
     listing = pd.DataFrame({
@@ -276,17 +304,25 @@ def read_image_bytes(locator: Locator) -> bytes:
     return data
 
 
-def read_image(locator: Locator) -> Image.Image:
-    """Decode one image as RGB.
+def read_image(locator: Locator, crop_border: int = 0) -> Image.Image:
+    """Decode one image as RGB, optionally cutting `crop_border` pixels from every side (ObjectNet's frame).
 
     Raises:
-        DataError: unreadable file or bytes that do not decode as an image (names the path and offset).
+        DataError: unreadable file or bytes that do not decode as an image (names the path and offset), or an
+            image too small for the crop.
     """
     data = read_image_bytes(locator)
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")
+            rgb = image.convert("RGB")
     except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
         path, offset, _ = split_locator(locator)
         where = f"{path} at offset {offset}" if offset >= 0 else path
         raise DataError(f"image {where} does not decode ({type(err).__name__}: {err}); the file is corrupt") from err
+    if crop_border <= 0:
+        return rgb
+    width, height = rgb.size
+    if min(width, height) <= 2 * crop_border:
+        raise DataError(f"image {split_locator(locator)[0]} is {width}x{height} px, too small to cut a "
+                        f"{crop_border} px border from; remove it or register the dataset without crop_border")
+    return rgb.crop((crop_border, crop_border, width - crop_border, height - crop_border))
