@@ -1,0 +1,31 @@
+"""Jobs: long work run out of process, recorded in `<workspace>/jobs.sqlite`, each with a run folder `runs/<id>`.
+
+    from clipsim import jobs
+    job = jobs.launch(ws, "search", {"train": "web"})   # queued, started at once when a slot is free
+    jobs.read_progress(job); jobs.tail_log(job); jobs.wait(ws, job.id); jobs.cancel(ws, job.id)
+
+Backends: 'local' (a detached process) and 'slurm' (submitit). There is no daemon: `launch`, `reconcile` and
+every finishing worker start queued jobs.
+"""
+from clipsim.jobs.backends import SLURM_DEFAULTS
+from clipsim.jobs.db import ACTIVE, STATES, Job
+from clipsim.jobs.kinds import KINDS, register_kind
+from clipsim.jobs.scheduler import (CANCEL_GRACE_S, JobTimeout, cancel, get_job, launch, list_jobs, reconcile,
+                                    slot_count, wait)
+from clipsim.jobs.status import jobs_frame, read_progress, tail_log
+
+_WORKER_NAMES = ("JobCancelled", "JobContext", "run_job")  # imported on use: `python -m clipsim.jobs.worker` must
+# find the worker module not yet imported (runpy warns otherwise)
+
+
+def __getattr__(name: str):
+    if name in _WORKER_NAMES:
+        from clipsim.jobs import worker
+
+        return getattr(worker, name)
+    raise AttributeError(f"module 'clipsim.jobs' has no attribute {name!r}")
+
+
+__all__ = ["ACTIVE", "CANCEL_GRACE_S", "KINDS", "SLURM_DEFAULTS", "STATES", "Job", "JobCancelled", "JobContext",
+           "JobTimeout", "cancel", "get_job", "jobs_frame", "launch", "list_jobs", "read_progress", "reconcile",
+           "register_kind", "run_job", "slot_count", "tail_log", "wait"]

@@ -1,0 +1,229 @@
+"""Where a job's worker runs: a detached local process, or a SLURM job submitted through submitit.
+
+A backend starts the worker (`clipsim.jobs.worker.run_job`), tells whether it is still alive, and signals it.
+Liveness is checked against the process start time recorded at launch, so a reused pid never looks alive.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from clipsim.errors import ClipsimError
+from clipsim.jobs.db import Job
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the clipsim package (for PYTHONPATH)
+HEARTBEAT_STALE_S = 90  # the worker beats every 15 s; six missed beats mean the process (or its node) is gone
+SLURM_DEFAULTS = {  # ws.settings["slurm"] keys; resources given to launch() override them per job
+    "cluster": None,  # None: submitit picks SLURM when `sbatch` is on PATH; "local": run here (tests)
+    "partition": None, "account": None, "qos": None, "constraint": None,
+    "gpus": 1, "cpus": 8, "mem_gb": 64,  # one GPU with the CPU cores and memory to feed it
+    "time_min": 1440,  # SLURM kills the job after this many minutes
+    "setup": [],  # shell lines run before the worker (module load ..., source /path/.venv/bin/activate)
+    "additional": {},  # extra sbatch options, e.g. {"reservation": "x"}
+}
+_CHILDREN: dict[int, subprocess.Popen] = {}  # processes this process started: polled so none stays a zombie
+_SUBMITTED: dict[str, object] = {}  # submitit jobs submitted from this process (local cluster: holds the process)
+
+
+def hostname() -> str:
+    """This machine's name (jobs record where their process runs)."""
+    return socket.gethostname()
+
+
+def process_start(pid: int) -> str | None:
+    """Start time of process `pid` in clock ticks since boot (Linux /proc); None when gone or a zombie.
+
+    Returns "" where /proc is unavailable but the process exists (no pid-reuse guard there).
+    """
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return ""
+    except OSError:
+        return None
+    rest = text[text.rindex(")") + 2:].split()  # fields after the command name: state is field 3
+    return None if rest[0] in ("Z", "X") else rest[19]  # field 22: starttime
+
+
+def process_alive(pid: int, started: str | None) -> bool:
+    """True when `pid` runs and is the process that started at `started` (None or "": any process)."""
+    child = _CHILDREN.get(pid)
+    if child is not None and child.poll() is not None:  # reaps our own exited child
+        return False
+    now = process_start(pid)
+    return now is not None and (not started or not now or now == started)
+
+
+def reap_children() -> None:
+    """Collect workers this process started that have ended, so none lingers as a zombie."""
+    for pid, child in list(_CHILDREN.items()):
+        if child.poll() is not None:
+            del _CHILDREN[pid]
+
+
+def _heartbeat_alive(job: Job) -> bool:
+    beat = job.heartbeat or job.submitted or job.created
+    return time.time() - beat < HEARTBEAT_STALE_S
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError as err:
+        raise ClipsimError(f"not allowed to signal process group {pid}; cancel it as the user who started it") from err
+
+
+class LocalBackend:
+    """Runs `python -m clipsim.jobs.worker <workspace> <job>` in a new session, detached from the caller."""
+
+    name = "local"
+
+    def start(self, ws, job: Job) -> dict:
+        """Start the worker; returns the columns to record (backend_id = pid, its start time, host)."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(job.run_dir / "log.txt", "ab") as log:  # stdout/stderr too: import errors land in the log
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "clipsim.jobs.worker", str(Path(ws.root).resolve()), job.id],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
+        _CHILDREN[proc.pid] = proc
+        return {"backend_id": str(proc.pid), "proc_start": process_start(proc.pid), "host": hostname()}
+
+    def alive(self, ws, job: Job) -> bool:
+        """Whether the worker process still runs (heartbeat when it runs on another host)."""
+        if job.backend_id is None:
+            return True
+        if job.host and job.host != hostname():
+            return _heartbeat_alive(job)
+        return process_alive(int(job.backend_id), job.proc_start)
+
+    def exit_code(self, job: Job) -> int | None:
+        """The exit status when this process started the worker and it has ended (-N: killed by signal N)."""
+        child = _CHILDREN.get(int(job.backend_id)) if job.backend_id else None
+        if child is None:
+            return None
+        try:  # called once the process looks dead; the kernel may take a moment before it can be reaped
+            return child.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def signal(self, ws, job: Job, hard: bool) -> None:
+        """SIGTERM (or SIGKILL when `hard`) to the worker's process group."""
+        if job.backend_id is None or not self.alive(ws, job):
+            return
+        if job.host and job.host != hostname():
+            raise ClipsimError(f"job {job.id} runs on host {job.host}; cancel it there "
+                               "(`python -m clipsim jobs cancel`)")
+        _signal_group(int(job.backend_id), signal.SIGKILL if hard else signal.SIGTERM)
+
+
+class SlurmBackend:
+    """Submits the worker function with submitit; resources come from ws.settings['slurm'] and the job."""
+
+    name = "slurm"
+
+    @staticmethod
+    def config(ws, job: Job) -> dict:
+        """The SLURM settings for this job: defaults < workspace settings < the job's resources."""
+        return {**SLURM_DEFAULTS, **ws.settings.get("slurm", {}), **(job.resources or {})}
+
+    def _executor(self, ws, job: Job, cfg: dict):
+        import submitit
+
+        setup = [f"export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}", *cfg["setup"]]
+        try:
+            ex = submitit.AutoExecutor(folder=job.run_dir / "submitit", cluster=cfg["cluster"])
+        except RuntimeError as err:
+            raise ClipsimError(
+                f"no SLURM cluster found for job {job.id} (`sbatch` is not on PATH); launch from a login node, "
+                "use backend 'local', or set settings.slurm.cluster to 'local' to try the path on this machine"
+            ) from err
+        ex.update_parameters(
+            name=f"clipsim-{job.kind}", timeout_min=int(cfg["time_min"]), gpus_per_node=int(cfg["gpus"]),
+            cpus_per_task=int(cfg["cpus"]), mem_gb=float(cfg["mem_gb"]), slurm_partition=cfg["partition"],
+            slurm_account=cfg["account"], slurm_qos=cfg["qos"], slurm_constraint=cfg["constraint"],
+            slurm_setup=setup, slurm_additional_parameters=dict(cfg["additional"]) or None, local_setup=setup[:1],
+        )
+        return ex
+
+    def start(self, ws, job: Job) -> dict:
+        """Submit; returns the columns to record (backend_id = SLURM job id, the effective resources)."""
+        from clipsim.jobs.worker import run_job
+
+        cfg = self.config(ws, job)
+        sub = self._executor(ws, job, cfg).submit(run_job, str(Path(ws.root).resolve()), job.id)
+        _SUBMITTED[sub.job_id] = sub
+        out = {"backend_id": str(sub.job_id), "resources": cfg}  # the worker records its own host
+        if cfg["cluster"] == "local":  # the job id is the pid of submitit's local controller
+            out["proc_start"] = process_start(int(sub.job_id))
+        return out
+
+    def _job(self, job: Job):
+        import submitit
+
+        known = _SUBMITTED.get(job.backend_id)
+        return known or submitit.SlurmJob(folder=job.run_dir / "submitit", job_id=job.backend_id)
+
+    def alive(self, ws, job: Job) -> bool:
+        """Whether SLURM (or the local controller) still holds the job."""
+        if job.backend_id is None:
+            return True
+        if job.resources.get("cluster") == "local":
+            sub = _SUBMITTED.get(job.backend_id)
+            if sub is not None and sub._process is not None and sub._process.poll() is not None:
+                return False
+            return process_alive(int(job.backend_id), job.proc_start)
+        state = str(self._job(job).state).split()[0].upper()  # e.g. "CANCELLED by 123"
+        return state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "UNKNOWN",
+                         "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT")
+
+    def exit_code(self, job: Job) -> int | None:
+        """Not known from here (SLURM accounting has it: `sacct -j <backend_id>`)."""
+        return None
+
+    def signal(self, ws, job: Job, hard: bool) -> None:
+        """scancel (SLURM sends SIGTERM, SIGKILL after KillWait); locally SIGINT to the controller, then SIGKILL."""
+        if job.backend_id is None or not self.alive(ws, job):
+            return
+        if job.resources.get("cluster") != "local":
+            self._job(job).cancel(check=False)
+            return
+        if hard and job.pid:  # the controller forwards signals to the worker; a hard kill hits both
+            if process_start(job.pid) is not None:
+                os.kill(job.pid, signal.SIGKILL)
+        try:
+            os.kill(int(job.backend_id), signal.SIGKILL if hard else signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+
+BACKENDS = {"local": LocalBackend(), "slurm": SlurmBackend()}
+
+
+def get_backend(name: str):
+    """The backend called `name` ('local' or 'slurm').
+
+    Raises:
+        ClipsimError: unknown name.
+    """
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ClipsimError(f"unknown job backend {name!r}; use one of {sorted(BACKENDS)}") from None

@@ -1,0 +1,150 @@
+"""Job kinds: name -> "module:function", imported lazily by the worker; each is `fn(ws, params, ctx) -> dict`.
+
+The returned dict is stored as the job's result. Kinds here wrap library calls (search, prune, demo) and
+provide `sleep` for tests; training, evaluation, maps and reports live in their own modules.
+"""
+from __future__ import annotations
+
+import importlib
+import signal
+import time
+from typing import TYPE_CHECKING, Callable
+
+from clipsim.errors import ClipsimError
+
+if TYPE_CHECKING:
+    from clipsim.jobs.worker import JobContext
+
+KINDS: dict[str, str] = {
+    "search": "clipsim.jobs.kinds:search_job",
+    "prune": "clipsim.jobs.kinds:prune_job",
+    "demo": "clipsim.jobs.kinds:demo_job",
+    "train": "clipsim.train:train_job",
+    "evaluate": "clipsim.evaluate:evaluate_job",
+    "umap": "clipsim.mapping:umap_job",
+    "report": "clipsim.report:report_job",
+    "sleep": "clipsim.jobs.kinds:sleep_job",
+}
+
+
+def register_kind(name: str, target: str) -> None:
+    """Register (or replace) a kind: `target` is "package.module:function"."""
+    if ":" not in target:
+        raise ClipsimError(f"job kind target {target!r} for {name!r} must look like 'package.module:function'")
+    KINDS[name] = target
+
+
+def resolve_kind(kind: str, target: str | None = None) -> Callable:
+    """Import and return the function of `kind` (or of `target`, the "module:function" recorded at launch).
+
+    Raises:
+        ClipsimError: unknown kind, or its module/function cannot be imported.
+    """
+    target = target or KINDS.get(kind)
+    if target is None:
+        raise ClipsimError(f"unknown job kind {kind!r}; registered kinds: {', '.join(sorted(KINDS))}")
+    module_name, _, attr = target.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ClipsimError(f"job kind {kind!r} points at {target}, which cannot be imported ({err}); "
+                           "is that module part of this checkout?") from err
+    return fn
+
+
+def search_job(ws, params: dict, ctx: "JobContext") -> dict:
+    """Exact search. params: train (name, list or None = all, reference first), tests (None = all), k (10),
+    reference (default settings.reference), precision, device, force.
+
+    Returns:
+        {"searches": {"<test>/<train>": median s_train(t)}, "train": [...], "tests": [...]}.
+    """
+    from clipsim.search import search
+
+    reference = params.get("reference", ws.settings.get("reference"))
+    train = params.get("train")
+    trains = [train] if isinstance(train, str) else list(train or ws.dataset_names("train"))
+    if reference in trains:  # margins against the reference need its own search first
+        trains = [reference] + [t for t in trains if t != reference]
+    tests = list(params.get("tests") or ws.dataset_names("test"))
+    medians = {}
+    for name in trains:
+        ctx.log.info("searching %s against train set %s", tests, name)
+        results = search(ws, name, tests, k=int(params.get("k", 10)), reference=reference,
+                         precision=params.get("precision", "auto"), device=params.get("device", "auto"),
+                         force=bool(params.get("force", False)), progress=ctx.progress)
+        for test, res in results.items():
+            medians[f"{test}/{name}"] = round(float(res.nn_similarity().median()), 6)
+        ctx.check_cancelled()
+    return {"searches": medians, "train": trains, "tests": tests}
+
+
+def prune_job(ws, params: dict, ctx: "JobContext") -> dict:
+    """Apply a pruning rule and save a manifest. params: name, rule, web (default: the train set that is not
+    the reference), tests (default all), reference, the rule's tau | delta | keep | seed, overwrite.
+
+    Returns:
+        {"manifest", "rule", "params", "kept", "removed"}.
+    """
+    from clipsim import prune
+
+    rule = prune.canonical_rule(params["rule"])
+    reference = params.get("reference", ws.settings.get("reference"))
+    web = params.get("web") or next((n for n in ws.dataset_names("train") if n != reference), None)
+    tests = [] if rule == "random" else list(params.get("tests") or ws.dataset_names("test"))
+    stats = prune.PruneStats.load(ws, web, tests, reference if rule == "similarity-gap" else None)
+    rule_params = {k: params[k] for k in ("tau", "delta", "keep", "seed") if k in params}
+    if rule == "random":
+        removed = prune.rule_random(stats.n, rule_params["keep"], int(rule_params.get("seed", 0)))
+    else:
+        removed = getattr(prune, "rule_" + rule.replace("-", "_"))(stats, **rule_params)
+    ctx.log.info("rule %s %s removes %d of %d samples of %s", rule, rule_params, int(removed.sum()), stats.n, web)
+    manifest = prune.save_manifest(ws, params["name"], rule, rule_params, stats, removed,
+                                   overwrite=bool(params.get("overwrite", False)), progress=ctx.progress)
+    return {"manifest": params["name"], "rule": rule, "params": rule_params,
+            "kept": int(manifest.kept_count), "removed": int(removed.sum())}
+
+
+def demo_job(ws, params: dict, ctx: "JobContext") -> dict:
+    """Build the demo into this workspace. params: seed (0), size ('full' | 'small'), workers (2).
+
+    Returns:
+        {"datasets": {name: count}}.
+    """
+    from clipsim.data.demo.build import build_demo
+
+    built = build_demo(ws.root, seed=int(params.get("seed", 0)), size=params.get("size", "full"),
+                       workers=int(params.get("workers", 2)), progress=ctx.progress)
+    frame = built.datasets()
+    return {"datasets": dict(zip(frame["name"], frame["count"].astype(int)))}
+
+
+def sleep_job(ws, params: dict, ctx: "JobContext") -> dict:
+    """A test kind: sleeps `seconds` in `steps` steps, reporting progress and checking for cancellation.
+
+    params: seconds (1.0), steps (10), fail_at (step at which to raise; `fail: true` = halfway),
+    ignore_term (ignore SIGTERM/SIGINT and never check for cancellation: a stuck worker).
+
+    Returns:
+        {"slept_s", "steps"}.
+
+    Raises:
+        RuntimeError: at step fail_at.
+    """
+    seconds, steps = float(params.get("seconds", 1.0)), max(1, int(params.get("steps", 10)))
+    fail_at = params.get("fail_at", steps // 2 if params.get("fail") else None)
+    stuck = bool(params.get("ignore_term", False))
+    if stuck:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for step in range(steps):
+        ctx.progress(step, steps, f"sleeping, step {step + 1} of {steps}")
+        if fail_at is not None and step >= int(fail_at):
+            raise RuntimeError(f"sleep job asked to fail at step {step} (params fail_at={fail_at})")
+        time.sleep(seconds / steps)
+        if not stuck:
+            ctx.check_cancelled()
+    ctx.progress(steps, steps, "slept")
+    ctx.result_path("slept.txt").write_text(f"{seconds}\n")
+    ctx.log.info("slept %.2f s in %d steps", seconds, steps)
+    return {"slept_s": seconds, "steps": steps}

@@ -1,0 +1,288 @@
+"""Launch, queue, reconcile, cancel and wait for jobs, with no daemon.
+
+`launch` and `reconcile` (run by the CLI, by the app on every poll and by each worker as it finishes) start
+queued jobs while slots are free and their dependency is done, and mark jobs whose process died as failed.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+
+from clipsim import fileio
+from clipsim.errors import ClipsimError, ReadOnlyError, WorkspaceError
+from clipsim.jobs import db
+from clipsim.jobs.backends import get_backend, reap_children
+from clipsim.jobs.db import ACTIVE, Job
+from clipsim.workspace import read_only
+
+START_TIMEOUT_S = 120  # a claimed job whose process never appeared (its launcher died) is failed after this
+CANCEL_GRACE_S = 5.0  # SIGTERM first; a worker still alive after this gets SIGKILL
+
+
+class JobTimeout(ClipsimError, TimeoutError):
+    """`wait` gave up while the job was still queued or running."""
+
+
+@functools.cache
+def gpu_count() -> int:
+    """Visible CUDA devices (torch.cuda.device_count()); 0 without an NVIDIA driver, without importing torch."""
+    if not (Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia/gpus").is_dir()):
+        return 0  # importing torch takes seconds; skip it on machines that cannot have a GPU
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def slot_count(ws) -> int:
+    """How many local jobs may run at once: settings.jobs.slots, else one per visible GPU (one on a CPU machine).
+
+    Raises:
+        ClipsimError: settings.jobs.slots is not a positive integer.
+    """
+    configured = ws.settings.get("jobs", {}).get("slots")
+    if configured is None:
+        return max(1, gpu_count())
+    if not isinstance(configured, int) or configured < 1:
+        raise ClipsimError(f"settings.jobs.slots = {configured!r} in {ws.path('clipsim.json')} must be an integer >= 1")
+    return configured
+
+
+def _refuse_read_only(action: str) -> None:
+    if read_only():
+        raise ReadOnlyError(f"cannot {action}: the workspace is served read-only (CLIPSIM_READ_ONLY=1); "
+                            "unset it to launch or cancel jobs")
+
+
+def get_job(ws, job_id: str) -> Job:
+    """The job `job_id`.
+
+    Raises:
+        WorkspaceError: no such job.
+    """
+    with db.connect(ws, write=False) as con:
+        job = db.fetch(con, job_id, str(ws.root)) if con is not None else None
+    if job is None:
+        raise WorkspaceError(f"no job {job_id!r} in {db.db_path(ws)}; list them with "
+                             f"`python -m clipsim jobs list --workspace {ws.root}`")
+    return job
+
+
+def list_jobs(ws, kind: str | list[str] | None = None, states: list[str] | tuple[str, ...] | None = None,
+              limit: int | None = None) -> list[Job]:
+    """Jobs, newest first.
+
+    Args:
+        kind: one kind or a list of kinds (None: all).
+        states: keep only these states (None: all).
+        limit: at most this many.
+    """
+    where, args = ["1"], []
+    for column, values in (("kind", [kind] if isinstance(kind, str) else kind), ("state", states)):
+        if values is not None:
+            where.append(f"{column} IN ({', '.join('?' * len(values))})" if values else "0")
+            args.extend(values)
+    with db.connect(ws, write=False) as con:
+        return db.select(con, str(ws.root), " AND ".join(where), tuple(args), limit=limit) if con is not None else []
+
+
+def launch(ws, kind: str, params: dict | None = None, backend: str | None = None, depends_on: str | None = None,
+           dedupe: bool = True, resources: dict | None = None) -> Job:
+    """Queue a job and start it at once when a slot is free (and its dependency is done).
+
+    Args:
+        ws: the workspace.
+        kind: a registered kind (clipsim.jobs.kinds.KINDS), e.g. 'search', 'train'.
+        params: JSON-able parameters passed to the kind function.
+        backend: 'local' or 'slurm' (default: settings.jobs.backend, else 'local').
+        depends_on: id of a job that must be done first; if it fails or is cancelled, this job fails.
+        dedupe: return the queued or running job with identical (kind, params) instead of launching twice.
+        resources: per-job overrides of settings.slurm (e.g. {"gpus": 8, "time_min": 2880}).
+
+    Returns:
+        The job record (queued, or running when it started).
+
+    Raises:
+        ReadOnlyError: the workspace is served read-only.
+        ClipsimError: unknown kind or backend, params not JSON-able, unknown dependency.
+    """
+    from clipsim.jobs.kinds import KINDS
+
+    _refuse_read_only(f"launch a {kind!r} job")
+    if kind not in KINDS:
+        raise ClipsimError(f"unknown job kind {kind!r}; registered kinds: {', '.join(sorted(KINDS))}")
+    params = dict(params or {})
+    try:
+        params = json.loads(json.dumps(params, sort_keys=True))
+    except (TypeError, ValueError) as err:
+        raise ClipsimError(f"params of the {kind!r} job must be JSON-able ({err}): {params!r}") from err
+    backend = backend or ws.settings.get("jobs", {}).get("backend", "local")
+    get_backend(backend)
+    job = Job(id=db.new_job_id(kind), kind=kind, params=params, created=time.time(), backend=backend,
+              depends_on=depends_on, dedupe_key=db.dedupe_key(kind, params), resources=dict(resources or {}),
+              root=str(ws.root))
+    same = _insert(ws, job, dedupe)
+    if same is not None:
+        return same
+    _start_ready(ws)
+    return get_job(ws, job.id)
+
+
+def _insert(ws, job: Job, dedupe: bool) -> Job | None:
+    """Record a new job and write its config.json, unless `dedupe` finds an identical active job (returned)."""
+    from clipsim.jobs.kinds import KINDS
+
+    root = str(ws.root)
+    with db.transaction(ws) as con:
+        if job.depends_on and db.fetch(con, job.depends_on, root) is None:
+            raise ClipsimError(f"depends_on={job.depends_on!r}: no such job in {db.db_path(ws)}")
+        if dedupe:
+            same = db.select(con, root, "dedupe_key = ? AND state IN ('queued', 'running')", (job.dedupe_key,), limit=1)
+            if same:
+                return same[0]
+        while db.fetch(con, job.id, root) is not None:  # same second, same 4 hex digits
+            job.id = db.new_job_id(job.kind)
+        config = {k: v for k, v in job.to_dict().items()
+                  if k in ("id", "kind", "params", "backend", "depends_on", "resources", "created")}
+        config["target"] = KINDS[job.kind]  # the worker runs this, even for a kind registered only in this process
+        fileio.write_json(job.run_dir / "config.json", config)
+        db.insert(con, job)
+    return None
+
+
+def _claim_ready(ws, start_backends: tuple[str, ...] | None) -> list[Job]:
+    """In one transaction: fail jobs whose dependency failed, claim runnable ones (state -> running)."""
+    now, root, claimed = time.time(), str(ws.root), []
+    slots = slot_count(ws)
+    with db.transaction(ws) as con:
+        busy = len(db.select(con, root, "state = 'running' AND backend = 'local'"))
+        for job in db.select(con, root, "state = 'queued'", order="created ASC, id ASC"):
+            if job.depends_on:
+                dep = db.fetch(con, job.depends_on, root)
+                if dep is None or dep.state in ("failed", "cancelled"):
+                    why = {"failed": "failed", "cancelled": "was cancelled"}[dep.state] if dep else "is missing"
+                    db.update(con, job.id, only_if=("queued",), state="failed", finished=now,
+                              error=f"dependency {job.depends_on} {why}; this job was not run")
+                    continue
+                if dep.state != "done":
+                    continue
+            if start_backends and job.backend not in start_backends:
+                continue
+            if job.backend == "local":
+                if busy >= slots:
+                    continue
+                busy += 1
+            if db.update(con, job.id, only_if=("queued",), state="running", submitted=now):
+                claimed.append(db.fetch(con, job.id, root))
+    return claimed
+
+
+def _start_ready(ws, start_backends: tuple[str, ...] | None = None) -> None:
+    for job in _claim_ready(ws, start_backends):
+        try:
+            columns = get_backend(job.backend).start(ws, job)
+        except Exception as err:  # record why instead of leaving a job that looks claimed forever
+            with db.transaction(ws) as con:
+                db.update(con, job.id, only_if=("running",), state="failed", finished=time.time(),
+                          error=f"could not start on backend {job.backend!r}: {type(err).__name__}: {err}")
+            continue
+        with db.transaction(ws) as con:
+            db.update(con, job.id, **columns)
+
+
+def _mark_dead(ws, job: Job, exit_code: int | None, why: str) -> None:
+    """Record the end of a job whose process is gone: cancelled if a cancel was asked for, else failed."""
+    from clipsim.jobs.status import tail_log
+
+    with db.transaction(ws) as con:
+        current = db.fetch(con, job.id, str(ws.root))
+        if current is None or current.state != "running":
+            return
+        cancelled = current.cancel_requested is not None
+        error = None if cancelled else f"{why}; exit code {exit_code}. Last lines of {job.run_dir / 'log.txt'}:\n" \
+                                       f"{tail_log(job, lines=40)}"
+        db.update(con, job.id, only_if=("running",), state="cancelled" if cancelled else "failed",
+                  finished=time.time(), exit_code=exit_code, error=error)
+
+
+def reconcile(ws, start_backends: tuple[str, ...] | None = None) -> list[Job]:
+    """Fail running jobs whose process died (with their log tail), then start queued jobs that can run.
+
+    Args:
+        ws: the workspace.
+        start_backends: start only queued jobs of these backends (None: all); SLURM tasks pass ('slurm',).
+
+    Returns:
+        The active (queued or running) jobs afterwards; in read-only mode nothing is changed.
+    """
+    if read_only():
+        return list_jobs(ws, states=ACTIVE)
+    now = time.time()
+    for job in list_jobs(ws, states=["running"]):
+        backend = get_backend(job.backend)
+        if job.backend_id is None:
+            claimed = job.submitted or job.created
+            if now - claimed > START_TIMEOUT_S:
+                _mark_dead(ws, job, None, f"the job was claimed {now - claimed:.0f} s ago but its process "
+                                          "never started (the launching process died?)")
+            continue
+        if not backend.alive(ws, job):
+            _mark_dead(ws, job, backend.exit_code(job), f"the worker process {job.backend_id} ({job.backend}) ended "
+                       "without recording a result (killed, out of memory, node failure or time limit)")
+    _start_ready(ws, start_backends)
+    reap_children()
+    return list_jobs(ws, states=ACTIVE)
+
+
+def cancel(ws, job_id: str, grace: float = CANCEL_GRACE_S) -> Job:
+    """Cancel a job: a queued one at once; a running one by SIGTERM (scancel on SLURM), SIGKILL after `grace` s.
+
+    Returns:
+        The job afterwards (cancelled, or its final state if it ended first).
+
+    Raises:
+        ReadOnlyError: the workspace is served read-only.
+        WorkspaceError: no such job.
+    """
+    _refuse_read_only(f"cancel job {job_id}")
+    get_job(ws, job_id)
+    now = time.time()
+    with db.transaction(ws) as con:
+        if not db.update(con, job_id, only_if=("queued",), state="cancelled", finished=now, cancel_requested=now):
+            db.update(con, job_id, only_if=("running",), cancel_requested=now)
+    job = get_job(ws, job_id)
+    if job.state == "running":
+        backend = get_backend(job.backend)
+        if job.backend_id is not None:
+            backend.signal(ws, job, hard=False)
+            deadline = time.time() + grace
+            while time.time() < deadline and backend.alive(ws, job):
+                time.sleep(0.05)
+            if backend.alive(ws, job):
+                backend.signal(ws, job, hard=True)
+                deadline = time.time() + 2.0
+                while time.time() < deadline and backend.alive(ws, get_job(ws, job_id)):
+                    time.sleep(0.05)
+        _mark_dead(ws, job, backend.exit_code(job), "cancelled")
+    reconcile(ws)
+    return get_job(ws, job_id)
+
+
+def wait(ws, job_id: str, timeout: float | None = None, poll: float = 0.5) -> Job:
+    """Block until the job is done, failed or cancelled, reconciling on every poll.
+
+    Raises:
+        JobTimeout: still active after `timeout` seconds (the job keeps running).
+        WorkspaceError: no such job.
+    """
+    deadline = None if timeout is None else time.time() + timeout
+    while True:
+        job = get_job(ws, job_id)
+        if not job.is_active:
+            return job
+        if deadline is not None and time.time() > deadline:
+            raise JobTimeout(f"job {job_id} is still {job.state} after {timeout} s; follow it with `python -m clipsim "
+                             f"jobs show --workspace {ws.root} --id {job_id}` or cancel it")
+        reconcile(ws)
+        time.sleep(poll)

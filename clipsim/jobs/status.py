@@ -1,0 +1,88 @@
+"""Reading a job's state for people: its progress (with ETA), the tail of its log, and a table of all jobs."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from clipsim.jobs.db import Job
+
+TAIL_BLOCK = 16384  # bytes read per step from the end of a log
+
+
+def read_progress(job: Job) -> dict:
+    """The job's latest progress report: done, total, message, fraction, rate (units/s), eta_s, updated.
+
+    Returns:
+        {} before the first report. For a running job `eta_s` is counted down from the report's time; a
+        finished job reports fraction 1.0 when it is done.
+    """
+    path = job.run_dir / "progress.json"
+    try:
+        progress = json.loads(path.read_text())
+    except (OSError, ValueError):  # not written yet (writes are atomic, so never half-written)
+        progress = {}
+    if progress and job.state == "running" and progress.get("eta_s") is not None:
+        progress["eta_s"] = max(0.0, progress["eta_s"] - (time.time() - progress["updated"]))
+    if job.state == "done":
+        progress.update(fraction=1.0, eta_s=0.0)
+    elif job.state != "running" and progress:
+        progress["eta_s"] = None  # failed or cancelled: nothing left to wait for
+    return progress
+
+
+def _tail_file(path: Path, lines: int) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            end = pos = f.tell()
+            data = b""
+            while pos > 0 and data.count(b"\n") <= lines:
+                pos = max(0, pos - TAIL_BLOCK)
+                f.seek(pos)
+                data = f.read(end - pos)
+    except OSError:
+        return []
+    return data.decode("utf-8", errors="replace").splitlines()[-lines:]
+
+
+def tail_log(job: Job, lines: int = 50) -> str:
+    """The last `lines` lines of the job's log.txt (for SLURM jobs also submitit's stderr when the log is empty)."""
+    out = _tail_file(job.run_dir / "log.txt", lines)
+    if not out and job.backend == "slurm":
+        for err in sorted((job.run_dir / "submitit").glob("*_log.err")):
+            out += _tail_file(err, lines)
+        out = out[-lines:]
+    return "\n".join(out)
+
+
+def _fmt_time(ts: float | None) -> pd.Timestamp | None:
+    return pd.Timestamp(ts, unit="s", tz="UTC").tz_convert(None) if ts else None
+
+
+def jobs_frame(ws, kind: str | list[str] | None = None, limit: int | None = None) -> pd.DataFrame:
+    """One row per job, newest first: id, kind, state, fraction, message, eta_s, created, started, finished,
+    duration_s, backend, backend_id, depends_on, exit_code, params, result, error (params/result as JSON text).
+    """
+    from clipsim.jobs.scheduler import list_jobs
+
+    columns = ["id", "kind", "state", "fraction", "message", "eta_s", "created", "started", "finished", "duration_s",
+               "backend", "backend_id", "depends_on", "exit_code", "params", "result", "error"]
+    rows = []
+    now = time.time()
+    for job in list_jobs(ws, kind=kind, limit=limit):
+        progress = read_progress(job)
+        end = job.finished or (now if job.started else None)
+        rows.append({
+            "id": job.id, "kind": job.kind, "state": job.state, "fraction": progress.get("fraction"),
+            "message": progress.get("message", ""), "eta_s": progress.get("eta_s"),
+            "created": _fmt_time(job.created), "started": _fmt_time(job.started), "finished": _fmt_time(job.finished),
+            "duration_s": round(end - job.started, 1) if job.started and end else None, "backend": job.backend,
+            "backend_id": job.backend_id, "depends_on": job.depends_on, "exit_code": job.exit_code,
+            "params": json.dumps(job.params, sort_keys=True),
+            "result": json.dumps(job.result, sort_keys=True) if job.result is not None else None,
+            "error": job.error,
+        })
+    return pd.DataFrame(rows, columns=columns)

@@ -1,0 +1,113 @@
+"""Job widgets: a live job monitor (a fragment re-run every 2 s) and a launch button; both respect read-only mode."""
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from clipsim import jobs
+from clipsim.errors import ClipsimError
+from clipsim.workspace import read_only
+
+STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew:", "done": ":material/check_circle:",
+               "failed": ":material/error:", "cancelled": ":material/cancel:"}
+
+
+def format_eta(seconds: float | None) -> str:
+    """'1 h 02 min', '3 min 05 s', '42 s'; '' when unknown."""
+    if seconds is None:
+        return ""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
+def _cancel(ws, job_id: str) -> None:
+    try:
+        job = jobs.cancel(ws, job_id)
+        st.toast(f"job {job_id}: {job.state}")
+    except ClipsimError as err:
+        st.toast(f"could not cancel {job_id}: {err}")
+
+
+def _summary(job: jobs.Job) -> str:
+    if job.state == "queued":
+        return f"waiting for job `{job.depends_on}`" if job.depends_on else "waiting for a free slot"
+    if job.state == "done":
+        text = json.dumps(job.result, default=str) if job.result else "done"
+        return text if len(text) < 200 else text[:197] + "..."
+    if job.state == "failed":
+        lines = [line for line in (job.error or "").splitlines() if line.strip()]
+        last = lines[-1] if lines else "no log"
+        return f"exit code {job.exit_code}: {last}" if job.exit_code is not None else last
+    return "cancelled"
+
+
+def _job_row(ws, job: jobs.Job, key: str) -> None:
+    with st.container(border=True):
+        left, mid, right = st.columns([3, 5, 2], vertical_alignment="center")
+        left.markdown(f"{STATE_ICONS.get(job.state, '')} **{job.kind}** · {job.state}  \n`{job.id}`")
+        with mid:
+            if job.state == "running":
+                progress = jobs.read_progress(job)
+                text = progress.get("message") or ("running" if job.started else f"starting on {job.backend}")
+                if progress.get("eta_s") is not None:
+                    text += f" · ETA {format_eta(progress['eta_s'])}"
+                st.progress(min(1.0, float(progress.get("fraction") or 0.0)), text=text)
+            else:
+                st.caption(_summary(job))
+        if job.is_active and not read_only():
+            right.button("Cancel", key=f"{key}-cancel-{job.id}", icon=":material/close:", on_click=_cancel,
+                         args=(ws, job.id))
+        with st.expander("Log"):
+            st.code(jobs.tail_log(job, lines=30) or "(no output yet)", language="text")
+
+
+@st.fragment(run_every=2)
+def job_monitor(ws, kinds: str | list[str] | None = None, limit: int = 20, key: str = "jobs") -> None:
+    """Jobs of the workspace, newest first, refreshed every 2 s: state, progress bar with ETA, cancel, log tail.
+
+    Each refresh reconciles (starts queued jobs, notices dead ones) unless the app is read-only, where the
+    cancel buttons are hidden too.
+
+    Args:
+        ws: the workspace.
+        kinds: show only these kinds (None: all).
+        limit: at most this many jobs.
+        key: widget key prefix (when a page shows two monitors).
+    """
+    try:
+        if not read_only():
+            jobs.reconcile(ws)
+        shown = jobs.list_jobs(ws, kind=kinds, limit=limit)
+    except ClipsimError as err:
+        st.warning(str(err))
+        return
+    if not shown:
+        st.caption("No jobs yet.")
+        return
+    for job in shown:
+        _job_row(ws, job, key)
+
+
+def launch_button(ws, label: str, kind: str, params: dict, key: str, backend: str | None = None,
+                  depends_on: str | None = None, resources: dict | None = None, help_text: str | None = None):
+    """A button that launches a job; an identical queued or running job is reused (double clicks launch once).
+
+    Returns:
+        The launched (or reused) Job on the run after a click, else None. Disabled in read-only mode.
+    """
+    if read_only():
+        st.button(label, key=key, disabled=True, help="read-only presentation mode")
+        st.caption("Read-only presentation mode: launching jobs is disabled.")
+        return None
+    if not st.button(label, key=key, help=help_text, type="primary"):
+        return None
+    try:
+        job = jobs.launch(ws, kind, params, backend=backend, depends_on=depends_on, resources=resources)
+    except ClipsimError as err:
+        st.error(str(err))
+        return None
+    st.toast(f"{kind} job `{job.id}` {job.state}")
+    return job
