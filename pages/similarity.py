@@ -1,0 +1,78 @@
+"""Similarity: per test set, s_D(t) for every train set (the paper's main figure) and a live threshold cut."""
+import numpy as np
+import streamlit as st
+
+from clipsim import plots
+from clipsim.ui import gallery, loaders, views, widgets
+from clipsim.ui.state import BIND
+
+PAIRS, PAIR_THUMB, GRID = 6, 80, 3  # pairs each side of the threshold, their thumbnail px, histograms per row
+
+st.title("Similarity")
+st.caption("s_D(t) = max over x in D of cos(t, x): how close each test image's nearest training image is. "
+           "Where the web set is closer than the curated reference, web data may explain benchmark performance.")
+ws = loaders.workspace()
+tests = loaders.searched_tests(ws)
+loaders.warn_stale(ws, tests)
+ref = loaders.reference(ws, required=False)
+nns = {t: loaders.test_neighbours(ws, t) for t in tests}
+webs = loaders.web_sets(ws, tests, ref)
+if not webs:
+    st.info("No web (non-reference) train set is searched against every test set yet. Search it:",
+            icon=":material/info:")
+    st.code(f"python -m clipsim search --workspace {ws.root} --train WEB" + (f" --reference {ref}" if ref else ""),
+            language="bash")
+    st.stop()
+if ref is None:
+    st.info("No reference train set is set, so web and curated coverage cannot be compared. "
+            f"Search with one: `python -m clipsim search --workspace {ws.root} --reference curated`.",
+            icon=":material/info:")
+
+summary = loaders.similarity_summary(nns, ref)
+share_cols = [c for c in summary.columns if c.startswith("share")]
+st.dataframe(summary, hide_index=True, width="stretch", column_config={
+    **{c: st.column_config.NumberColumn(c, format="%.3f") for c in summary.columns if c.startswith("median")},
+    **{c: st.column_config.ProgressColumn(c, format="percent", min_value=0.0, max_value=1.0) for c in share_cols}})
+
+st.subheader("Threshold")
+web = webs[0] if len(webs) == 1 else st.selectbox("Web set", webs, key="web", bind=BIND)
+stats = loaders.prune_stats(ws, web, tests, ref if loaders.has_margins(ws, web, tests, ref) else None)
+sorted_s = {t: loaders.sorted_similarity(nns[t], web)[0] for t in tests}
+lo, hi = loaders.sim_bounds(list(nns.values()))
+default = round(float(np.percentile(np.concatenate(list(sorted_s.values())), 90)), 2)
+tau = widgets.threshold_input(f"Threshold τ on s_{web}(t)", "tau", default, lo, hi,
+                              help_text="Test images whose web neighbour is above τ; web samples x with "
+                                        "max_t cos(x, t) > τ")
+counts = views.threshold_counts(sorted_s, stats, tau)
+combined = counts.iloc[-1]
+m = st.columns(3)
+m[0].metric(f"Test images with s_{web}(t) > τ", f"{int(combined['above']):,}",
+            help=f"of {int(combined['test_images']):,} test images in {len(tests)} test sets")
+m[1].metric("Web samples removed (combined)", f"{int(combined['web_removed']):,}",
+            help="max_t cos(x, t) > τ over all test sets (PruneStats.count_threshold)")
+m[2].metric("Share of web removed", f"{combined['share_of_web']:.2%}", help=f"of {stats.n:,} {web} samples")
+st.dataframe(counts, hide_index=True, width="stretch", key="threshold_counts", column_config={
+    "test_images": st.column_config.NumberColumn("test images"),
+    "above": st.column_config.NumberColumn("test images > τ"),
+    "share_above": st.column_config.NumberColumn("share > τ", format="percent"),
+    "web_removed": st.column_config.NumberColumn(f"{web} samples removed"),
+    "share_of_web": st.column_config.NumberColumn(f"share of {web}", format="percent")})
+
+st.subheader("Nearest-neighbour similarity per test set")
+for start in range(0, len(tests), GRID):
+    cols = st.columns(GRID)
+    for col, test in zip(cols, tests[start : start + GRID]):
+        nn = nns[test]
+        fig = plots.similarity_histogram({t: nn.nn(t) for t in nn.trains}, ref, title=test, threshold=tau)
+        col.plotly_chart(fig, width="stretch", key=f"hist_{test}")
+
+st.subheader("Pairs at the threshold")
+pair_test = st.selectbox("Test set", tests, key="pairs", bind=BIND)
+s_sorted, order = loaders.sorted_similarity(nns[pair_test], web)
+above, below = views.threshold_neighbours(s_sorted, order, tau, PAIRS)
+for col, side, rows, text in zip(st.columns(2), ("above", "below"), (above, below),
+                                 (f"web neighbour closer than {tau:.4f}", f"at most {tau:.4f}")):
+    col.markdown(f"**Just {side} τ** · {text}")
+    pairs = views.nearest_pairs(ws, nns[pair_test], web, rows, PAIR_THUMB)
+    with col:
+        gallery.show(gallery.pairs_html(pairs, PAIR_THUMB, side))

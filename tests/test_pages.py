@@ -1,0 +1,327 @@
+"""AppTest of the Explore pages (Neighbours, Similarity, Prune) on the small demo workspace, and their empty states.
+
+Every number a page shows is checked against the library computed directly (nn_similarity, PruneStats, rule_*);
+saving from the Prune page must write what `python -m clipsim prune` writes.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from clipsim import fileio, prune
+from clipsim.cli import main as cli_main
+from clipsim.errors import ReadOnlyError
+from clipsim.store import write_shard
+from clipsim.workspace import Workspace
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 90  # seconds per script run; a cold run reads the demo's metadata and decodes ~250 thumbnails
+PAGES = ["neighbours", "similarity", "prune"]
+
+
+@pytest.fixture
+def served(demo_ws, monkeypatch):
+    """The demo workspace served by the app (read-write)."""
+    monkeypatch.setenv("CLIPSIM_WORKSPACE", str(demo_ws.root))
+    monkeypatch.delenv("CLIPSIM_READ_ONLY", raising=False)
+    return demo_ws
+
+
+@pytest.fixture
+def writable(demo_ws, tmp_path, monkeypatch):
+    """A private copy of the demo workspace (mtimes kept, so every fingerprint still matches) for saving manifests."""
+    root = tmp_path / "ws"
+    shutil.copytree(demo_ws.root, root, ignore=shutil.ignore_patterns("manifests"))
+    monkeypatch.setenv("CLIPSIM_WORKSPACE", str(root))
+    monkeypatch.delenv("CLIPSIM_READ_ONLY", raising=False)
+    return Workspace.open(root)
+
+
+def run_page(name: str, **params) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=TIMEOUT)
+    for key, value in params.items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def html(at: AppTest) -> str:
+    return "".join(h.proto.body for h in at.html)
+
+
+def gallery_keys(at: AppTest) -> list[str]:
+    return re.findall(r'data-testid="cs-row" data-key="([^"]+)"', html(at))
+
+
+def table(at: AppTest, column: str) -> pd.DataFrame:
+    """The first dataframe on the page with this column."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label.startswith(label))
+
+
+def order(s: pd.Series, descending: bool) -> list[str]:
+    """Keys sorted by value, ties in dataset order (what the page promises)."""
+    values = s.to_numpy(np.float64)
+    return list(s.index[np.argsort(-values if descending else values, kind="stable")])
+
+
+# ----- Neighbours ---------------------------------------------------------------------------------------
+def test_app_navigates_to_every_page(served):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    for name in PAGES:
+        at.switch_page(f"pages/{name}.py").run()
+        assert not at.exception, name
+        assert at.title[0].value == name.capitalize()
+
+
+def test_neighbours_gallery_sorts_filters_and_pages(served):
+    ws = served
+    s = ws.nn_similarity("sketch", "web")
+    at = run_page("neighbours", test="sketch")
+    assert not at.exception
+    page = html(at)
+    assert gallery_keys(at) == order(s, descending=True)[:24]
+    assert page.count('data-testid="cs-thumb"') == 24 * (1 + 2 * 5)  # the test image + 5 web + 5 curated
+    assert page.count('data-testid="cs-sim"') == 24 * 2 * 5
+    nn = ws.neighbours("sketch", "web", k=5)
+    top = nn[nn["test_key"] == gallery_keys(at)[0]]
+    first_row = page.split('data-testid="cs-row"')[1]
+    shown = re.findall(r'data-testid="cs-sim"[^>]*>([0-9.]+)<', first_row.split('data-train="curated"')[0])
+    assert shown == [f"{v:.3f}" for v in top["similarity"]]  # web set first: it sorts the page
+
+    at.button_group(key="sort").set_value("least").run()
+    assert gallery_keys(at) == order(s, descending=False)[:24]
+    at.get("pagination")[0].set_value(2).run()
+    assert gallery_keys(at) == order(s, descending=False)[24:48]
+
+    classes = ws.dataset("sketch").classes
+    labels = ws.embeddings("sketch").metadata(["key", "label"]).set_index("key")["label"]
+    at.multiselect(key="cls").set_value(["star"]).run()  # back to page 1 of the filtered set
+    stars = s[labels.reindex(s.index).to_numpy() == classes.index("star")]
+    assert gallery_keys(at) == order(stars, descending=False)[:24]
+    assert f"of **{len(stars)}** test images" in at.markdown[0].value
+
+    at.multiselect(key="cls").set_value([]).run()
+    at.slider(key="sim").set_value((0.8, 0.9)).run()
+    inside = s[(s >= 0.8) & (s <= 0.9)]
+    assert gallery_keys(at) == order(inside, descending=False)[:24]
+    assert f"of **{len(inside)}** test images" in at.markdown[0].value
+
+
+def test_neighbours_link_restores_the_view(served):
+    ws = served
+    s = ws.nn_similarity("val", "curated")
+    classes = ws.dataset("val").classes
+    labels = ws.embeddings("val").metadata(["key", "label"]).set_index("key")["label"].reindex(s.index)
+    wanted = s[np.isin(labels.to_numpy(), [classes.index("star"), classes.index("heart")])]
+    at = run_page("neighbours", test="val", by="curated", sort="Least similar", cls=["star", "heart"], n="12", page="2",
+                  k="3")  # a segmented control's URL value is its label
+    assert not at.exception
+    assert at.selectbox(key="test").value == "val" and at.selectbox(key="by").value == "curated"
+    assert at.slider(key="k").value == 3 and at.multiselect(key="cls").value == ["star", "heart"]
+    assert gallery_keys(at) == order(wanted, descending=False)[12:24]
+    assert html(at).count('data-testid="cs-thumb"') == len(gallery_keys(at)) * (1 + 2 * 3)
+
+
+def test_neighbours_invalid_link_falls_back_to_defaults(served):
+    at = run_page("neighbours", test="nope", sort="sideways", page="zz", k="99", sim=["x", "y"], n="7", image="bad")
+    assert not at.exception
+    first_test = served.dataset_names("test")[0]
+    assert at.selectbox(key="test").value == first_test
+    assert gallery_keys(at) == order(served.nn_similarity(first_test, "web"), descending=True)[:24]
+    assert 'data-testid="cs-detail"' not in html(at)
+
+
+def test_neighbours_detail_view_marks_planted_pairs(served):
+    ws = served
+    planted = pd.read_parquet(ws.path("demo", "planted.parquet")).query("test_dataset == 'val'")
+    top = ws.neighbours("val", "web", k=10)
+    hits = planted.merge(top, on=["test_key", "train_key"])
+    assert len(hits) > 0  # the demo plants near-duplicates that the search finds
+    key = hits["test_key"].iloc[0]
+    at = run_page("neighbours", test="val", image=key)
+    detail = next(h.proto.body for h in at.html if 'data-testid="cs-detail"' in h.proto.body)
+    assert f'data-key="{key}"' in detail
+    assert detail.count('data-testid="cs-sim"') == 2 * 10  # every stored neighbour in the detail view
+    assert 'data-testid="cs-planted"' in detail
+    at.button[0].click().run()  # Close
+    assert 'data-testid="cs-detail"' not in html(at)
+
+
+# ----- Similarity ---------------------------------------------------------------------------------------
+def _above(ws, tests: list[str], tau: float) -> int:
+    return int(sum((ws.nn_similarity(t, "web").to_numpy(np.float64) > tau).sum() for t in tests))
+
+
+def test_similarity_threshold_counts_are_exact(served):
+    ws = served
+    tests = ws.dataset_names("test")
+    stats = prune.PruneStats.load(ws, "web", tests)
+    at = run_page("similarity")
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == len(tests)
+    for tau in (0.9, 0.75):
+        at.number_input(key="tau").set_value(tau).run()
+        assert at.slider(key="tau__slider").value == pytest.approx(tau)  # the slider follows the number field
+        assert metric(at, "Web samples removed") == f"{stats.count_threshold(tau):,}"
+        assert metric(at, "Test images with") == f"{_above(ws, tests, tau):,}"
+        counts = table(at, "web_removed").set_index("test")
+        assert [int(counts.loc[t, "web_removed"]) for t in tests] == [stats.count_threshold(tau, t) for t in tests]
+    at.slider(key="tau__slider").set_value(0.8).run()  # and the number field follows the slider
+    assert at.number_input(key="tau").value == pytest.approx(0.8)
+    assert metric(at, "Web samples removed") == f"{stats.count_threshold(0.8):,}"
+
+
+def test_similarity_pairs_straddle_the_threshold(served):
+    s = np.sort(served.nn_similarity("sketch", "web").to_numpy(np.float64))
+    at = run_page("similarity", tau="0.85", pairs="sketch")
+    assert at.number_input(key="tau").value == pytest.approx(0.85)  # restored from the link
+    page = html(at)
+    above_html = page.split('data-testid="cs-pairs-above"')[1].split("cs-pairs-below")[0]
+    above = re.findall(r'cs-sim"[^>]*>([0-9.]+)<', above_html)
+    below = re.findall(r'cs-sim"[^>]*>([0-9.]+)<', page.split('data-testid="cs-pairs-below"')[1])
+    assert above == [f"{v:.3f}" for v in s[s > 0.85][:6]]
+    assert below == [f"{v:.3f}" for v in s[s <= 0.85][::-1][:6]]
+
+
+def test_similarity_bad_threshold_in_link_is_ignored(served):
+    at = run_page("similarity", tau="abc", pairs="nope")
+    assert not at.exception
+    assert at.selectbox(key="pairs").value == served.dataset_names("test")[0]
+
+
+# ----- Prune --------------------------------------------------------------------------------------------
+def test_prune_counts_follow_the_rule_and_parameters(served):
+    ws = served
+    tests = ws.dataset_names("test")
+    stats = prune.PruneStats.load(ws, "web", tests, ws.settings["reference"])
+    at = run_page("prune")
+    assert not at.exception
+    assert metric(at, "Web samples removed") == f"{stats.count_gap(0.0):,}"  # default: similarity gap, delta 0
+    at.button_group(key="rule").set_value("threshold").run()
+    at.number_input(key="tau").set_value(0.85).run()
+    assert metric(at, "Web samples removed") == f"{stats.count_threshold(0.85):,}"
+    counts = table(at, "share_of_web").set_index("test")
+    assert [int(counts.loc[t, "removed"]) for t in tests] == [stats.count_threshold(0.85, t) for t in tests]
+    at.multiselect(key="tests").set_value(["sketch"]).run()
+    assert metric(at, "Web samples removed") == f"{stats.count_threshold(0.85, 'sketch'):,}"
+    at.button_group(key="rule").set_value("near").run()
+    at.number_input(key="keep").set_value(0.25).run()
+    assert metric(at, "Web samples kept") == f"{round(0.25 * stats.n):,}"
+    assert len(at.get("plotly_chart")) == 1
+
+
+def _manifest_files(ws: Workspace, name: str) -> tuple[list, list, dict]:
+    folder = ws.path("manifests", name)
+    summary = fileio.read_json(folder / "summary.json")
+    summary.pop("created")
+    return (pd.read_parquet(folder / "removed.parquet")["key"].tolist(),
+            pd.read_parquet(folder / "kept.parquet")["key"].tolist(), summary)
+
+
+@pytest.mark.parametrize("rule, params, flags", [
+    ("threshold", {"tau": "0.85"}, ["--tau", "0.85"]),
+    ("similarity-gap", {}, []),
+])
+def test_prune_page_saves_what_the_cli_saves(writable, rule, params, flags):
+    ws = writable
+    at = run_page("prune", rule=rule.replace("-", " ").capitalize(), **params)  # URL values are the labels
+    at.text_input[0].set_value("from-ui")
+    at.button(key="FormSubmitter:save_manifest-Save manifest").click().run()
+    assert not at.exception and not at.error
+    assert "from-ui" in at.success[0].value
+    assert cli_main(["prune", "--workspace", str(ws.root), "--rule", rule, "--name", "from-cli", *flags]) == 0
+    ui, cli = _manifest_files(ws, "from-ui"), _manifest_files(ws, "from-cli")
+    assert ui == cli
+    stats = prune.PruneStats.load(ws, "web", ws.dataset_names("test"), ws.settings["reference"])
+    removed = (prune.rule_threshold(stats, 0.85) if rule == "threshold" else prune.rule_similarity_gap(stats, 0.0))
+    assert ui[0] == list(stats.keys[removed])
+    assert table(at, "status")["name"].tolist() == ["from-ui"]
+
+
+def test_prune_marks_stale_manifests(writable):
+    ws = writable
+    stats = prune.PruneStats.load(ws, "web", ws.dataset_names("test"))
+    for name in ("fresh-one", "stale-one"):
+        prune.save_manifest(ws, name, "near", {"keep": 0.5}, stats, prune.rule_near(stats, 0.5))
+    summary_path = ws.path("manifests", "stale-one", "summary.json")
+    summary = json.loads(summary_path.read_text())
+    summary["inputs"]["web_embeddings"] = "0" * 16  # as if the web set was re-embedded since
+    fileio.write_json(summary_path, summary)
+    listed = table(run_page("prune"), "status").set_index("name")
+    assert listed.loc["fresh-one", "status"] == "fresh" and listed.loc["stale-one", "status"] == "⚠ stale"
+
+
+def test_prune_read_only_hides_saving(served, monkeypatch):
+    monkeypatch.setenv("CLIPSIM_READ_ONLY", "1")
+    at = run_page("prune", rule="Threshold", tau="0.9")
+    assert not at.exception
+    assert not at.text_input and all(b.label != "Save manifest" for b in at.button)
+    assert any("Read-only" in i.value for i in at.info)
+    stats = prune.PruneStats.load(served, "web", served.dataset_names("test"))
+    with pytest.raises(ReadOnlyError):
+        prune.save_manifest(served, "nope", "threshold", {"tau": 0.9}, stats, prune.rule_threshold(stats, 0.9))
+    assert not served.path("manifests", "nope").exists()
+
+
+# ----- empty states -------------------------------------------------------------------------------------
+def _embedded(ws: Workspace, name: str, role: str, n: int, seed: int) -> None:
+    emb = np.random.default_rng(seed).normal(size=(n, 8))
+    write_shard(ws.path("embeddings", name), 0, emb / np.linalg.norm(emb, axis=1, keepdims=True),
+                pd.DataFrame({"key": [f"{name}{i}" for i in range(n)]}))
+    ws.register_dataset(name, role, ws.root, "folder")
+
+
+@pytest.mark.parametrize("state, command", [
+    ("missing", "clipsim demo"), ("empty", "clipsim register"), ("registered", "clipsim embed"),
+    ("embedded", "clipsim search"),
+])
+def test_empty_workspaces_say_what_to_run(tmp_path, monkeypatch, state, command):
+    root = tmp_path / "ws"
+    if state != "missing":
+        ws = Workspace.create(root)
+        if state == "registered":
+            ws.register_dataset("web", "train", root, "folder")
+            ws.register_dataset("val", "test", root, "folder")
+        elif state == "embedded":
+            _embedded(ws, "web", "train", 20, 0)
+            _embedded(ws, "val", "test", 5, 1)
+    monkeypatch.setenv("CLIPSIM_WORKSPACE", str(root))
+    for name in PAGES:
+        at = run_page(name)
+        assert not at.exception, name
+        assert at.info, name
+        assert any(command in c.value for c in at.code), (name, [c.value for c in at.code])
+
+
+def test_pages_without_reference_or_images_and_with_stale_search(tmp_path, monkeypatch):
+    from clipsim.search import search
+
+    ws = Workspace.create(tmp_path / "ws")
+    _embedded(ws, "web", "train", 30, 0)
+    _embedded(ws, "val", "test", 6, 1)
+    search(ws, "web", ["val"], k=3)  # no reference set, and no image files behind the embeddings
+    monkeypatch.setenv("CLIPSIM_WORKSPACE", str(ws.root))
+    at = run_page("neighbours")
+    assert not at.exception and len(gallery_keys(at)) == 6
+    assert html(at).count('alt="val0 (no image stored)"') == 1  # placeholders, not errors
+    at = run_page("similarity")
+    assert not at.exception and any("No reference" in i.value for i in at.info)
+    assert len(at.get("plotly_chart")) == 1
+    at = run_page("prune")  # the default rule, similarity gap, needs the reference's margins
+    assert not at.exception and any("--reference" in c.value for c in at.code)
+    assert not at.metric
+    _embedded(ws, "val", "test", 6, 2)  # re-embedding the test set makes its search stale
+    for name in PAGES:
+        at = run_page(name)
+        assert not at.exception and any("val vs web" in w.value for w in at.warning), name
