@@ -3,7 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from clipsim.ui.common import read_only_banner, workspace_root
+from clipsim.ui.common import leave_legacy_pages_mode, read_only_banner, workspace_root
 
 # (file, title, icon); pages not written yet are left out of the navigation.
 PAGES = [
@@ -17,6 +17,7 @@ PAGES = [
 ]
 
 st.set_page_config(page_title="clipsim", page_icon=":material/compare:", layout="wide")
+leave_legacy_pages_mode()
 with st.sidebar:
     st.caption(f"Workspace: `{workspace_root()}`")
     read_only_banner()

@@ -4,6 +4,7 @@ import math
 import streamlit as st
 
 from clipsim.ui import gallery, loaders, state, views
+from clipsim.ui.common import leave_legacy_pages_mode
 from clipsim.ui.state import BIND
 
 THUMB, TEST_THUMB, DETAIL_THUMB, DETAIL_TEST = 96, 112, 128, 224  # px; demo images are 64 px, real ones larger
@@ -16,6 +17,7 @@ def _open_picked() -> None:
     st.session_state["open_pick"] = None
 
 
+leave_legacy_pages_mode()
 st.title("Neighbours")
 st.caption("Every test image beside its nearest training images. Sort by nearest-neighbour similarity s(t) to "
            "find near-duplicates (most similar first) or what the training data does not cover (least first).")

@@ -1,8 +1,9 @@
 """Overview: the workspace's datasets and the state of its searches."""
 import streamlit as st
 
-from clipsim.ui.common import open_workspace
+from clipsim.ui.common import leave_legacy_pages_mode, open_workspace
 
+leave_legacy_pages_mode()
 st.title("clipsim")
 st.write("How close is CLIP's training data to its benchmarks? Exact nearest neighbours between test sets and "
          "train sets, pruning rules, retraining and zero-shot evaluation.")

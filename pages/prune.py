@@ -5,8 +5,10 @@ import streamlit as st
 from clipsim import plots, prune
 from clipsim.errors import ClipsimError
 from clipsim.ui import loaders, pruning, widgets
+from clipsim.ui.common import leave_legacy_pages_mode
 from clipsim.ui.state import BIND
 
+leave_legacy_pages_mode()
 st.title("Prune")
 st.caption("Exact pruning rules over the stored per-sample statistics: every count below is exact and updates "
            "live. Save a rule as a manifest to train on the pruned web set.")

@@ -4,10 +4,12 @@ import streamlit as st
 
 from clipsim import plots
 from clipsim.ui import gallery, loaders, views, widgets
+from clipsim.ui.common import leave_legacy_pages_mode
 from clipsim.ui.state import BIND
 
 PAIRS, PAIR_THUMB, GRID = 6, 80, 3  # pairs each side of the threshold, their thumbnail px, histograms per row
 
+leave_legacy_pages_mode()
 st.title("Similarity")
 st.caption("s_D(t) = max over x in D of cos(t, x): how close each test image's nearest training image is. "
            "Where the web set is closer than the curated reference, web data may explain benchmark performance.")
