@@ -1,0 +1,40 @@
+"""Trainer process: `python -m clipsim.train_entry [--model-config F.json ...] OPEN_CLIP_TRAIN_ARGS`.
+
+Registers our own model configs (the demo's `clipsim-demo`) with open_clip, forbids hub downloads, then hands
+the remaining arguments to `open_clip_train.main.main`, so OpenCLIP's logging and distributed set-up live in
+their own process (also under torchrun, where every rank runs this module).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate our `--model-config PATH` options from the trainer's arguments.
+
+    Returns:
+        (model config paths, remaining arguments for open_clip_train).
+    """
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # else "--model" would match
+    parser.add_argument("--model-config", action="append", default=[])
+    ours, rest = parser.parse_known_args(argv)
+    return ours.model_config, rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Register model configs and run open_clip_train.main.main(rest); returns an exit code."""
+    configs, rest = split_args(sys.argv[1:] if argv is None else argv)
+    from clipsim.models import go_offline, register_model_config
+
+    go_offline()
+    for config in configs:
+        register_model_config(config)
+    from open_clip_train.main import main as train_main
+
+    result = train_main(rest)
+    return 1 if result == -1 else 0  # open_clip_train returns -1 when the run folder already holds a log
+
+
+if __name__ == "__main__":
+    sys.exit(main())
