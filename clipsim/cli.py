@@ -115,6 +115,9 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--force", action="store_true", help="discard existing shards and re-embed")
+    from clipsim.scale_cli import add_scale_args
+
+    add_scale_args(p, "finalize", "check that every shard is embedded and write the summary (after --shards runs)")
 
 
 @command("embed", "embed registered datasets into clip-retrieval shards (resumable)", _embed_args)
@@ -125,6 +128,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
     saved = ws.settings.get("similarity_model", {})
     model = args.model or (str(ws.resolve(saved["model"])) if "model" in saved else DEFAULT_MODEL)
     pretrained = args.pretrained or (str(ws.resolve(saved["pretrained"])) if "pretrained" in saved else DEFAULT_PRETRAINED)
+    if args.shards or args.finalize or args.array:
+        from clipsim.scale_cli import embed_scaled
+
+        return embed_scaled(ws, args, csv_list(args.datasets) or ws.dataset_names(), model, pretrained)
     for name in csv_list(args.datasets) or ws.dataset_names():
         emb = embed_dataset(ws, name, model=model, pretrained=pretrained, batch_size=args.batch_size,
                             workers=args.workers, device=args.device, progress=tqdm_progress(), force=args.force)
@@ -142,6 +149,9 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--block-rows", type=int, default=65536)
     p.add_argument("--force", action="store_true")
+    from clipsim.scale_cli import add_scale_args
+
+    add_scale_args(p, "merge", "merge the parts made by --shards runs into the final results")
 
 
 @command("search", "exact nearest neighbours and per-sample statistics (resumable)", _search_args)
@@ -154,6 +164,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     if reference in trains:  # margins against the reference need its own search first
         trains = [reference] + [t for t in trains if t != reference]
     tests = csv_list(args.tests) or ws.dataset_names("test")
+    if args.shards or args.merge or args.array:
+        from clipsim.scale_cli import search_scaled
+
+        return search_scaled(ws, args, trains, tests, reference)
     for train in trains:
         results = search(ws, train, tests, k=args.k, reference=reference, precision=args.precision,
                          device=args.device, block_rows=args.block_rows, force=args.force, progress=tqdm_progress())
@@ -178,6 +192,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     for s in status["searches"]:
         flag = "STALE: " + "; ".join(s["stale"]) if s["stale"] else "fresh"
         print(f"search {s['test']} vs {s['train']} (k={s['k']}): {flag}")
+    for m in status["manifests"]:
+        print(f"manifest {m['name']} ({m['rule']}): kept {m['kept']:,}, removed {m['removed']:,}"
+              + (" STALE" if m["stale"] else ""))
+    if status["jobs"]["counts"]:
+        print("jobs " + ", ".join(f"{n} {state}" for state, n in sorted(status["jobs"]["counts"].items())))
+    for run, n in status["results"].items():
+        print(f"results {run}: {n} rows")
+    for m in status["maps"]:
+        print(f"map {m['name']}" + (" STALE" if m["stale"] else ""))
     return 0
 
 

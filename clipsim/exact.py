@@ -11,6 +11,7 @@ import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 NORM_SLACK = 1.001  # safety factor on float32-computed norms (error <= (d + 2) 2^-24 relative)
+PREPARE_ROWS = 1024  # rows per step of Screen.prepare on a CPU (2 MB of float32 at dim 512)
 PAIR_BATCH = 512  # CPU re-check batch: gathered rows stay in cache (0.5 us/pair at dim 512 vs 3.7 at 16384)
 
 
@@ -68,18 +69,28 @@ class Screen:
             (x_lo, max_norm, max_residual): x_lo (n, d) in the screen dtype, an upper bound on the row norms of
             x16 and x_lo, and one on the norms of x16 - x_lo (0 for empty input or an exact screen).
         """
-        x_lo = x16.to(self.dtype)
+        exact = self.dtype in (torch.float32, torch.float16)  # float16 rows are exact in both
+        x_lo = x16 if self.dtype == x16.dtype else torch.empty(x16.shape, dtype=self.dtype, device=x16.device)
         if len(x16) == 0:
             return x_lo, 0.0, 0.0
+        # Row chunks that stay in cache: one fused walk instead of four passes over the block (6x on a CPU).
+        chunk = PREPARE_ROWS if x16.device.type == "cpu" else len(x16)
+        norms, lo_norms, resids = [], [], []
+        for lo in range(0, len(x16), chunk):
+            x32 = x16[lo : lo + chunk].float()
+            if x_lo is not x16:
+                x_lo[lo : lo + chunk].copy_(x32)  # float16 -> float32 is exact: one rounding, as x16.to(dtype)
+            norms.append(torch.linalg.vector_norm(x32, dim=1).max())
+            if not exact:
+                lo32 = x_lo[lo : lo + chunk].float()
+                lo_norms.append(torch.linalg.vector_norm(lo32, dim=1).max())
+                resids.append(torch.linalg.vector_norm(x32.sub_(lo32), dim=1).max())  # the difference is exact
         # float32 norms are within (d + 2) * 2^-24 of the true value (relative); NORM_SLACK covers d <= 16k.
-        x32 = x16.float()
-        norm = float(torch.linalg.vector_norm(x32, dim=1).max()) * NORM_SLACK
-        if self.dtype in (torch.float32, torch.float16):  # float16 rows are exact in both
+        norm = float(torch.stack(norms).max()) * NORM_SLACK
+        if exact:
             return x_lo, norm, 0.0
-        lo32 = x_lo.float()
-        lo_norm = float(torch.linalg.vector_norm(lo32, dim=1).max()) * NORM_SLACK
-        resid = float(torch.linalg.vector_norm(x32 - lo32, dim=1).max()) * NORM_SLACK  # difference is exact
-        return x_lo, max(norm, lo_norm), resid
+        lo_norm = float(torch.stack(lo_norms).max()) * NORM_SLACK
+        return x_lo, max(norm, lo_norm), float(torch.stack(resids).max()) * NORM_SLACK
 
     def product(self, q_lo: torch.Tensor, x_lo: torch.Tensor) -> torch.Tensor:
         """S = q_lo @ x_lo.T, (n_q, n_x): float32, or bfloat16 on CPU (its output rounding is in the bound).

@@ -1,8 +1,10 @@
 """Image access for display: a dataset image by key or row, thumbnails, data URIs and grey placeholders.
 
 Images are found through each embedding row's metadata locator (`path`, `offset`, `size`), so folder images
-and webdataset tar members load alike. A missing file, or a dataset without stored images (an imported
-clip-retrieval embedding folder), gives a placeholder that says why instead of an error.
+and webdataset tar members load alike. A row with no local image but an http(s) `url` (LAION metadata) becomes a
+Thumb the browser fetches on demand, drawn over a placeholder that stays visible when the fetch fails (offline,
+dead link). A missing file, or a dataset without stored images or urls, gives a placeholder that says why
+instead of an error. Thumbnails honour the dataset's `crop_border` (ObjectNet's 1 px frame).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import io
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from html import escape
 
 import numpy as np
 import pandas as pd
@@ -27,10 +30,22 @@ JPEG_QUALITY = 85  # thumbnails of 64-256 px: ~3-8 kB each, no visible artefacts
 
 @dataclass(frozen=True)
 class Thumb:
-    """One displayable image: its data URI and, for placeholders, why the real image is not shown."""
+    """One displayable image: its data URI (or remote http(s) URL) and, for placeholders, why the real image is
+    not shown; `fallback` is the placeholder data URI under a remote image (shown when it does not load)."""
 
     uri: str
     missing: str | None = None
+    fallback: str | None = None
+
+    def html(self, size: int, alt: str = "", css_class: str = "", testid: str = "") -> str:
+        """An <img> of `size` px; a remote image sits on its placeholder (no script needed: a failed load with an
+        empty alt draws nothing, so the placeholder behind it shows)."""
+        attrs = (f'class="{css_class}" ' if css_class else "") + (f'data-testid="{testid}" ' if testid else "")
+        box = f'width="{size}" height="{size}" style="width:{size}px;height:{size}px'
+        if self.fallback is None:
+            return f'<img {attrs}src="{self.uri}" alt="{escape(alt)}" {box}">'
+        return (f'<img {attrs}src="{escape(self.uri)}" alt="" title="{escape(alt)}" data-remote="1" loading="lazy" '
+                f'referrerpolicy="no-referrer" {box};background:url({self.fallback}) center/contain no-repeat">')
 
 
 def thumbnail_bytes(image: Image.Image, size: int, fmt: str = "JPEG") -> bytes:
@@ -89,42 +104,55 @@ def placeholder(size: int, reason: str) -> Thumb:
 
 
 @lru_cache(maxsize=8192)  # ~5 kB per 96 px JPEG: at most ~40 MB, a few hundred gallery pages
-def _cached_thumb(path: str, offset: int, nbytes: int, mtime_ns: int, size: int) -> Thumb:
+def _cached_thumb(path: str, offset: int, nbytes: int, mtime_ns: int, size: int, crop_border: int = 0) -> Thumb:
     locator = (path, offset, nbytes) if offset >= 0 else path
     try:
-        image = read_image(locator)
+        image = read_image(locator, crop_border)
     except DataError:
         return placeholder(size, "unreadable image")
     return Thumb(data_uri(thumbnail_bytes(image, size), MIME["JPEG"]))
 
 
-def locator_thumb(path: str | None, offset: int, nbytes: int, size: int) -> Thumb:
-    """Thumbnail of the image at a locator (a file, or `nbytes` bytes at `offset` in a tar); placeholder if absent.
+def remote_thumb(url: str, size: int) -> Thumb:
+    """A Thumb the browser fetches from `url`, over a placeholder that shows if the fetch fails."""
+    return Thumb(url, fallback=placeholder(size, "image not reachable").uri)
+
+
+def _web_url(value) -> str | None:
+    return value if isinstance(value, str) and value.startswith(("http://", "https://")) else None
+
+
+def locator_thumb(path: str | None, offset: int, nbytes: int, size: int, url: str | None = None,
+                  crop_border: int = 0) -> Thumb:
+    """Thumbnail of the image at a locator (a file, or `nbytes` bytes at `offset` in a tar); else of its url.
 
     Args:
         path: image or tar file; None/empty when the dataset stores no images.
         offset: byte offset inside a tar, or -1 for a plain file.
         nbytes: byte count inside a tar, or -1.
         size: longest thumbnail side in pixels.
+        url: the sample's web address, used when no local image is readable (fetched by the browser).
+        crop_border: pixels cut from every side before the thumbnail (ObjectNet).
 
     Returns:
-        A Thumb (cached by locator, file modification time and size).
+        A Thumb (local ones cached by locator, file modification time, crop and size), a remote Thumb, or a
+        placeholder saying why there is no image.
     """
-    if not isinstance(path, str) or not path:
-        return placeholder(size, "no image stored")
-    if "://" in path:
-        return placeholder(size, "remote image not stored")
+    url = _web_url(url) or _web_url(path)
+    if not isinstance(path, str) or not path or "://" in path:
+        return remote_thumb(url, size) if url else placeholder(size, "no image stored")
     try:
         mtime = os.stat(path).st_mtime_ns
     except OSError:
-        return placeholder(size, "image file missing")
-    return _cached_thumb(path, int(offset), int(nbytes), mtime, size)
+        return remote_thumb(url, size) if url else placeholder(size, "image file missing")
+    return _cached_thumb(path, int(offset), int(nbytes), mtime, size, int(crop_border or 0))
 
 
 def locator_frame(ws, dataset: str, rows: np.ndarray) -> pd.DataFrame:
-    """Metadata rows (in the order given) with at least key, caption, label, path, offset, size.
+    """Metadata rows (in the order given) with at least key, caption, label, path, offset, size, url, and
+    crop_border (the dataset's, per row).
 
-    Columns a dataset lacks are filled (caption None, label -1, path None, offset/size -1), so imported
+    Columns a dataset lacks are filled (caption None, label -1, path/url None, offset/size -1), so imported
     embedding folders without images still give a frame.
 
     Args:
@@ -137,9 +165,10 @@ def locator_frame(ws, dataset: str, rows: np.ndarray) -> pd.DataFrame:
     """
     emb = ws.embeddings(dataset)
     have = set(emb.columns())
-    wanted = [c for c in ["key", "caption", "label", *LOCATOR_COLUMNS] if c in have]
+    wanted = [c for c in ["key", "caption", "label", *LOCATOR_COLUMNS, "url"] if c in have]
     frame = emb.metadata_at(np.asarray(rows, dtype=np.int64), wanted)
-    fills = {"caption": None, "label": -1, "path": None, "offset": -1, "size": -1}
+    frame["crop_border"] = int(ws.dataset(dataset).extra.get("crop_border", 0) or 0) if dataset in ws.dataset_names() else 0
+    fills = {"caption": None, "label": -1, "path": None, "offset": -1, "size": -1, "url": None}
     for column, value in fills.items():
         if column not in frame:
             frame[column] = value
@@ -163,7 +192,10 @@ def dataset_thumbs(ws, dataset: str, rows: np.ndarray, size: int) -> list[Thumb]
 
 def frame_thumbs(frame: pd.DataFrame, size: int) -> list[Thumb]:
     """Thumbnails for the rows of a locator frame (see locator_frame), in order."""
-    return [locator_thumb(p, o, n, size) for p, o, n in zip(frame["path"], frame["offset"], frame["size"])]
+    urls = frame["url"] if "url" in frame else [None] * len(frame)
+    crops = frame["crop_border"] if "crop_border" in frame else [0] * len(frame)
+    return [locator_thumb(p, o, n, size, u, c)
+            for p, o, n, u, c in zip(frame["path"], frame["offset"], frame["size"], urls, crops)]
 
 
 def row_of_key(ws, dataset: str, key: str) -> int:

@@ -184,9 +184,8 @@ def _offsets(ws, test: str, reference: str) -> tuple[np.ndarray, str]:
     return ref.arrays()[0][:, 0], ref.fingerprint
 
 
-def _run_pass(ws, train, train_set, tests, k, reference, precision, device, block_rows, progress) -> None:
-    dev = resolve_device(device)
-    precision = default_precision(dev) if precision == "auto" else precision
+def _prepare_pass(ws, train: str, train_set, tests: list[str], k: int, reference: str | None):
+    """(queries (n, d) float16, groups, inputs per test, signature) of a pass; the signature fixes its state."""
     use_ref = reference if reference and reference != train else None
     queries, groups, inputs = [], [], {}
     start = 0
@@ -203,31 +202,46 @@ def _run_pass(ws, train, train_set, tests, k, reference, precision, device, bloc
         inputs[t] = {"test": emb.fingerprint(), "references": {use_ref: ref_fp} if use_ref else {}}
         start += emb.count
     signature = _digest(train_set.fingerprint(), list(tests), inputs, k)  # test order fixes the query rows of the state
-    _log_memory(start, train_set.dim, k, block_rows)
-    scanner = ExactScanner(np.concatenate(queries), groups, k, precision, dev)
+    return np.concatenate(queries), groups, inputs, signature
+
+
+def _run_pass(ws, train, train_set, tests, k, reference, precision, device, block_rows, progress) -> None:
+    dev = resolve_device(device)
+    precision = default_precision(dev) if precision == "auto" else precision
+    queries, groups, inputs, signature = _prepare_pass(ws, train, train_set, tests, k, reference)
+    _log_memory(len(queries), train_set.dim, k, block_rows)
+    scanner = ExactScanner(queries, groups, k, precision, dev)
     pass_dir = ws.path("search", train, "_pass")
     done = _resume(pass_dir, signature, scanner)
-    total = train_set.count
-    done_rows = sum(s.rows for s in train_set.shards if s.index in done)
     t0 = time.time()
-    for shard in train_set.shards:
+    _scan_shards(ws, train, train_set, scanner, train_set.shards, done, block_rows, progress,
+                 pass_dir, lambda: {"signature": signature, "done": done})
+    _finish(ws, train, train_set, groups, tests, inputs, scanner, k, precision, dev, time.time() - t0)
+    shutil.rmtree(pass_dir, ignore_errors=True)
+
+
+def _scan_shards(ws, train: str, train_set, scanner: ExactScanner, shards: list, done: list[int], block_rows: int,
+                 progress: Progress | None, state_dir: Path, meta: Callable[[], dict]) -> None:
+    """Scan `shards` not in `done`: per-shard statistics to their final place, then a checkpoint of the running
+    top-k (`state_dir/state.npz` + `pass.json` = meta()) after each shard; `done` grows in place."""
+    total = sum(s.rows for s in shards)
+    done_rows = sum(s.rows for s in shards if s.index in done)
+    for shard in shards:
         if shard.index in done:
             continue
-        parts: dict[str, list[dict]] = {g.name: [] for g in groups}
+        parts: dict[str, list[dict]] = {g.name: [] for g in scanner.groups}
         for _, base, block in train_set.iter_blocks(block_rows, [shard]):
             for name, stats in scanner.add_block(block, base).items():
                 parts[name].append(stats)
             done_rows += len(block)
             if progress:
                 progress(done_rows, total, f"search {train}")
-        for t in tests:
-            arrays = {n.replace("/", "__"): np.concatenate([p[n] for p in parts[t]]) for n in parts[t][0]} if parts[t] else {}
+        for t, got in parts.items():
+            arrays = {n.replace("/", "__"): np.concatenate([p[n] for p in got]) for n in got[0]} if got else {}
             _write_npz(ws.path("search", train, t, "stats", f"shard_{shard.index}.npz"), arrays)
         done.append(shard.index)
-        _write_npz(pass_dir / "state.npz", scanner.state())
-        fileio.write_json(pass_dir / "pass.json", {"signature": signature, "done": done})
-    _finish(ws, train, train_set, groups, tests, inputs, scanner, k, precision, dev, time.time() - t0)
-    shutil.rmtree(pass_dir, ignore_errors=True)
+        _write_npz(state_dir / "state.npz", scanner.state())
+        fileio.write_json(state_dir / "pass.json", meta())
 
 
 def _resume(pass_dir: Path, signature: str, scanner: ExactScanner) -> list[int]:

@@ -91,9 +91,12 @@ class Workspace:
         ws._save()
         return ws
 
-    def _save(self) -> None:
+    def _check_writable(self) -> None:
         if read_only():
             raise ReadOnlyError("this workspace is served read-only (CLIPSIM_READ_ONLY=1); nothing was changed")
+
+    def _save(self) -> None:
+        self._check_writable()
         fileio.write_json(self.root / REGISTRY, self._registry, sort_keys=False)  # keeps dataset order
 
     def reload(self) -> None:
@@ -117,6 +120,7 @@ class Workspace:
             WorkspaceError: bad name, role or kind.
         """
         check_name(name)
+        self._check_writable()  # before the registry in memory changes
         if role not in ROLES:
             raise WorkspaceError(f"role {role!r} for dataset {name!r} must be one of {ROLES}")
         if kind not in KINDS:
@@ -200,6 +204,7 @@ class Workspace:
 
     def update_settings(self, **values) -> None:
         """Merge values into the workspace settings and save."""
+        self._check_writable()
         self.settings.update(values)
         self._save()
 
@@ -227,13 +232,29 @@ class Workspace:
         return self.search_result(test, train).train_max()
 
     def status(self) -> dict:
-        """Datasets and artifacts with their freshness, as plain JSON-able data."""
+        """Datasets and artifacts with their freshness, as plain JSON-able data: searches, pruning manifests,
+        jobs (counts by state and the active ones), zero-shot result rows per run, and maps."""
+        from clipsim.jobs.scheduler import list_jobs
+        from clipsim.manifest import list_manifests
+        from clipsim.map_store import list_maps, load_map
+        from clipsim.results import results_frame
         from clipsim.search import search_status
 
+        jobs = list_jobs(self)
+        states: dict[str, int] = {}
+        for job in jobs:
+            states[job.state] = states.get(job.state, 0) + 1
+        results = results_frame(self)
         return {
             "workspace": str(self.root.resolve()),
             "datasets": self.datasets().to_dict(orient="records"),
             "searches": search_status(self),
+            "manifests": list_manifests(self)[["name", "rule", "kept", "removed", "stale", "created"]]
+            .to_dict(orient="records"),
+            "jobs": {"counts": states, "active": [{"id": j.id, "kind": j.kind, "state": j.state}
+                                                  for j in jobs if j.is_active]},
+            "results": {str(run): int(n) for run, n in results.groupby("run").size().items()} if len(results) else {},
+            "maps": [{"name": n, "stale": bool(load_map(self, n).stale_reasons())} for n in list_maps(self)],
             "settings": self.settings,
         }
 

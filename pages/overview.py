@@ -1,6 +1,7 @@
 """Overview: the workspace's datasets and the state of its searches."""
 import streamlit as st
 
+from clipsim.ui import share
 from clipsim.ui.common import leave_legacy_pages_mode, open_workspace
 
 leave_legacy_pages_mode()
@@ -8,9 +9,20 @@ st.title("clipsim")
 st.write("How close is CLIP's training data to its benchmarks? Exact nearest neighbours between test sets and "
          "train sets, pruning rules, retraining and zero-shot evaluation.")
 ws = open_workspace()
+share.report_button(ws)
 st.subheader("Datasets")
 st.dataframe(ws.datasets(), hide_index=True, width="stretch")
 status = ws.status()
+st.subheader("Study so far")
+steps = st.columns(4)
+steps[0].metric("Searches", len(status["searches"]), help="test x train pairs with exact neighbours")
+steps[1].metric("Pruning manifests", len(status["manifests"]))
+steps[2].metric("Evaluated runs", len(status["results"]))
+steps[3].metric("Maps", len(status["maps"]))
+active = status["jobs"]["active"]
+if active:
+    st.caption(f"{len(active)} job(s) queued or running: " + ", ".join(f"{j['kind']} ({j['state']})" for j in active)
+               + ". Follow them on the Runs page.")
 st.subheader("Searches")
 if not status["searches"]:
     st.info("No search yet: run `python -m clipsim search` for this workspace.")
@@ -18,3 +30,6 @@ if not status["searches"]:
 rows = [{"test": s["test"], "train": s["train"], "k": s["k"], "fresh": not s["stale"], "created": s["created"]}
         for s in status["searches"]]
 st.dataframe(rows, hide_index=True, width="stretch")
+if status["manifests"]:
+    st.subheader("Pruning manifests")
+    st.dataframe(status["manifests"], hide_index=True, width="stretch")

@@ -3,14 +3,16 @@ import streamlit as st
 
 from clipsim import plots_results
 from clipsim.results import latest_per_run, results_frame
-from clipsim.ui import loaders
+from clipsim.ui import loaders, share
 from clipsim.ui.runs import HAS_KALEIDO, PNG_NOTE, figure_downloads
+from clipsim.ui.state import BIND
 
 st.title("Results")
 st.caption("Zero-shot top-1 of CLIP models retrained on the full web set, on pruned sets and on random subsets of "
            "the same size. If pruning the images most similar to a benchmark barely lowers its accuracy, train-test "
            "similarity does not explain the model's robustness.")
 ws = loaders.workspace()
+share.report_button(ws)
 frame = results_frame(ws)
 if frame.empty:
     st.info("No zero-shot results yet. Queue a prune → train → evaluate run on the Runs page, or from the command "
@@ -29,7 +31,7 @@ figure_downloads(bars, plots_results.bars_table(frame), "accuracy_per_test_set",
 
 st.subheader("Accuracy against the share pruned")
 test = st.selectbox("Test set", [None, *tests], format_func=lambda t: "mean over test sets" if t is None else t,
-                    key="results_pruned_test")
+                    key="results_pruned_test", bind=BIND)
 pruned = plots_results.accuracy_vs_pruned(frame, test)
 st.plotly_chart(pruned, key="results_pruned")
 st.caption("Pruned sets (solid) against random subsets of the same size (dashed grey), both starting at the full "
@@ -38,7 +40,7 @@ figure_downloads(pruned, plots_results.pruned_table(frame, test), "accuracy_vs_p
 
 st.subheader("In- vs out-of-distribution accuracy")
 default_id = tests.index("val") if "val" in tests else 0
-id_test = st.selectbox("In-distribution test set", tests, index=default_id, key="results_id_test")
+id_test = st.selectbox("In-distribution test set", tests, index=default_id, key="results_id_test", bind=BIND)
 robust = plots_results.effective_robustness(frame, id_test)
 st.plotly_chart(robust, key="results_robust")
 figure_downloads(robust, plots_results.robustness_table(frame, id_test), "effective_robustness", "dl_robust")

@@ -6,6 +6,7 @@ from clipsim.errors import ClipsimError
 from clipsim.ui import loaders
 from clipsim.ui.jobs import job_monitor
 from clipsim.ui.runs import preset_form, rule_form, training_progress
+from clipsim.ui.state import BIND
 from clipsim.workspace import read_only
 
 st.title("Runs")
@@ -25,10 +26,11 @@ if read_only():
 else:
     manifests = prune.list_manifests(ws)
     source = st.segmented_control("Train on", ["rule", "manifest"], default="rule", required=True, key="runs_source",
+                                  bind=BIND,
                                   format_func={"rule": "a new pruning rule", "manifest": "an existing manifest"}.get)
     rule, rule_params, chosen, manifest = None, None, None, None
     if source == "manifest" and len(manifests):
-        manifest = st.selectbox("Manifest", list(manifests["name"]), key="runs_manifest")
+        manifest = st.selectbox("Manifest", list(manifests["name"]), key="runs_manifest", bind=BIND)
     elif source == "manifest":
         st.caption("No manifest saved yet: make one on the Prune page or pick a rule.")
     else:
@@ -40,9 +42,9 @@ else:
             st.caption(f"Manifest `{manifest}` exists and is reused as saved; rename it to prune anew.")
     preset, overrides = preset_form(ws)
     left, right = st.columns(2)
-    control = left.checkbox("Also a random control of the same size", value=True, key="runs_control",
+    control = left.checkbox("Also a random control of the same size", value=True, key="runs_control", bind=BIND,
                             disabled=rule == "random")
-    full = right.checkbox("Also the full web set", value=True, key="runs_full")
+    full = right.checkbox("Also the full web set", value=True, key="runs_full", bind=BIND)
     if st.button("Queue prune → train → evaluate", type="primary", key="runs_launch",
                  disabled=manifest is None and not full):
         try:

@@ -51,6 +51,22 @@ def draw_image(seed: int, size: tuple[int, int] = (40, 48)) -> Image.Image:
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny blocks make every torch/BLAS call a parallel region; on a busy 2-core machine each waits ~5 ms for a
+    core (and OpenBLAS and OpenMP pools spin against each other). Exactness does not depend on threading."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def draw():
     """The draw_image(seed, size) helper as a fixture."""
     return draw_image

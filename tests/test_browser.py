@@ -195,3 +195,50 @@ def test_prune_counts_in_chromium(page, server, demo_ws, tmp_path):
     assert "rule=Threshold" in page.url and "tau=0.85" in page.url
     assert page.get_by_role("button", name="Save manifest").count() == 1
     shoot(page, tmp_path, "prune")
+
+
+@pytest.fixture(scope="module")
+def demo_map(demo_ws):
+    """The demo workspace's map (fitted on a small stratified sample, the rest placed), computed through the API."""
+    from clipsim import mapping
+
+    return mapping.compute_map(demo_ws, sample=600, umap_params={"n_neighbors": 10})
+
+
+def test_map_box_selection_shows_its_gallery_in_chromium(demo_map, page, server, demo_ws, tmp_path):
+    from urllib.parse import parse_qs, urlparse
+
+    from clipsim import map_view
+
+    coords = demo_map.coords()
+    page.goto(server + "/map")
+    plot = page.locator(".js-plotly-plot .nsewdrag").first
+    plot.wait_for()
+    idle(page)
+    legend = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot .legendtext')]"
+                           ".map(e => e.textContent)")
+    assert sorted(legend) == sorted(demo_map.datasets)
+    shoot(page, tmp_path, "map")
+
+    box = plot.bounding_box()  # drag a box over the left 45% of the plot: plotly's box select
+    page.mouse.move(box["x"] + 0.02 * box["width"], box["y"] + 0.03 * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.45 * box["width"], box["y"] + 0.97 * box["height"], steps=12)
+    page.mouse.up()
+    page.wait_for_function("() => location.search.includes('sel=box')")
+    page.locator("[data-testid=cs-gallery]").first.wait_for()
+    idle(page)
+    [sel] = parse_qs(urlparse(page.url).query)["sel"]
+    chosen = coords.iloc[map_view.selected(coords, [map_view.parse_shape(sel)])]
+    assert len(chosen) > 0
+    text = page.locator("[data-testid=stMarkdown]").filter(has_text="points selected").inner_text()
+    assert text.startswith(f"{len(chosen):,} points selected")
+    per_set = chosen["dataset"].value_counts()
+    rows = page.locator("[data-testid=cs-row]")
+    assert rows.count() == int(per_set.clip(upper=8).sum())  # the 8 closest of each selected dataset
+    shown = set(rows.evaluate_all("rs => rs.map(r => r.dataset.key)"))
+    assert shown <= set(chosen["key"])
+    loaded = page.evaluate("() => [...document.querySelectorAll('[data-testid=cs-gallery] img')]"
+                           ".map(i => i.complete && i.naturalWidth > 0)")
+    assert loaded and all(loaded)
+    shoot(page, tmp_path, "map_selection")

@@ -90,7 +90,36 @@ def test_missing_file_gives_placeholder_with_reason(tmp_path):
     assert tuple(pixels[0, 0]) == images.PLACEHOLDER_GREY  # grey background
     assert (pixels != images.PLACEHOLDER_GREY).any(axis=2).any()  # with the reason written on it
     assert images.locator_thumb(None, -1, -1, 64).missing == "no image stored"
-    assert images.locator_thumb("https://example.org/x.jpg", -1, -1, 64).missing == "remote image not stored"
+    assert images.locator_thumb("s3://bucket/x.jpg", -1, -1, 64).missing == "no image stored"
+
+
+def test_url_only_rows_are_fetched_by_the_browser_over_a_placeholder(tmp_path, draw):
+    """No local image but an http(s) url: the Thumb is the url itself, drawn over a placeholder (shown when the
+    fetch fails); a local image wins over its url, and a missing local file falls back to the url."""
+    url = "https://example.org/img/1.jpg"
+    remote = images.locator_thumb(None, -1, -1, 48, url=url)
+    assert remote.uri == url and remote.missing is None
+    assert _decode_uri(remote.fallback).size == (48, 48)
+    tag = remote.html(48, "key-1", "cs-thumb", "cs-thumb")
+    assert f'src="{url}"' in tag and 'alt=""' in tag and f"background:url({remote.fallback})" in tag
+    assert images.locator_thumb(str(tmp_path / "gone.jpg"), -1, -1, 48, url=url).uri == url
+    path = tmp_path / "here.png"
+    draw(1).save(path)
+    local = images.locator_thumb(str(path), -1, -1, 48, url=url)
+    assert local.uri.startswith("data:image/jpeg") and local.fallback is None
+    assert images.locator_thumb(None, -1, -1, 48, url="ftp://x/y.jpg").missing == "no image stored"
+    assert 'alt="k"' in local.html(48, "k")
+
+
+def test_thumbnails_crop_the_border(tmp_path):
+    framed = Image.new("RGB", (40, 40), (255, 0, 255))
+    framed.paste(Image.new("RGB", (38, 38), (0, 128, 0)), (1, 1))
+    framed.save(tmp_path / "f.png")
+    plain = np.asarray(_decode_uri(images.locator_thumb(str(tmp_path / "f.png"), -1, -1, 40).uri).convert("RGB"))
+    cropped = images.locator_thumb(str(tmp_path / "f.png"), -1, -1, 40, crop_border=1)
+    pixels = np.asarray(_decode_uri(cropped.uri).convert("RGB"), dtype=np.int16)
+    assert pixels.shape == (38, 38, 3) and plain.shape == (40, 40, 3)
+    assert np.abs(pixels - np.array([0, 128, 0])).max() < 12  # no magenta frame left (JPEG tolerance)
 
 
 def test_corrupt_file_and_truncated_tar_give_placeholders(tmp_path, draw):

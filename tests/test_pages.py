@@ -84,6 +84,19 @@ def test_app_navigates_to_every_page(served):
         assert at.title[0].value == name.capitalize()
 
 
+def test_overview_counts_the_study_so_far(writable):
+    at = run_page("overview")
+    assert not at.exception
+    status = writable.status()
+    assert metric(at, "Searches") == str(len(status["searches"])) == "10"
+    assert metric(at, "Pruning manifests") == "0"
+    cli_main(["prune", "--workspace", str(writable.root), "--rule", "threshold", "--web", "web", "--tests", "sketch",
+              "--tau", "0.9", "--name", "t90"])
+    at = run_page("overview")
+    assert metric(at, "Pruning manifests") == "1"
+    assert list(table(at, "rule")["name"]) == ["t90"]
+
+
 def test_neighbours_gallery_sorts_filters_and_pages(served):
     ws = served
     s = ws.nn_similarity("sketch", "web")
@@ -302,6 +315,42 @@ def test_empty_workspaces_say_what_to_run(tmp_path, monkeypatch, state, command)
         assert not at.exception, name
         assert at.info, name
         assert any(command in c.value for c in at.code), (name, [c.value for c in at.code])
+
+
+def test_missing_workspace_builds_the_demo_from_a_button_once(tmp_path, monkeypatch):
+    import time
+
+    from clipsim.ui import demo_build
+
+    root = tmp_path / "fresh" / "ws"
+    monkeypatch.setenv("CLIPSIM_WORKSPACE", str(root))
+    monkeypatch.setenv("CLIPSIM_DEMO_SIZE", "small")
+    monkeypatch.delenv("CLIPSIM_READ_ONLY", raising=False)
+    at = run_page("overview")
+    [button] = [b for b in at.button if b.label == "Build the demo here"]
+    at = button.click().run()
+    try:
+        assert demo_build.running(root)
+        pid = demo_build.start(root)  # another click or session: the same build, not a second one
+        assert demo_build.start(root) == pid
+        for name in ("overview", "neighbours"):
+            at = run_page(name)
+            assert not at.exception and not at.button, name
+            assert any("Building the demo workspace" in i.value for i in at.info), name
+        deadline = time.time() + 60
+        while "demo" not in demo_build.tail(root) and time.time() < deadline:
+            time.sleep(0.5)
+        assert "demo" in demo_build.tail(root)  # the build's own log lines
+    finally:
+        demo_build.stop(root)
+    deadline = time.time() + 30
+    while demo_build.running(root) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not demo_build.running(root)
+    monkeypatch.setenv("CLIPSIM_READ_ONLY", "1")
+    shutil.rmtree(root, ignore_errors=True)
+    at = run_page("overview")
+    assert not at.button and any("clipsim demo" in c.value for c in at.code)  # read-only: the command, no button
 
 
 def test_pages_without_reference_or_images_and_with_stale_search(tmp_path, monkeypatch):

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from clipsim import Workspace, fileio, store
 from clipsim.cli import main
@@ -20,25 +19,11 @@ from clipsim.prune import (PruneStats, exact_post_prune_nn_similarity, list_mani
                            post_prune_nn_similarity, rule_far, rule_near, rule_random, rule_similarity_gap,
                            rule_threshold, save_manifest)
 from clipsim.search import search
+from tests.helpers import unit16
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny blocks: see conftest.one_thread
 
 TESTS = ["ta", "tb", "tc"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny products: one thread avoids waiting for a core on a busy 2-core machine (results do not depend on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def unit16(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, np.float64)
-    return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float16)
 
 
 def make_sets(rng: np.random.Generator, dim: int = 16) -> dict[str, np.ndarray]:

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from clipsim import Workspace, fileio, store
 from clipsim import scan as scan_module
@@ -19,31 +18,15 @@ from clipsim.exact import Screen, brute_force
 from clipsim.scan import ExactScanner, Group
 from clipsim.search import search
 from clipsim.store import EmbeddingSet
+from tests.helpers import unit16
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny blocks: see conftest.one_thread
 
 CPU = torch.device("cpu")
 PRECISIONS = ("fp32", "bf16")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny blocks make every torch/BLAS call a parallel region; on a busy 2-core machine each waits ~5 ms for a
-    core (and OpenBLAS and OpenMP pools spin against each other). Exactness does not depend on threading."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 # ----- brute-force references ----------------------------------------------------------------------------
-def unit16(a: np.ndarray) -> np.ndarray:
-    """Rows L2-normalised in float64, stored as float16."""
-    a = np.asarray(a, np.float64)
-    return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float16)
-
-
 def nudge(row: np.ndarray, rng: np.random.Generator, components: int = 1) -> np.ndarray:
     """A copy of a float16 row with `components` random entries moved by one float16 ulp."""
     out = row.copy()

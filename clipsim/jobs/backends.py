@@ -144,12 +144,18 @@ class SlurmBackend:
         """The SLURM settings for this job: defaults < workspace settings < the job's resources."""
         return {**SLURM_DEFAULTS, **ws.settings.get("slurm", {}), **(job.resources or {})}
 
+    @staticmethod
+    def _folder(job: Job) -> Path:
+        """submitit's folder: the job's run folder, or for an array task its array job's (one sbatch script)."""
+        array = job.params.get("array_job")
+        return (Path(job.root) / "runs" / array if array else job.run_dir) / "submitit"
+
     def _executor(self, ws, job: Job, cfg: dict):
         import submitit
 
         setup = [f"export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}", *cfg["setup"]]
         try:
-            ex = submitit.AutoExecutor(folder=job.run_dir / "submitit", cluster=cfg["cluster"])
+            ex = submitit.AutoExecutor(folder=self._folder(job), cluster=cfg["cluster"])
         except RuntimeError as err:
             raise ClipsimError(
                 f"no SLURM cluster found for job {job.id} (`sbatch` is not on PATH); launch from a login node, "
@@ -169,6 +175,23 @@ class SlurmBackend:
 
         cfg = self.config(ws, job)
         sub = self._executor(ws, job, cfg).submit(run_job, str(Path(ws.root).resolve()), job.id)
+        return self._record(sub, cfg)
+
+    def start_array(self, ws, jobs: list[Job]) -> list[dict]:
+        """Submit jobs of one array (same kind and resources) as one SLURM job array (`executor.map_array`).
+
+        Returns:
+            The columns to record per job, in order (backend_id = `<array id>_<task>` on SLURM).
+        """
+        from clipsim.jobs.worker import run_job
+
+        cfg = self.config(ws, jobs[0])
+        root = str(Path(ws.root).resolve())
+        subs = self._executor(ws, jobs[0], cfg).map_array(run_job, [root] * len(jobs), [j.id for j in jobs])
+        return [self._record(sub, cfg) for sub in subs]
+
+    @staticmethod
+    def _record(sub, cfg: dict) -> dict:
         _SUBMITTED[sub.job_id] = sub
         out = {"backend_id": str(sub.job_id), "resources": cfg}  # the worker records its own host
         if cfg["cluster"] == "local":  # the job id is the pid of submitit's local controller
@@ -179,7 +202,7 @@ class SlurmBackend:
         import submitit
 
         known = _SUBMITTED.get(job.backend_id)
-        return known or submitit.SlurmJob(folder=job.run_dir / "submitit", job_id=job.backend_id)
+        return known or submitit.SlurmJob(folder=self._folder(job), job_id=job.backend_id)
 
     def alive(self, ws, job: Job) -> bool:
         """Whether SLURM (or the local controller) still holds the job."""

@@ -1,7 +1,7 @@
 """Job kinds: name -> "module:function", imported lazily by the worker; each is `fn(ws, params, ctx) -> dict`.
 
 The returned dict is stored as the job's result. Kinds here wrap library calls (search, prune, demo) and
-provide `sleep` for tests; training, evaluation, maps and reports live in their own modules.
+provide `sleep` for tests; training, evaluation, maps, reports and shard-range arrays live in their own modules.
 """
 from __future__ import annotations
 
@@ -24,7 +24,14 @@ KINDS: dict[str, str] = {
     "umap": "clipsim.mapping:umap_job",
     "report": "clipsim.report:report_job",
     "sleep": "clipsim.jobs.kinds:sleep_job",
+    "search-array": "clipsim.jobs.arrays:search_array_job",  # merges the parts of its search-part tasks
+    "search-part": "clipsim.jobs.arrays:search_part_job",
+    "embed-array": "clipsim.jobs.arrays:embed_array_job",  # finalizes after its embed-part tasks
+    "embed-part": "clipsim.jobs.arrays:embed_part_job",
 }
+# Array kinds: launching one also queues params["tasks"] jobs of its task kind (one per shard range; a SLURM array
+# on the slurm backend); the array job itself runs once all of them are done (clipsim.jobs.arrays).
+ARRAY_TASKS: dict[str, str] = {"search-array": "search-part", "embed-array": "embed-part"}
 
 
 def register_kind(name: str, target: str) -> None:

@@ -87,8 +87,8 @@ def list_jobs(ws, kind: str | list[str] | None = None, states: list[str] | tuple
         return db.select(con, str(ws.root), " AND ".join(where), tuple(args), limit=limit) if con is not None else []
 
 
-def launch(ws, kind: str, params: dict | None = None, backend: str | None = None, depends_on: str | None = None,
-           dedupe: bool = True, resources: dict | None = None) -> Job:
+def launch(ws, kind: str, params: dict | None = None, backend: str | None = None,
+           depends_on: str | list[str] | None = None, dedupe: bool = True, resources: dict | None = None) -> Job:
     """Queue a job and start it at once when a slot is free (and its dependency is done).
 
     Args:
@@ -96,9 +96,13 @@ def launch(ws, kind: str, params: dict | None = None, backend: str | None = None
         kind: a registered kind (clipsim.jobs.kinds.KINDS), e.g. 'search', 'train'.
         params: JSON-able parameters passed to the kind function.
         backend: 'local' or 'slurm' (default: settings.jobs.backend, else 'local').
-        depends_on: id of a job that must be done first; if it fails or is cancelled, this job fails.
+        depends_on: id of a job (or a list of ids) that must be done first; if one fails or is cancelled, this job
+            fails.
         dedupe: return the queued or running job with identical (kind, params) instead of launching twice.
         resources: per-job overrides of settings.slurm (e.g. {"gpus": 8, "time_min": 2880}).
+
+    An array kind (clipsim.jobs.kinds.ARRAY_TASKS, e.g. 'search-array' with params["tasks"] = N) also queues N
+    task jobs (one SLURM array on the slurm backend); the returned job depends on all of them and runs last.
 
     Returns:
         The job record (queued, or running when it started).
@@ -119,6 +123,7 @@ def launch(ws, kind: str, params: dict | None = None, backend: str | None = None
         raise ClipsimError(f"params of the {kind!r} job must be JSON-able ({err}): {params!r}") from err
     backend = backend or ws.settings.get("jobs", {}).get("backend", "local")
     get_backend(backend)
+    depends_on = ",".join(depends_on) if isinstance(depends_on, (list, tuple)) else depends_on
     job = Job(id=db.new_job_id(kind), kind=kind, params=params, created=time.time(), backend=backend,
               depends_on=depends_on, dedupe_key=db.dedupe_key(kind, params), resources=dict(resources or {}),
               root=str(ws.root))
@@ -133,22 +138,44 @@ def _insert(ws, job: Job, dedupe: bool) -> Job | None:
     """Record a new job and write its config.json, unless `dedupe` finds an identical active job (returned)."""
     from clipsim.jobs.kinds import KINDS
 
+    from clipsim.jobs.arrays import array_tasks
+
     root = str(ws.root)
     with db.transaction(ws) as con:
-        if job.depends_on and db.fetch(con, job.depends_on, root) is None:
-            raise ClipsimError(f"depends_on={job.depends_on!r}: no such job in {db.db_path(ws)}")
+        for dep in _dependencies(job):
+            if db.fetch(con, dep, root) is None:
+                raise ClipsimError(f"depends_on={dep!r}: no such job in {db.db_path(ws)}")
         if dedupe:
             same = db.select(con, root, "dedupe_key = ? AND state IN ('queued', 'running')", (job.dedupe_key,), limit=1)
             if same:
                 return same[0]
-        while db.fetch(con, job.id, root) is not None:  # same second, same 4 hex digits
-            job.id = db.new_job_id(job.kind)
-        config = {k: v for k, v in job.to_dict().items()
-                  if k in ("id", "kind", "params", "backend", "depends_on", "resources", "created")}
-        config["target"] = KINDS[job.kind]  # the worker runs this, even for a kind registered only in this process
-        fileio.write_json(job.run_dir / "config.json", config)
-        db.insert(con, job)
+        _fresh_id(con, job)
+        tasks = array_tasks(job)  # [] unless an array kind: its tasks inherit the dependency, it waits for them
+        for task in tasks:
+            _fresh_id(con, task)
+            _record(con, task, KINDS)
+        if tasks:
+            job.depends_on = ",".join(t.id for t in tasks)
+        _record(con, job, KINDS)
     return None
+
+
+def _fresh_id(con, job: Job) -> None:
+    while db.fetch(con, job.id, job.root) is not None:  # same second, same 4 hex digits
+        job.id = db.new_job_id(job.kind)
+
+
+def _record(con, job: Job, kinds: dict) -> None:
+    config = {k: v for k, v in job.to_dict().items()
+              if k in ("id", "kind", "params", "backend", "depends_on", "resources", "created")}
+    config["target"] = kinds[job.kind]  # the worker runs this, even for a kind registered only in this process
+    fileio.write_json(job.run_dir / "config.json", config)
+    db.insert(con, job)
+
+
+def _dependencies(job: Job) -> list[str]:
+    """The ids a job waits for (depends_on holds one id or several joined by commas)."""
+    return [d for d in (job.depends_on or "").split(",") if d]
 
 
 def _claim_ready(ws, start_backends: tuple[str, ...] | None) -> list[Job]:
@@ -158,15 +185,15 @@ def _claim_ready(ws, start_backends: tuple[str, ...] | None) -> list[Job]:
     with db.transaction(ws) as con:
         busy = len(db.select(con, root, "state = 'running' AND backend = 'local'"))
         for job in db.select(con, root, "state = 'queued'", order="created ASC, id ASC"):
-            if job.depends_on:
-                dep = db.fetch(con, job.depends_on, root)
-                if dep is None or dep.state in ("failed", "cancelled"):
-                    why = {"failed": "failed", "cancelled": "was cancelled"}[dep.state] if dep else "is missing"
-                    db.update(con, job.id, only_if=("queued",), state="failed", finished=now,
-                              error=f"dependency {job.depends_on} {why}; this job was not run")
-                    continue
-                if dep.state != "done":
-                    continue
+            deps = {d: db.fetch(con, d, root) for d in _dependencies(job)}
+            bad = next((d for d, dep in deps.items() if dep is None or dep.state in ("failed", "cancelled")), None)
+            if bad is not None:
+                why = {"failed": "failed", "cancelled": "was cancelled"}[deps[bad].state] if deps[bad] else "is missing"
+                db.update(con, job.id, only_if=("queued",), state="failed", finished=now,
+                          error=f"dependency {bad} {why}; this job was not run")
+                continue
+            if any(dep.state != "done" for dep in deps.values()):
+                continue
             if start_backends and job.backend not in start_backends:
                 continue
             if job.backend == "local":
@@ -179,16 +206,21 @@ def _claim_ready(ws, start_backends: tuple[str, ...] | None) -> list[Job]:
 
 
 def _start_ready(ws, start_backends: tuple[str, ...] | None = None) -> None:
-    for job in _claim_ready(ws, start_backends):
+    from clipsim.jobs.arrays import start_batches
+
+    for batch in start_batches(_claim_ready(ws, start_backends)):  # an array's tasks go to SLURM as one array
+        backend = get_backend(batch[0].backend)
         try:
-            columns = get_backend(job.backend).start(ws, job)
+            columns = backend.start_array(ws, batch) if len(batch) > 1 else [backend.start(ws, batch[0])]
         except Exception as err:  # record why instead of leaving a job that looks claimed forever
             with db.transaction(ws) as con:
-                db.update(con, job.id, only_if=("running",), state="failed", finished=time.time(),
-                          error=f"could not start on backend {job.backend!r}: {type(err).__name__}: {err}")
+                for job in batch:
+                    db.update(con, job.id, only_if=("running",), state="failed", finished=time.time(),
+                              error=f"could not start on backend {job.backend!r}: {type(err).__name__}: {err}")
             continue
         with db.transaction(ws) as con:
-            db.update(con, job.id, **columns)
+            for job, cols in zip(batch, columns):
+                db.update(con, job.id, **cols)
 
 
 def _mark_dead(ws, job: Job, exit_code: int | None, why: str) -> None:
@@ -265,6 +297,10 @@ def cancel(ws, job_id: str, grace: float = CANCEL_GRACE_S) -> Job:
                 while time.time() < deadline and backend.alive(ws, get_job(ws, job_id)):
                     time.sleep(0.05)
         _mark_dead(ws, job, backend.exit_code(job), "cancelled")
+    for dep in _dependencies(job):  # an array job takes its own unfinished tasks with it
+        task = get_job(ws, dep)
+        if task.is_active and task.params.get("array_job") == job_id:
+            cancel(ws, dep, grace)
     reconcile(ws)
     return get_job(ws, job_id)
 

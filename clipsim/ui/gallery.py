@@ -58,9 +58,8 @@ def _sim_colour(sim: float) -> str:
 
 
 def _img(tile: Tile, size: int) -> str:
-    alt = escape(f"{tile.key}" + (f" ({tile.thumb.missing})" if tile.thumb.missing else ""))
-    return (f'<img class="cs-thumb" data-testid="cs-thumb" src="{tile.thumb.uri}" alt="{alt}" '
-            f'width="{size}" height="{size}" style="width:{size}px;height:{size}px">')
+    alt = f"{tile.key}" + (f" ({tile.thumb.missing})" if tile.thumb.missing else "")
+    return tile.thumb.html(size, alt, "cs-thumb", "cs-thumb")
 
 
 def tile_html(tile: Tile, size: int, chars: int = CAPTION_CHARS) -> str:

@@ -12,7 +12,7 @@ import streamlit as st
 
 from clipsim.errors import ClipsimError
 from clipsim.ui import views
-from clipsim.ui.common import workspace_root
+from clipsim.ui.common import no_workspace, read_only_notice, stop_while_building, workspace_root
 from clipsim.workspace import REGISTRY, Workspace
 
 
@@ -23,16 +23,14 @@ def _workspace(root: str, registry_mtime_ns: int) -> Workspace:
 
 def workspace() -> Workspace:
     """The app's workspace (cached until its registry changes); stops the page with the command to run if absent."""
+    read_only_notice()
     root = workspace_root()
+    stop_while_building(root)
     try:
         mtime = (root / REGISTRY).stat().st_mtime_ns
         return _workspace(str(root.resolve()), mtime)
     except (OSError, ClipsimError) as err:
-        st.info(f"No clipsim workspace at `{root}` ({err}). Build the demo there, or create one and register "
-                "datasets:", icon=":material/info:")
-        st.code(f"python -m clipsim demo --workspace {root}\n# or: python -m clipsim init --workspace {root}",
-                language="bash")
-        st.stop()
+        no_workspace(root, f"no {REGISTRY} there" if isinstance(err, OSError) else str(err))
 
 
 def searched_tests(ws: Workspace) -> list[str]:

@@ -12,6 +12,7 @@ from clipsim import jobs, plots_results
 from clipsim.presets import get_preset, preset_names
 from clipsim.train_log import read_training_progress
 from clipsim.ui.jobs import format_eta
+from clipsim.ui.state import BIND
 
 RULE_LABELS = {"similarity-gap": "Similarity gap (paper)", "threshold": "Threshold τ", "near": "Near pruning",
                "far": "Far pruning", "random": "Random subset"}
@@ -26,20 +27,25 @@ def rule_form(ws, tests: list[str]) -> tuple[str, dict, list[str]]:
     Returns:
         (rule, rule params, chosen test sets).
     """
-    rule = st.selectbox("Pruning rule", list(RULE_LABELS), format_func=RULE_LABELS.get, key="runs_rule")
+    rule = st.selectbox("Pruning rule", list(RULE_LABELS), format_func=RULE_LABELS.get, key="runs_rule",
+                        bind=BIND)
     params: dict = {}
     chosen = tests
     if rule != "random":
-        chosen = st.multiselect("Test sets the rule looks at", tests, default=tests, key="runs_tests") or tests
+        chosen = st.multiselect("Test sets the rule looks at", tests, default=tests, key="runs_tests",
+                                bind=BIND) or tests
     if rule == "similarity-gap":
         st.caption(f"Reference set (s_ref(t)): `{ws.settings.get('reference') or 'not set'}`")
-        params["delta"] = float(st.number_input("Gap δ", -1.0, 1.0, 0.0, step=0.01, format="%.3f", key="runs_delta"))
+        params["delta"] = float(st.number_input("Gap δ", -1.0, 1.0, 0.0, step=0.01, format="%.3f", key="runs_delta",
+                                                 bind=BIND))
     elif rule == "threshold":
-        params["tau"] = float(st.number_input("Threshold τ", 0.0, 1.0, 0.9, step=0.01, format="%.3f", key="runs_tau"))
+        params["tau"] = float(st.number_input("Threshold τ", 0.0, 1.0, 0.9, step=0.01, format="%.3f", key="runs_tau",
+                                               bind=BIND))
     else:
-        params["keep"] = float(st.slider("Share of web samples kept", 0.05, 1.0, 0.5, 0.05, key="runs_keep"))
+        params["keep"] = float(st.slider("Share of web samples kept", 0.05, 1.0, 0.5, 0.05, key="runs_keep",
+                                          bind=BIND))
         if rule == "random":
-            params["seed"] = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="runs_seed"))
+            params["seed"] = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="runs_seed", bind=BIND))
     return rule, params, chosen
 
 
@@ -50,7 +56,7 @@ def preset_form(ws) -> tuple[str, dict]:
         (preset name, overrides dict; empty when the preset's epochs are kept).
     """
     left, right = st.columns(2)
-    preset = left.selectbox("Training preset", preset_names(ws), key="runs_preset")
+    preset = left.selectbox("Training preset", preset_names(ws), key="runs_preset", bind=BIND)
     merged = get_preset(ws, preset)
     epochs = int(right.number_input("Epochs", 1, 1000, int(merged["epochs"]), key=f"runs_epochs_{preset}"))
     st.caption(f"`{merged['model']}` · batch {merged['batch_size']} x {merged['nproc']} process(es) · lr {merged['lr']}"
