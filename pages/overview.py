@@ -1,8 +1,9 @@
 """Overview: the workspace's datasets and the state of its searches."""
 import streamlit as st
 
-from clipsim.ui import share
+from clipsim.ui import demo_build, share
 from clipsim.ui.common import leave_legacy_pages_mode, open_workspace
+from clipsim.workspace import read_only
 
 leave_legacy_pages_mode()
 st.title("clipsim")
@@ -10,6 +11,12 @@ st.write("How close is CLIP's training data to its benchmarks? Exact nearest nei
          "train sets, pruning rules, retraining and zero-shot evaluation.")
 ws = open_workspace()
 share.report_button(ws)
+if (ws.root / "demo").is_dir() and not (ws.root / "demo" / "demo.json").exists() and not read_only():
+    st.warning("The demo build in this workspace stopped before it finished; it resumes where it stopped.",
+               icon=":material/warning:")
+    if st.button("Resume the demo build", icon=":material/play_arrow:"):
+        demo_build.start(ws.root)
+        st.rerun()
 st.subheader("Datasets")
 st.dataframe(ws.datasets(), hide_index=True, width="stretch")
 status = ws.status()

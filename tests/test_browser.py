@@ -3,6 +3,7 @@ Neighbours, Similarity and Prune pages, checks what a user sees against the libr
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -32,12 +33,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(demo_ws, tmp_path_factory):
-    """`streamlit run app.py` on a free port serving the demo workspace; always terminated."""
+@contextlib.contextmanager
+def streamlit_server(workspace: Path, log: Path):
+    """`streamlit run app.py` on a free port serving `workspace`; yields its URL; always terminated."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    env = {**os.environ, "CLIPSIM_WORKSPACE": str(demo_ws.root)}
+    env = {**os.environ, "CLIPSIM_WORKSPACE": str(workspace)}
     env.pop("CLIPSIM_READ_ONLY", None)
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
            "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
@@ -61,6 +61,13 @@ def server(demo_ws, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def server(demo_ws, tmp_path_factory):
+    """The app serving the demo workspace, shared by the page tests of this module."""
+    with streamlit_server(demo_ws.root, tmp_path_factory.mktemp("streamlit") / "server.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -242,3 +249,26 @@ def test_map_box_selection_shows_its_gallery_in_chromium(demo_map, page, server,
                            ".map(i => i.complete && i.naturalWidth > 0)")
     assert loaded and all(loaded)
     shoot(page, tmp_path, "map_selection")
+
+
+def test_shared_link_opened_first_on_a_fresh_server_keeps_navigation_and_view(browser, demo_ws, tmp_path):
+    """A collaborator's link is often the first request a server sees: it must run through app.py (sidebar
+    navigation, wide layout) and keep the view in its query parameters."""
+    with streamlit_server(demo_ws.root, tmp_path / "server.log") as url:
+        context = browser.new_context(viewport={"width": 1500, "height": 1100})
+        pg = context.new_page()
+        pg.set_default_timeout(WAIT_MS)
+        try:
+            pg.goto(url + "/neighbours?test=sketch&sort=Least+similar")  # a segmented control's URL value: its label
+            pg.locator("[data-testid=cs-gallery]").first.wait_for()
+            idle(pg)
+            nav = pg.locator("[data-testid=stSidebarNav]")
+            assert nav.count() == 1 and "Similarity" in nav.inner_text()
+            assert "test=sketch" in pg.url and "sort=Least" in pg.url
+            keys = pg.locator("[data-testid=cs-row]").evaluate_all("rs => rs.map(r => r.dataset.key)")
+            s = demo_ws.nn_similarity("sketch", "web")
+            values = s.to_numpy(np.float64)
+            assert keys == list(s.index[np.argsort(values, kind="stable")])[: len(keys)]  # least covered first
+            shoot(pg, tmp_path, "deep_link_fresh_server")
+        finally:
+            context.close()

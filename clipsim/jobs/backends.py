@@ -5,6 +5,7 @@ Liveness is checked against the process start time recorded at launch, so a reus
 """
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -28,6 +29,9 @@ SLURM_DEFAULTS = {  # ws.settings["slurm"] keys; resources given to launch() ove
 }
 _CHILDREN: dict[int, subprocess.Popen] = {}  # processes this process started: polled so none stays a zombie
 _SUBMITTED: dict[str, object] = {}  # submitit jobs submitted from this process (local cluster: holds the process)
+# Drop them while modules are intact: submitit's LocalJob.__del__ fails with a TypeError traceback when it only runs
+# during interpreter teardown (it never cancels: submitit's local jobs keep running, as SLURM ones do).
+atexit.register(_SUBMITTED.clear)
 
 
 def hostname() -> str:
