@@ -47,6 +47,22 @@ def tqdm_progress() -> Callable[[int, int, str], None]:
     return update
 
 
+def print_job(ws, job, wait: bool = False, timeout: float | None = None) -> int:
+    """Print a queued job; with `wait`, block until it ends and print its result. Returns the exit code (1 if the
+    job failed or was cancelled)."""
+    from clipsim import jobs
+
+    print(f"{job.kind} job {job.id}: {job.state} (run folder {job.run_dir})")
+    if not wait:
+        return 0
+    job = jobs.wait(ws, job.id, timeout=timeout)
+    if job.state != "done":
+        print(f"{job.kind} job {job.id} {job.state}: {job.error or ''}")
+        return 1
+    print(json.dumps(job.result, indent=2, sort_keys=True))
+    return 0
+
+
 def csv_list(value: str | None) -> list[str] | None:
     """'a,b' -> ['a', 'b']; None stays None."""
     return [v.strip() for v in value.split(",") if v.strip()] if value else None

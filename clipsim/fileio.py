@@ -1,6 +1,8 @@
 """Atomic file writes and input fingerprints: a crash never leaves a half-written file that looks whole."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -30,6 +32,19 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def locked(lock: Path):
+    """Hold an exclusive advisory lock (flock) on the file `lock` (created if needed) for the block: serialises
+    writers across processes."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -167,7 +167,7 @@ def locator_frame(ws, dataset: str, rows: np.ndarray) -> pd.DataFrame:
     have = set(emb.columns())
     wanted = [c for c in ["key", "caption", "label", *LOCATOR_COLUMNS, "url"] if c in have]
     frame = emb.metadata_at(np.asarray(rows, dtype=np.int64), wanted)
-    frame["crop_border"] = int(ws.dataset(dataset).extra.get("crop_border", 0) or 0) if dataset in ws.dataset_names() else 0
+    frame["crop_border"] = int(ws.dataset(dataset).extra.get("crop_border", 0) or 0)
     fills = {"caption": None, "label": -1, "path": None, "offset": -1, "size": -1, "url": None}
     for column, value in fills.items():
         if column not in frame:

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from clipsim.cli import command, csv_list
+from clipsim.cli import command, csv_list, print_job
 from clipsim.workspace import Workspace
 
 
@@ -32,16 +31,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     params = map_params(csv_list(args.datasets), args.sample, args.seed, args.name, args.n_neighbors, args.min_dist,
                         not args.sample_only, args.force)
-    job = jobs.launch(ws, "umap", params, backend=args.backend)
-    print(f"umap job {job.id}: {job.state} (run folder {job.run_dir})")
-    if not args.wait:
-        return 0
-    job = jobs.wait(ws, job.id, timeout=args.timeout)
-    if job.state != "done":
-        print(f"umap job {job.id} {job.state}: {job.error or ''}")
-        return 1
-    print(json.dumps(job.result, indent=2, sort_keys=True))
-    return 0
+    return print_job(ws, jobs.launch(ws, "umap", params, backend=args.backend), args.wait, args.timeout)
 
 
 def map_params(datasets: list[str] | None, sample: int, seed: int, name: str, n_neighbors: int, min_dist: float,

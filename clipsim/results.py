@@ -5,8 +5,6 @@ evaluation jobs finishing together never lose each other's rows; a re-evaluation
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import time
 from pathlib import Path
 
@@ -65,18 +63,6 @@ def results_frame(ws) -> pd.DataFrame:
     return frame[RESULT_COLUMNS].sort_values(["run", "test"], kind="stable", ignore_index=True)
 
 
-@contextlib.contextmanager
-def _locked(ws):
-    lock = _path(ws).parent / ".lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def add_results(ws, rows: pd.DataFrame | list[dict]) -> pd.DataFrame:
     """Insert result rows, replacing stored rows with the same (run, checkpoint, test).
 
@@ -98,7 +84,7 @@ def add_results(ws, rows: pd.DataFrame | list[dict]) -> pd.DataFrame:
     if missing:
         raise ValueError(f"result rows lack columns {missing}; build them with clipsim.results.result_row")
     new = new[RESULT_COLUMNS].astype(_DTYPES)
-    with _locked(ws):
+    with fileio.locked(_path(ws).parent / ".lock"):
         old = results_frame(ws)
         keep = ~old.set_index(KEY).index.isin(new.set_index(KEY).index)
         parts = [f for f in (old[keep], new) if len(f)]
@@ -111,7 +97,7 @@ def remove_results(ws, run: str) -> int:
     """Delete every row of a run; returns how many were removed."""
     if read_only():
         raise ReadOnlyError("this workspace is served read-only (CLIPSIM_READ_ONLY=1); results were not changed")
-    with _locked(ws):
+    with fileio.locked(_path(ws).parent / ".lock"):
         old = results_frame(ws)
         gone = old["run"] == run
         if gone.any():

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from clipsim.cli import command, csv_list
+from clipsim.cli import command, csv_list, print_job
 from clipsim.errors import ClipsimError
 from clipsim.workspace import Workspace
 
@@ -36,21 +35,6 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     _wait_args(p)
 
 
-def _finish(ws: Workspace, job, args: argparse.Namespace) -> int:
-    """Print the queued job; with --wait, block and print its result (exit 1 if it failed)."""
-    from clipsim import jobs
-
-    print(f"{job.kind} job {job.id}: {job.state} (run folder {job.run_dir})")
-    if not args.wait:
-        return 0
-    job = jobs.wait(ws, job.id, timeout=args.timeout)
-    if job.state != "done":
-        print(f"{job.kind} job {job.id} {job.state}: {job.error or ''}")
-        return 1
-    print(json.dumps(job.result, indent=2, sort_keys=True))
-    return 0
-
-
 @command("train", "train CLIP (open_clip_train) on a manifest's kept samples, as a job", _train_args)
 def cmd_train(args: argparse.Namespace) -> int:
     from clipsim import jobs
@@ -62,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.control:
         params.update(control=args.control, seed=args.seed)
     job = jobs.launch(ws, "train", params, backend=args.backend, resources=train_resources(ws, args.preset, overrides))
-    return _finish(ws, job, args)
+    return print_job(ws, job, args.wait, args.timeout)
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
@@ -83,7 +67,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         params["tests"] = csv_list(args.tests)
     if args.templates:
         params["templates"] = args.templates
-    return _finish(ws, jobs.launch(ws, "evaluate", params, backend=args.backend), args)
+    return print_job(ws, jobs.launch(ws, "evaluate", params, backend=args.backend), args.wait, args.timeout)
 
 
 def _results_args(p: argparse.ArgumentParser) -> None:

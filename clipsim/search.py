@@ -212,7 +212,7 @@ def _run_pass(ws, train, train_set, tests, k, reference, precision, device, bloc
     _log_memory(len(queries), train_set.dim, k, block_rows)
     scanner = ExactScanner(queries, groups, k, precision, dev)
     pass_dir = ws.path("search", train, "_pass")
-    done = _resume(pass_dir, signature, scanner)
+    done = _resume(pass_dir, signature, scanner)["done"]
     t0 = time.time()
     _scan_shards(ws, train, train_set, scanner, train_set.shards, done, block_rows, progress,
                  pass_dir, lambda: {"signature": signature, "done": done})
@@ -244,18 +244,19 @@ def _scan_shards(ws, train: str, train_set, scanner: ExactScanner, shards: list,
         fileio.write_json(state_dir / "pass.json", meta())
 
 
-def _resume(pass_dir: Path, signature: str, scanner: ExactScanner) -> list[int]:
-    """Shards already done by an interrupted pass with the same inputs (its state loaded), else []."""
+def _resume(pass_dir: Path, signature: str, scanner: ExactScanner) -> dict:
+    """The checkpoint (`pass.json`: done shards, ...) of an interrupted pass or part with the same inputs, its
+    running top-k loaded into `scanner`; else {"done": []} after removing a checkpoint made from other inputs."""
     meta = pass_dir / "pass.json"
     if meta.exists() and (pass_dir / "state.npz").exists():
         info = fileio.read_json(meta)
         if info.get("signature") == signature:
             with np.load(pass_dir / "state.npz") as z:
                 scanner.load_state({n: z[n] for n in z.files})
-            log.info("resuming search pass: %d shards already done", len(info["done"]))
-            return list(info["done"])
+            log.info("resuming search %s: %d shards already done", pass_dir.name, len(info["done"]))
+            return {**info, "done": list(info["done"])}
     shutil.rmtree(pass_dir, ignore_errors=True)
-    return []
+    return {"done": []}
 
 
 def _finish(ws, train, train_set, groups, tests, inputs, scanner, k, precision, dev, seconds) -> None:

@@ -21,7 +21,7 @@ from clipsim.errors import WorkspaceError
 from clipsim.exact import default_precision, resolve_device
 from clipsim.scan import ExactScanner
 from clipsim.search import (DEFAULT_BLOCK_ROWS, Progress, SearchResult, _finish, _log_memory, _prepare_pass,
-                            _scan_shards)
+                            _resume, _scan_shards)
 from clipsim.shard_ranges import check_range, index_runs
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ def search_part(
     precision = default_precision(dev) if precision == "auto" else precision
     _log_memory(len(queries), train_set.dim, k, block_rows)
     scanner = ExactScanner(queries, groups, k, precision, dev)
-    done, before = _resume_part(folder, signature, scanner)
+    state = _resume(folder, signature, scanner)  # shards done and seconds spent by an earlier run of this part
+    done, before = state["done"], float(state.get("seconds", 0.0))
     t0 = time.time()
     use_ref = reference if reference and reference != train else None
 
@@ -79,20 +80,6 @@ def search_part(
 
     _scan_shards(ws, train, train_set, scanner, chosen, done, block_rows, progress, folder, meta)
     return {**out, "seconds": fileio.read_json(folder / "pass.json")["seconds"]}
-
-
-def _resume_part(folder: Path, signature: str, scanner: ExactScanner) -> tuple[list[int], float]:
-    """(shards done, seconds spent) by an earlier run of this part with the same inputs (state loaded), else ([], 0)."""
-    meta = folder / "pass.json"
-    if meta.exists() and (folder / "state.npz").exists():
-        info = fileio.read_json(meta)
-        if info.get("signature") == signature:
-            with np.load(folder / "state.npz") as z:
-                scanner.load_state({n: z[n] for n in z.files})
-            log.info("resuming search part %s: %d shards already done", folder.name, len(info["done"]))
-            return list(info["done"]), float(info.get("seconds", 0.0))
-    shutil.rmtree(folder, ignore_errors=True)
-    return [], 0.0
 
 
 def _read_parts(ws, train: str) -> list[tuple[tuple[int, int], Path, dict | None]]:

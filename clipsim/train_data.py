@@ -8,8 +8,6 @@ Image-file sources become a CSV (`filepath`, `title`). The cache `train_data/<ma
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import io
 import shutil
@@ -122,7 +120,7 @@ def materialise(ws, manifest: str, web: str = "web", progress: Progress | None =
     fmt = "webdataset" if _has_tar_images(emb) else "csv"
     config = {"manifest": manifest, "web": web, "format": fmt, "web_embeddings": emb.fingerprint(),
               "kept_keys": keys_fingerprint(hashes), "kept": int(emb.count if hashes is None else len(hashes))}
-    with _locked(folder):  # two runs of one manifest share the cache: one writes, the other then reuses it
+    with fileio.locked(folder.with_name(f".{folder.name}.lock")):  # two runs of one manifest share the cache: one writes, the other then reuses it
         _prepare(folder, config, force)
         classes = ws.dataset(web).classes
         if fmt == "webdataset":
@@ -144,18 +142,6 @@ def materialise(ws, manifest: str, web: str = "web", progress: Progress | None =
 def _has_tar_images(emb) -> bool:
     meta = pd.read_parquet(emb.shards[0].meta, columns=["offset"]) if emb.shards else None
     return bool(meta is not None and len(meta) and (meta["offset"] >= 0).any())
-
-
-@contextlib.contextmanager
-def _locked(folder: Path):
-    lock = folder.with_name(f".{folder.name}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _prepare(folder: Path, config: dict, force: bool) -> None:

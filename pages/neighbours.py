@@ -3,7 +3,7 @@ import math
 
 import streamlit as st
 
-from clipsim.ui import gallery, loaders, share, state, views
+from clipsim.ui import gallery, loaders, state, views
 from clipsim.ui.common import leave_legacy_pages_mode
 from clipsim.ui.state import BIND
 
@@ -21,11 +21,7 @@ leave_legacy_pages_mode()
 st.title("Neighbours")
 st.caption("Every test image beside its nearest training images. Sort by nearest-neighbour similarity s(t) to "
            "find near-duplicates (most similar first) or what the training data does not cover (least first).")
-ws = loaders.workspace()
-share.report_button(ws)
-tests = loaders.searched_tests(ws)
-loaders.warn_stale(ws, tests)
-ref = loaders.reference(ws, required=False)
+ws, tests, ref = loaders.explore_context()
 to_first_page = state.reset("page")
 
 c = st.columns([1, 1, 1.6, 1])

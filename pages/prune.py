@@ -4,7 +4,7 @@ import streamlit as st
 
 from clipsim import plots, prune
 from clipsim.errors import ClipsimError
-from clipsim.ui import loaders, pruning, share, widgets
+from clipsim.ui import loaders, pruning, widgets
 from clipsim.ui.common import leave_legacy_pages_mode
 from clipsim.ui.state import BIND
 
@@ -12,11 +12,7 @@ leave_legacy_pages_mode()
 st.title("Prune")
 st.caption("Exact pruning rules over the stored per-sample statistics: every count below is exact and updates "
            "live. Save a rule as a manifest to train on the pruned web set.")
-ws = loaders.workspace()
-share.report_button(ws)
-tests = loaders.searched_tests(ws)
-loaders.warn_stale(ws, tests)
-ref = loaders.reference(ws, required=False)
+ws, tests, ref = loaders.explore_context()
 webs = loaders.web_sets(ws, tests, ref)
 if not webs:
     st.info("No web (non-reference) train set is searched against every test set yet. Search it:",

@@ -3,7 +3,7 @@ import numpy as np
 import streamlit as st
 
 from clipsim import plots
-from clipsim.ui import gallery, loaders, share, views, widgets
+from clipsim.ui import gallery, loaders, views, widgets
 from clipsim.ui.common import leave_legacy_pages_mode
 from clipsim.ui.state import BIND
 
@@ -13,11 +13,7 @@ leave_legacy_pages_mode()
 st.title("Similarity")
 st.caption("s_D(t) = max over x in D of cos(t, x): how close each test image's nearest training image is. "
            "Where the web set is closer than the curated reference, web data may explain benchmark performance.")
-ws = loaders.workspace()
-share.report_button(ws)
-tests = loaders.searched_tests(ws)
-loaders.warn_stale(ws, tests)
-ref = loaders.reference(ws, required=False)
+ws, tests, ref = loaders.explore_context()
 nns = {t: loaders.test_neighbours(ws, t) for t in tests}
 webs = loaders.web_sets(ws, tests, ref)
 if not webs:

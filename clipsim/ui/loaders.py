@@ -33,6 +33,18 @@ def workspace() -> Workspace:
         no_workspace(root, f"no {REGISTRY} there" if isinstance(err, OSError) else str(err))
 
 
+def explore_context() -> tuple[Workspace, list[str], str | None]:
+    """What the Explore pages start from: (workspace, searched test sets, reference or None), with the report
+    button in the sidebar and a warning for stale searches; stops the page with what to run when there is none."""
+    from clipsim.ui import share
+
+    ws = workspace()
+    share.report_button(ws)
+    tests = searched_tests(ws)
+    warn_stale(ws, tests)
+    return ws, tests, reference(ws, required=False)
+
+
 def searched_tests(ws: Workspace) -> list[str]:
     """Test sets with a completed search; stops with the command to run (register, embed or search) if none."""
     tests = ws.dataset_names("test")
