@@ -6,7 +6,7 @@ from clipsim import prune
 from clipsim.maps import compute as mapping
 from clipsim.maps import view as map_view
 from clipsim.plots import maps as plots_map
-from clipsim.ui import loaders, maps, share
+from clipsim.ui import loaders, maps, share, tagging
 from clipsim.ui.common import leave_legacy_pages_mode
 from clipsim.ui.state import BIND
 
@@ -75,6 +75,7 @@ else:
     counts = view.iloc[chosen]["dataset"].value_counts(sort=False)
     st.markdown(f"**{len(chosen):,}** points selected: " + ", ".join(f"{n} {d}" for d, n in counts.items()))
     maps.selection_gallery(ws, view, chosen)
+    tagging.tag_images(ws, view.iloc[chosen][["dataset", "key"]], "map_tags", pick=False)
 
 with st.expander("Compute a new map", expanded=bool(stale)):
     maps.compute_controls(ws)

@@ -3,7 +3,7 @@ import numpy as np
 import streamlit as st
 
 from clipsim import plots, views
-from clipsim.ui import gallery, loaders, widgets
+from clipsim.ui import gallery, labelling, loaders, widgets
 from clipsim.ui.common import leave_legacy_pages_mode
 from clipsim.ui.state import BIND
 
@@ -64,6 +64,16 @@ for start in range(0, len(tests), GRID):
         nn = nns[test]
         fig = plots.similarity_histogram({t: nn.nn(t) for t in nn.trains}, ref, title=test, threshold=tau)
         col.plotly_chart(fig, width="stretch", key=f"hist_{test}")
+
+st.subheader("Is τ right? Label pairs")
+st.caption("How many test images above τ have a real (near-)duplicate as their nearest web image? Label the pairs "
+           "the sampler proposes; precision and recall per τ, with 95% intervals that respect how pairs were sampled, "
+           "update as you go.")
+label_test = st.selectbox("Test set to label", tests, key="label_test", bind=BIND)
+labelling.calibration_plot(ws, label_test, web, tau, "sim_cal")
+labelling.labeller(ws, label_test, web, tau, "sim_lab")
+with st.expander("Label files (CSV)"):
+    labelling.label_files(ws, label_test, web, "sim_files")
 
 st.subheader("Pairs at the threshold")
 pair_test = st.selectbox("Test set", tests, key="pairs", bind=BIND)

@@ -8,7 +8,7 @@ from clipsim.errors import ClipsimError
 from clipsim.workspace import Workspace
 
 
-def _overrides(pairs: list[str] | None) -> dict:
+def parse_overrides(pairs: list[str] | None) -> dict:
     """['epochs=1', 'lr=5e-4'] -> {'epochs': '1', 'lr': '5e-4'} (presets.get_preset converts the types)."""
     out = {}
     for pair in pairs or []:
@@ -31,22 +31,28 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="demo", help="training preset: demo, paper or one from settings.presets")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="preset override, e.g. --set epochs=1")
     p.add_argument("--control", choices=["random"], help="train on a random subset as large as the manifest")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random control")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random control's subset")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train N runs with training seeds preset seed + 0..N-1 (replicates for error bars)")
     _wait_args(p)
 
 
 @command("train", "train CLIP (open_clip_train) on a manifest's kept samples, as a job", _train_args)
 def cmd_train(args: argparse.Namespace) -> int:
     from clipsim import jobs
-    from clipsim.runs.pipeline import train_resources
+    from clipsim.runs.pipeline import seed_overrides, train_resources
 
     ws = Workspace.open(args.workspace)
-    overrides = _overrides(args.set)
-    params = {"manifest": args.manifest, "web": args.web, "preset": args.preset, "overrides": overrides}
-    if args.control:
-        params.update(control=args.control, seed=args.seed)
-    job = jobs.launch(ws, "train", params, backend=args.backend, resources=train_resources(ws, args.preset, overrides))
-    return print_job(ws, job, args.wait, args.timeout)
+    overrides = parse_overrides(args.set)
+    code = 0
+    for seeded in seed_overrides(ws, args.preset, overrides, args.seeds):
+        params = {"manifest": args.manifest, "web": args.web, "preset": args.preset, "overrides": seeded}
+        if args.control:
+            params.update(control=args.control, seed=args.seed)
+        job = jobs.launch(ws, "train", params, backend=args.backend,
+                          resources=train_resources(ws, args.preset, seeded))
+        code = max(code, print_job(ws, job, args.wait, args.timeout))
+    return code
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
@@ -74,7 +80,8 @@ def _results_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output (all columns)")
 
 
-@command("results", "zero-shot result rows: run, manifest, test set, accuracy, images", _results_args)
+@command("results", "zero-shot result rows: run, manifest, seed, test set, accuracy with its 95% bootstrap interval",
+         _results_args)
 def cmd_results(args: argparse.Namespace) -> int:
     from clipsim.runs.results import results_frame
 
@@ -86,7 +93,8 @@ def cmd_results(args: argparse.Namespace) -> int:
         print(f"no results yet in {args.workspace}; train and evaluate first "
               f"(python -m clipsim train --workspace {args.workspace} --manifest full --wait)")
         return 0
-    shown = frame[["run", "manifest", "test", "accuracy", "n"]].copy()
-    shown["accuracy"] = shown["accuracy"].map(lambda a: f"{a:.4f}")
+    shown = frame[["run", "manifest", "seed", "test", "accuracy", "ci_low", "ci_high", "n"]].copy()
+    for column in ("accuracy", "ci_low", "ci_high"):
+        shown[column] = shown[column].map(lambda a: f"{a:.4f}")
     print(shown.to_string(index=False))
     return 0

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from clipsim.runs.results import latest_per_run, model_label
+from clipsim.runs.results import latest_per_run, model_label, seed_summary
 
 FULL_COLOUR = "#4c78a8"  # the unpruned model
 PRUNED_COLOURS = ["#e45756", "#f58518", "#b279a2", "#9d755d", "#54a24b", "#72b7b2"]
 RANDOM_COLOUR = "#9e9e9e"  # random controls: grey, dashed where drawn as lines
+CHANCE_COLOUR = "#555555"  # the accuracy of guessing: 1 / scored classes, dotted
 DIAGONAL_COLOUR = "#222222"
 
 
@@ -38,17 +39,41 @@ def _models(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def bars_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy per model (rows) and test set (columns), newest checkpoint of each run."""
+    """Accuracy per model (rows) and test set (columns): the mean over training seeds, newest checkpoint of each run."""
     models = _models(frame)
     if models.empty:
         return pd.DataFrame()
-    table = models.pivot_table(index="model", columns="test", values="accuracy", aggfunc="first", sort=False)
+    table = models.pivot_table(index="model", columns="test", values="accuracy", aggfunc="mean", sort=False)
     return table.reset_index()
 
 
-def accuracy_bars(frame: pd.DataFrame, tests: list[str] | None = None) -> go.Figure:
-    """Grouped bars: zero-shot top-1 per test set, one bar per model (full, pruned, random controls side by side)."""
+def _chance_marks(fig: go.Figure, summary: pd.DataFrame, tests: list[str]) -> None:
+    """A dotted line across each test set's bar group at its chance level (1 / scored classes)."""
+    chance = summary.groupby("test")["chance"].first().reindex(tests)
+    for i, value in enumerate(chance):
+        if np.isfinite(value):
+            fig.add_shape(type="line", xref="x", yref="y", x0=i - 0.45, x1=i + 0.45, y0=value, y1=value,
+                          line={"color": CHANCE_COLOUR, "dash": "dot", "width": 2})
+    if chance.notna().any():
+        fig.add_annotation(x=len(tests) - 0.55, y=float(chance.iloc[-1]), text="chance", showarrow=False,
+                           xanchor="left", yanchor="bottom", font={"color": CHANCE_COLOUR, "size": 11})
+
+
+def accuracy_bars(frame: pd.DataFrame, tests: list[str] | None = None, summary: pd.DataFrame | None = None
+                  ) -> go.Figure:
+    """Grouped bars: zero-shot top-1 per test set, one bar per model (full, pruned, random controls side by side).
+
+    A bar is the mean over the model's training seeds; its error bar the 95% bootstrap interval over test images
+    (clipsim.runs.compare.arm_intervals; a single run's stored interval by default); black dots the seeds; dotted
+    lines the chance level.
+
+    Args:
+        frame: result rows.
+        tests: test sets in order (default: as stored).
+        summary: seed_summary-like table with intervals (default: seed_summary(frame)).
+    """
     models = _models(frame)
+    summary = seed_summary(frame) if summary is None else summary
     tests = tests or list(dict.fromkeys(models["test"]))
     fig = go.Figure()
     pruned = 0
@@ -57,16 +82,33 @@ def accuracy_bars(frame: pd.DataFrame, tests: list[str] | None = None) -> go.Fig
         colour = FULL_COLOUR if kind == "full" else RANDOM_COLOUR if kind == "random" else \
             PRUNED_COLOURS[pruned % len(PRUNED_COLOURS)]
         pruned += kind == "pruned"
-        rows = rows.set_index("test").reindex(tests)
-        fig.add_bar(name=model, x=tests, y=rows["accuracy"], marker_color=colour,
+        mean = summary[summary["model"] == model].set_index("test").reindex(tests)
+        fig.add_bar(name=model, x=tests, y=mean["accuracy"], marker_color=colour, offsetgroup=model,
                     marker_pattern_shape="/" if kind == "random" else "",
-                    customdata=np.stack([rows["n"].fillna(0), rows["train_samples"].fillna(0)], axis=1),
-                    hovertemplate="%{x}: %{y:.1%} of %{customdata[0]:.0f} images<br>trained on "
-                                  "%{customdata[1]:,.0f} samples<extra>" + model + "</extra>")
-    fig.update_layout(barmode="group", title="Zero-shot top-1 accuracy per test set", height=420,
+                    error_y={"type": "data", "symmetric": False, "array": mean["ci_high"] - mean["accuracy"],
+                             "arrayminus": mean["accuracy"] - mean["ci_low"], "color": "#333333"},
+                    customdata=np.stack([mean["n"].fillna(0), mean["train_samples"].fillna(0),
+                                         mean["n_seeds"].fillna(0), mean["sd"].fillna(0)], axis=1),
+                    hovertemplate="%{x}: %{y:.1%} of %{customdata[0]:.0f} images<br>mean of %{customdata[2]:.0f} "
+                                  "seed(s), sd %{customdata[3]:.1%}<br>trained on %{customdata[1]:,.0f} samples"
+                                  "<extra>" + model + "</extra>")
+        if rows["run"].nunique() > 1:
+            fig.add_scatter(x=rows["test"], y=rows["accuracy"], mode="markers", offsetgroup=model,
+                            name=f"{model} · seeds", showlegend=False, marker={"color": "#111111", "size": 6},
+                            text=rows["seed"].astype(str), hovertemplate="seed %{text}: %{y:.1%}<extra></extra>")
+    _chance_marks(fig, summary, tests)
+    fig.update_layout(barmode="group", scattermode="group", title="Zero-shot top-1 accuracy per test set", height=420,
                       yaxis_title="top-1 accuracy", yaxis_tickformat=".0%", xaxis_title="test set",
                       legend_title_text="trained on", margin={"l": 10, "r": 10, "t": 50, "b": 10})
     return fig
+
+
+def _chance(frame: pd.DataFrame, test: str | None) -> float:
+    """The chance level (1 / scored classes) of one test set, or its mean over test sets; NaN when unknown."""
+    rows = frame if test is None else frame[frame["test"] == test]
+    classes = rows.groupby("test")["classes"].first()
+    classes = classes[classes > 0]
+    return float((1.0 / classes).mean()) if len(classes) else float("nan")
 
 
 def pruned_table(frame: pd.DataFrame, test: str | None = None) -> pd.DataFrame:
@@ -105,6 +147,10 @@ def accuracy_vs_pruned(frame: pd.DataFrame, test: str | None = None) -> go.Figur
         fig.add_scatter(x=full["pruned_fraction"], y=full["accuracy"], mode="markers", name="full web",
                         marker={"color": FULL_COLOUR, "size": 10}, text=full["model"],
                         hovertemplate="%{text}: %{y:.1%}<extra></extra>")
+    chance = _chance(frame, test)
+    if np.isfinite(chance):
+        fig.add_hline(y=chance, line={"color": CHANCE_COLOUR, "dash": "dot"}, annotation_text="chance",
+                      annotation_position="bottom right")
     what = f"on {test}" if test else "mean over test sets"
     fig.update_layout(title=f"Accuracy ({what}) against the share of the web set pruned", height=420,
                       xaxis_title="fraction of web samples removed", xaxis_tickformat=".0%",
@@ -138,6 +184,10 @@ def effective_robustness(frame: pd.DataFrame, id_test: str = "val") -> go.Figure
                         text=rows["model"], hovertemplate="%{text}<br>" + id_test + " %{x:.1%}, " + test +
                         " %{y:.1%}<extra></extra>")
     hi = float(np.nanmax(table[["id_accuracy", "ood_accuracy"]].to_numpy())) if len(table) else 1.0
+    chance = _chance(frame, None)
+    if np.isfinite(chance):
+        fig.add_hline(y=chance, line={"color": CHANCE_COLOUR, "dash": "dot"}, annotation_text="chance")
+        fig.add_vline(x=chance, line={"color": CHANCE_COLOUR, "dash": "dot"})
     fig.add_scatter(x=[0, hi], y=[0, hi], mode="lines", name="y = x", line={"color": DIAGONAL_COLOUR, "dash": "dot"})
     fig.update_layout(title=f"Effective robustness: {id_test} (in distribution) vs other test sets", height=460,
                       xaxis_title=f"{id_test} top-1", yaxis_title="out-of-distribution top-1",

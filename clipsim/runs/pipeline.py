@@ -37,10 +37,31 @@ def train_resources(ws, preset: str, overrides: dict | None = None) -> dict | No
     return {"gpus": merged["nproc"]} if merged["launcher"] == "torchrun" else None
 
 
+def seed_overrides(ws, preset: str, overrides: dict | None = None, seeds: int = 1) -> list[dict]:
+    """The preset overrides of `seeds` training runs that differ only in their seed.
+
+    Args:
+        ws: the workspace; preset, overrides: as for train.
+        seeds: how many runs; run i trains with the preset's seed + i.
+
+    Returns:
+        One overrides dict per run ([overrides] unchanged for one seed, so a plain launch stays the same job).
+
+    Raises:
+        WorkspaceError: seeds < 1, or an unknown preset or field.
+    """
+    if int(seeds) < 1:
+        raise WorkspaceError(f"seeds={seeds} must be at least 1")
+    if int(seeds) == 1:
+        return [dict(overrides or {})]
+    base = get_preset(ws, preset, overrides)["seed"]
+    return [{**(overrides or {}), "seed": base + i} for i in range(int(seeds))]
+
+
 def queue_pipeline(ws, manifest: str | None = None, rule: str | None = None, rule_params: dict | None = None,
                    tests: list[str] | None = None, preset: str = "demo", overrides: dict | None = None,
                    random_control: bool = False, include_full: bool = False, web: str | None = None,
-                   eval_tests: list[str] | None = None, backend: str | None = None) -> list:
+                   eval_tests: list[str] | None = None, backend: str | None = None, seeds: int = 1) -> list:
     """Queue a prune -> train -> evaluate chain.
 
     Args:
@@ -55,6 +76,7 @@ def queue_pipeline(ws, manifest: str | None = None, rule: str | None = None, rul
         web: the web train set (default: default_web).
         eval_tests: test sets to evaluate on (default: all).
         backend: job backend ('local', 'slurm'; default the workspace's).
+        seeds: train every variant this many times with seeds preset seed + 0, 1, ... (seed_overrides).
 
     Returns:
         The queued (or deduplicated) jobs in launch order.
@@ -86,9 +108,10 @@ def queue_pipeline(ws, manifest: str | None = None, rule: str | None = None, rul
         ([{"manifest": manifest}] if manifest else []) + \
         ([{"manifest": manifest, "control": "random"}] if manifest and random_control else [])
     for variant in variants:
-        params = {**variant, "web": web, "preset": preset, "overrides": dict(overrides or {})}
-        after = prune_job.id if prune_job is not None and variant["manifest"] != FULL else None
-        train_job = jobs.launch(ws, "train", params, backend=backend, depends_on=after, resources=resources)
-        evaluate = {"run": train_job.id, **({"tests": list(eval_tests)} if eval_tests else {})}
-        queued += [train_job, jobs.launch(ws, "evaluate", evaluate, backend=backend, depends_on=train_job.id)]
+        for seeded in seed_overrides(ws, preset, overrides, seeds):
+            params = {**variant, "web": web, "preset": preset, "overrides": seeded}
+            after = prune_job.id if prune_job is not None and variant["manifest"] != FULL else None
+            train_job = jobs.launch(ws, "train", params, backend=backend, depends_on=after, resources=resources)
+            evaluate = {"run": train_job.id, **({"tests": list(eval_tests)} if eval_tests else {})}
+            queued += [train_job, jobs.launch(ws, "evaluate", evaluate, backend=backend, depends_on=train_job.id)]
     return queued
