@@ -272,3 +272,53 @@ def test_shared_link_opened_first_on_a_fresh_server_keeps_navigation_and_view(br
             shoot(pg, tmp_path, "deep_link_fresh_server")
         finally:
             context.close()
+
+
+def _precision_trace(pg) -> list:
+    """The y values of the precision line in the Similarity page's precision/recall plot (plotly's own data)."""
+    return pg.evaluate("""() => { const plot = document.querySelector('.st-key-sim_cal_pr .js-plotly-plot');
+        const trace = plot && plot.data && plot.data.find(t => t.name === 'precision');
+        return trace ? Array.from(trace.y || []) : null; }""")
+
+
+def test_label_three_pairs_with_the_keyboard_in_chromium(browser, demo_ws, tmp_path):
+    """Keys 1, 4, 2 label the three pairs the sampler proposes; the precision curve is redrawn from the stored labels
+    and matches the library's calibration."""
+    from clipsim.labels import calibrate, next_pairs, read_labels
+    from clipsim.workspace import Workspace
+
+    root = tmp_path / "ws"
+    shutil.copytree(demo_ws.root, root, ignore=shutil.ignore_patterns("labels", "runs", "results", "jobs.sqlite*"))
+    ws = Workspace.open(root)
+    proposed = list(next_pairs(ws, "sketch", "web", 0.95, 3)["test_key"])
+    with streamlit_server(root, tmp_path / "server.log") as url:
+        context = browser.new_context(viewport={"width": 1500, "height": 1100})
+        pg = context.new_page()
+        pg.set_default_timeout(WAIT_MS)
+        try:
+            pg.goto(url + "/")
+            pg.get_by_text("Datasets", exact=True).wait_for()
+            pg.goto(url + "/similarity?tau=0.95&label_test=sketch")
+            pg.locator("[data-testid=cs-label-pair]").wait_for()
+            idle(pg)
+            assert _precision_trace(pg) == []  # nothing labelled yet
+            for key, test_key in zip("142", proposed):
+                assert pg.locator("[data-testid=cs-label-pair]").get_attribute("data-key") == test_key
+                pg.locator("h1").first.click()  # focus the page, not an input: shortcuts skip text fields
+                pg.keyboard.press(key)
+                pg.wait_for_function("(k) => document.querySelector('[data-testid=cs-label-pair]')?.dataset.key !== k",
+                                     arg=test_key)
+                idle(pg)
+            stored = read_labels(ws, "sketch", "web")
+            assert list(stored["test_key"]) == proposed
+            assert list(stored["label"]) == ["duplicate", "different", "near-duplicate"]
+            want = calibrate(ws, "sketch", "web").table
+            want = [round(v, 6) for v in want.loc[want["n_labelled"] > 0, "precision"]]
+            pg.wait_for_function("(n) => { const p = document.querySelector('.st-key-sim_cal_pr .js-plotly-plot');"
+                                 " const t = p && p.data && p.data.find(t => t.name === 'precision');"
+                                 " return t && t.y && t.y.length === n; }", arg=len(want))
+            assert [round(v, 6) for v in _precision_trace(pg)] == want
+            assert metric(pg, "Labelled pairs used").inner_text() == "3"
+            shoot(pg, tmp_path, "similarity_labelled")
+        finally:
+            context.close()

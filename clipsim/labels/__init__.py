@@ -2,6 +2,7 @@
 the sampler that proposes pairs with known inclusion probabilities (`sampler`), calibration of the threshold from
 the labels (`calibration`, `pairs`), CSV exchange and simulated labels (`exchange`), and image tags (`tags`).
 """
+from clipsim.labels import exchange, sampler, tags
 from clipsim.labels.pairs import (
     SIMULATED,
     Calibration,
@@ -15,5 +16,5 @@ from clipsim.labels.pairs import (
 )
 from clipsim.labels.store import DUPLICATES, LABELS, read_labels
 
-__all__ = ["DUPLICATES", "LABELS", "SIMULATED", "Calibration", "Population", "calibrate", "default_tau", "label_pair",
-           "load_population", "model_fingerprint", "next_pairs", "read_labels"]
+__all__ = ["DUPLICATES", "LABELS", "SIMULATED", "Calibration", "Population", "calibrate", "default_tau", "exchange",
+           "label_pair", "load_population", "model_fingerprint", "next_pairs", "read_labels", "sampler", "tags"]

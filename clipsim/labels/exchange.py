@@ -12,7 +12,7 @@ import pandas as pd
 from clipsim import fileio
 from clipsim.errors import DataError, WorkspaceError
 from clipsim.labels import store
-from clipsim.labels.pairs import SIMULATED, load_population, next_pairs
+from clipsim.labels.pairs import SIMULATED, load_population, next_pairs, record_design
 
 REQUIRED = ["test", "test_key", "train", "train_key", "label"]
 
@@ -120,8 +120,10 @@ def simulate_from_planted(ws, test: str, train: str, n: int, tau: float) -> pd.D
         raise WorkspaceError(f"--n {n} must be at least 1")
     todo = next_pairs(ws, test, train, tau, n)
     population = load_population(ws, test, train)
-    rows = todo.drop(columns=["test_row", "train_row"]).assign(test=test, train=train, label=planted_labels(ws, test, todo), labeller=SIMULATED,
-                       created=time.time(), model=population.model, inclusion=None, simulated=1)
+    design = record_design(ws, population, tau)
+    rows = todo[["test_key", "train_key", "similarity"]].assign(
+        test=test, train=train, label=planted_labels(ws, test, todo), labeller=SIMULATED, created=time.time(),
+        model=population.model, inclusion=None, design=design, simulated=1)
     store.upsert_labels(ws, rows)
     after = load_population(ws, test, train).pairs.set_index("test_key")["pi"]
     rows["inclusion"] = after.reindex(rows["test_key"]).to_numpy()

@@ -74,44 +74,61 @@ def load_population(ws, test: str, train: str) -> Population:
     return Population(test, train, model, pairs, designs, other=len(labels) - len(current), stale=int(stale.sum()))
 
 
-def _design(ws, population: Population, tau: float) -> tuple[sampler.Design, int]:
+def _design(ws, population: Population, tau: float, record: bool = False) -> tuple[sampler.Design, int | None]:
+    """The design centred on tau over the population; its id, stored on first use when `record` (else None)."""
     design = sampler.make_design(population.test, population.train, tau, population.pairs["similarity"].to_numpy())
+    if not record:
+        return design, None
     params = {"tau": design.tau, "lo": design.lo, "hi": design.hi, "bump": design.bump, "bins": design.bins,
               "width": design.width}
     return design, store.design_id(ws, population.test, population.train, population.model, params)
 
 
+def record_design(ws, population: Population, tau: float) -> int:
+    """Store (or find) the design centred on tau over the population; returns its id. ReadOnlyError when read-only."""
+    return _design(ws, population, tau, record=True)[1]
+
+
 def next_pairs(ws, test: str, train: str, tau: float, n: int = 1) -> pd.DataFrame:
-    """The next unlabelled pairs to label under the design centred on `tau` (recorded on first use).
+    """The next unlabelled pairs to label under the design centred on `tau` (reads only; the design is recorded
+    when a label is stored with label_pair(..., tau=tau)).
 
     Returns:
-        test_key, train_key, similarity, test_row, train_row (embedding rows), design (id), in labelling order
-        (empty when every pair is labelled).
+        test_key, train_key, similarity, test_row, train_row (embedding rows), tau (the design's centre), in
+        labelling order (empty when every pair is labelled).
 
     Raises:
-        WorkspaceError: no search of test against train. ReadOnlyError: served read-only (designs are stored).
+        WorkspaceError: no search of test against train.
     """
     population = load_population(ws, test, train)
-    design, design_key = _design(ws, population, tau)
+    design, _ = _design(ws, population, tau)
     pairs = population.pairs
     rows = sampler.next_rows(design, pairs["similarity"].to_numpy(), pairs["u"].to_numpy(),
                              pairs["label"].notna().to_numpy(), n)
     columns = ["test_key", "train_key", "similarity", "test_row", "train_row"]
-    return pairs.iloc[rows][columns].assign(design=design_key).reset_index(drop=True)
+    return pairs.iloc[rows][columns].assign(tau=design.tau).reset_index(drop=True)
 
 
 def label_pair(ws, test: str, train: str, test_key: str, train_key: str, label: str, labeller: str = "user",
-               design: int | None = None) -> dict:
+               tau: float | None = None) -> dict:
     """Store one pair's label (replacing an earlier one) with its similarity, model and inclusion probability.
+
+    Args:
+        ws: the workspace; test, train: the sets; test_key, train_key: the pair.
+        label: one of store.LABELS.
+        labeller: who labelled it.
+        tau: the centre of the sampler design that proposed the pair (next_pairs' `tau`); None for a pair picked by
+            hand, which is stored but counts for calibration only if it falls inside a design's sample.
 
     Returns:
         The stored row (store.LABEL_COLUMNS).
 
     Raises:
-        WorkspaceError: a label outside store.LABELS, or a pair that is not a current nearest-neighbour pair.
+        WorkspaceError: a label outside store.LABELS. ReadOnlyError: served read-only.
     """
     store.check_label(label)
     population = load_population(ws, test, train)
+    design = _design(ws, population, tau, record=True)[1] if tau is not None else None
     pairs = population.pairs
     match = pairs[(pairs["test_key"] == str(test_key)) & (pairs["train_key"] == str(train_key))]
     similarity = float(match["similarity"].iloc[0]) if len(match) else None
@@ -119,7 +136,7 @@ def label_pair(ws, test: str, train: str, test_key: str, train_key: str, label: 
            "labeller": labeller, "created": time.time(), "model": population.model, "similarity": similarity,
            "inclusion": None, "design": design, "simulated": int(labeller == SIMULATED)}
     store.upsert_labels(ws, pd.DataFrame([row]))
-    if len(match):  # the inclusion probability the design gives it now that it is labelled
+    if len(match):  # the inclusion probability the designs give it now that it is labelled
         after = load_population(ws, test, train).pairs
         row["inclusion"] = float(after.loc[after["test_key"] == str(test_key), "pi"].iloc[0])
         store.upsert_labels(ws, pd.DataFrame([row]))

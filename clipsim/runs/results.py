@@ -94,6 +94,9 @@ def add_results(ws, rows: pd.DataFrame | list[dict]) -> pd.DataFrame:
     if read_only():
         raise ReadOnlyError("this workspace is served read-only (CLIPSIM_READ_ONLY=1); results were not stored")
     new = pd.DataFrame(rows)
+    for column, default in (("ci_low", np.nan), ("ci_high", np.nan), ("seed", -1)):  # optional: unknown
+        if column not in new:
+            new[column] = default
     missing = [c for c in RESULT_COLUMNS if c not in new]
     if missing:
         raise ValueError(f"result rows lack columns {missing}; build them with clipsim.results.result_row")

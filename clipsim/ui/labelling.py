@@ -74,7 +74,7 @@ def calibration_plot(ws, test: str, train: str, tau: float, key: str) -> labels.
 def _store_label(ws, test: str, train: str, pair: dict, label: str, key: str) -> None:
     try:
         labels.label_pair(ws, test, train, pair["test_key"], pair["train_key"], label,
-                          st.session_state.get(f"{key}_who") or "user", pair.get("design"))
+                          st.session_state.get(f"{key}_who") or "user", pair["tau"])
     except ClipsimError as err:
         st.session_state[f"{key}_error"] = str(err)
 
