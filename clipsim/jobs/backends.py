@@ -6,12 +6,14 @@ Liveness is checked against the process start time recorded at launch, so a reus
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from clipsim.errors import ClipsimError
@@ -27,6 +29,7 @@ SLURM_DEFAULTS = {  # ws.settings["slurm"] keys; resources given to launch() ove
     "setup": [],  # shell lines run before the worker (module load ..., source /path/.venv/bin/activate)
     "additional": {},  # extra sbatch options, e.g. {"reservation": "x"}
 }
+JOB_ENV_PREFIXES = ("SLURM_", "SLURMD_", "SRUN_", "SUBMITIT_")  # what SLURM and submitit set inside a job
 _CHILDREN: dict[int, subprocess.Popen] = {}  # processes this process started: polled so none stays a zombie
 _SUBMITTED: dict[str, object] = {}  # submitit jobs submitted from this process (local cluster: holds the process)
 # Drop them while modules are intact: submitit's LocalJob.__del__ fails with a TypeError traceback when it only runs
@@ -90,6 +93,24 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
     except PermissionError as err:
         raise ClipsimError(f"not allowed to signal process group {pid}; cancel it as the user who started it") from err
+
+
+@contextlib.contextmanager
+def _outside_job() -> Iterator[None]:
+    """Hide the variables SLURM and submitit set inside a job while submitting from one (SLURM_CONF stays).
+
+    A finishing SLURM task submits what waited for it, and sbatch exports the caller's environment: the new job kept
+    the SLURM_ARRAY_* variables SLURM sets only in arrays, so submitit ran the task's pickle again (job 10 ran task
+    7_2) and the array's own step never ran.
+    """
+    if "SLURM_JOB_ID" not in os.environ:
+        yield
+        return
+    hidden = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith(JOB_ENV_PREFIXES) and k != "SLURM_CONF"}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
 
 
 class LocalBackend:
@@ -178,7 +199,8 @@ class SlurmBackend:
         from clipsim.jobs.worker import run_job
 
         cfg = self.config(ws, job)
-        sub = self._executor(ws, job, cfg).submit(run_job, str(Path(ws.root).resolve()), job.id)
+        with _outside_job():
+            sub = self._executor(ws, job, cfg).submit(run_job, str(Path(ws.root).resolve()), job.id)
         return self._record(sub, cfg)
 
     def start_array(self, ws, jobs: list[Job]) -> list[dict]:
@@ -191,7 +213,8 @@ class SlurmBackend:
 
         cfg = self.config(ws, jobs[0])
         root = str(Path(ws.root).resolve())
-        subs = self._executor(ws, jobs[0], cfg).map_array(run_job, [root] * len(jobs), [j.id for j in jobs])
+        with _outside_job():
+            subs = self._executor(ws, jobs[0], cfg).map_array(run_job, [root] * len(jobs), [j.id for j in jobs])
         return [self._record(sub, cfg) for sub in subs]
 
     @staticmethod
@@ -232,9 +255,8 @@ class SlurmBackend:
         if job.resources.get("cluster") != "local":
             self._job(job).cancel(check=False)
             return
-        if hard and job.pid:  # the controller forwards signals to the worker; a hard kill hits both
-            if process_start(job.pid) is not None:
-                os.kill(job.pid, signal.SIGKILL)
+        if hard and job.pid and process_start(job.pid) is not None:  # the controller forwards signals to the worker;
+            os.kill(job.pid, signal.SIGKILL)  # a hard kill hits both
         try:
             os.kill(int(job.backend_id), signal.SIGKILL if hard else signal.SIGINT)
         except ProcessLookupError:
