@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from clipsim.exact import Screen  # noqa: E402
-from clipsim.scan import TILE_ELEMENTS, ExactScanner, Group  # noqa: E402
-from clipsim.search import DEFAULT_BLOCK_ROWS  # noqa: E402
+from clipsim.search import DEFAULT_BLOCK_ROWS
+from clipsim.search.exact import Screen
+from clipsim.search.scan import TILE_ELEMENTS, ExactScanner, Group
 
 PEAK_N = 4096  # square matmul for the peaks: 137 GFLOP, long enough to reach steady state, < 1 s per try
 CANON_QUERY_CHUNK = 256  # float64 brute force: 256 x 200k x 8 bytes = 410 MB per chunk
@@ -242,16 +242,16 @@ def _ratios(report: dict) -> dict:
 
 NOTES = [
     "effective_gflops = 2 * queries * train * dim / seconds for every method, whatever it computes internally.",
-    "exact_scanner_*_topk: ExactScanner.add_block computing the exact top-k only (what faiss computes); "
+    ("exact_scanner_*_topk: ExactScanner.add_block computing the exact top-k only (what faiss computes); "
     "*_with_train_row_max also computes every train row's exact max similarity and argmax over the queries in "
-    "the same pass (checked here too) - work faiss does not do.",
-    "canonical similarity = float32(float64(q) . float64(x)) of the float16 embeddings, ties to the lower id; "
+    "the same pass (checked here too) - work faiss does not do."),
+    ("canonical similarity = float32(float64(q) . float64(x)) of the float16 embeddings, ties to the lower id; "
     "faiss and torch accumulate in float32, so their sims can differ from it in the last ulps and their order "
-    "(and ids at near-ties or exact ties, torch.topk breaks ties arbitrarily) can differ; counts are reported as is.",
-    "screen_products_only_seconds: the scanner's own low-precision matmuls over the same blocks and tiles, "
-    "timed alone; seconds minus it is the cost of exact re-checks, top-k merging and per-row statistics.",
-    "Times include converting float16 blocks to the screen precision; faiss gets its float32 index prebuilt "
-    "(index.add not timed).",
+    "(and ids at near-ties or exact ties, torch.topk breaks ties arbitrarily) can differ; counts are reported as is."),
+    ("screen_products_only_seconds: the scanner's own low-precision matmuls over the same blocks and tiles, "
+    "timed alone; seconds minus it is the cost of exact re-checks, top-k merging and per-row statistics."),
+    ("Times include converting float16 blocks to the screen precision; faiss gets its float32 index prebuilt "
+    "(index.add not timed)."),
 ]
 
 

@@ -11,16 +11,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from clipsim import Workspace, fileio, store
 from clipsim.cli import main
 from clipsim.embed import embed_dataset, finalize_embeddings
 from clipsim.errors import ClipsimError, DataError, WorkspaceError
-from clipsim.exact import brute_force
 from clipsim.jobs import ACTIVE, cancel, get_job, launch, list_jobs, wait
 from clipsim.search import search
-from clipsim.search_parts import merge_search_parts, part_dir, search_part
+from clipsim.search.exact import brute_force
+from clipsim.search.parts import merge_search_parts, part_dir, search_part
 from clipsim.shard_ranges import index_runs, parse_range, split_ranges
 from tests.helpers import unit16
 

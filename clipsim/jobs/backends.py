@@ -255,8 +255,8 @@ class SlurmBackend:
         if job.resources.get("cluster") != "local":
             self._job(job).cancel(check=False)
             return
-        if hard and job.pid and process_start(job.pid) is not None:  # the controller forwards signals to the worker;
-            os.kill(job.pid, signal.SIGKILL)  # a hard kill hits both
+        if hard and job.pid and process_start(job.pid) is not None:  # the controller forwards signals to the
+            os.kill(job.pid, signal.SIGKILL)  # worker; a hard kill hits both
         try:
             os.kill(int(job.backend_id), signal.SIGKILL if hard else signal.SIGINT)
         except ProcessLookupError:
