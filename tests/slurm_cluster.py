@@ -108,6 +108,8 @@ JobCompType=jobcomp/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
 SchedulerType=sched/backfill
+# start array tasks and freed-up jobs within a second (defaults: 30 s backfill, 60 s main loop)
+SchedulerParameters=bf_interval=1,sched_interval=1
 MpiDefault=none
 MailProg=/bin/true
 ReturnToService=2
