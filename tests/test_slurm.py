@@ -1,4 +1,4 @@
-"""The SLURM backend against a real one-node cluster (tests/slurm_cluster.py: slurmctld, slurmd and slurmdbd on
+"""The SLURM backend against a real one-node cluster (tests/slurm/cluster.py: slurmctld, slurmd and slurmdbd on
 loopback) through submitit's real SlurmExecutor: an embed array, a search array with its merge, a prune and a short
 training chained by dependencies, equal bit for bit to the same chain on the local backend; jobs followed through
 `sacct`, cancelled with `scancel`, and a node failure.
@@ -26,7 +26,7 @@ from clipsim.jobs.backends import get_backend
 from clipsim.search import search
 from tests.conftest import draw_image
 from tests.helpers import unit16
-from tests.slurm_cluster import PARTITION, Session, unavailable
+from tests.slurm.cluster import PARTITION, Session, processes, unavailable
 
 pytestmark = pytest.mark.slurm
 CHAIN_TIMEOUT_S = 900  # both chains at once take 1-3 minutes on 2 shared cores
@@ -282,3 +282,4 @@ def test_node_failure_fails_the_job_with_slurms_state_and_no_requeue(slurm_ws, s
     assert slurm.run("squeue", "-h", "-o", "%A").stdout.strip() == ""  # --no-requeue: nothing runs them again
     reconcile(slurm_ws)
     assert [get_job(slurm_ws, j.id).state for j in (soft, stuck)] == ["failed", "failed"]
+    until(lambda: "slurmstepd" not in processes(slurm).values(), 60, "the failed job steps to end")

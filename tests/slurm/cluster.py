@@ -1,35 +1,41 @@
 """A real one-node SLURM cluster on loopback for the tests, from Debian 12's packages: munged, MariaDB and slurmdbd
-(so `sacct` answers: 22.05 has no file-based accounting), slurmctld and slurmd, all in one private folder.
+(submitit follows jobs through `sacct`; without slurmdbd it says "Slurm accounting storage is disabled", and 22.05
+has no file-based accounting storage), slurmctld and slurmd, all in one private folder.
 
-    python -m tests.slurm_cluster up       # idempotent; a running cluster is reused at once; prints SLURM_CONF
-    python -m tests.slurm_cluster down     # cancels every job, stops the five daemons
-    python -m tests.slurm_cluster status
+    python -m tests.slurm.cluster up       # idempotent; a running cluster is reused at once; prints SLURM_CONF
+    python -m tests.slurm.cluster down     # cancels every job, stops the five daemons
+    python -m tests.slurm.cluster status
+    python3 -m tests.slurm.cluster packages   # the Debian packages it needs (standard library only: before any venv)
 
-Needs root (slurmd starts jobs as their user) and `apt-get install slurmctld slurmd slurm-client munge slurmdbd
-mariadb-server` (INSTALL). No cgroups: proctrack/linuxproc and task/none. Clients find the cluster through
-SLURM_CONF. The folder (CLIPSIM_SLURM_DIR, default /tmp/clipsim-slurm-<uid>) keeps the database and the job-id
-counter between runs, so a second bring-up skips the database set-up and job ids never repeat.
+Needs root (slurmd starts jobs as their user) and the Debian packages PACKAGES (INSTALL). No cgroups:
+proctrack/linuxproc and task/none. Clients find the cluster through SLURM_CONF. The folder (CLIPSIM_SLURM_DIR,
+default /tmp/clipsim-slurm-<uid>) keeps the database and the job-id counter between runs, so a second bring-up
+skips the database set-up and job ids never repeat.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import os
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-INSTALL = "apt-get install -y slurmctld slurmd slurm-client munge slurmdbd mariadb-server"
+PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "mariadb-server")  # Debian 12: SLURM 22.05
+INSTALL = f"apt-get install -y --no-install-recommends {' '.join(PACKAGES)}"
 PARTITION = "clipsim"
 PORTS = {"slurmctld": 16817, "slurmd": 16818, "slurmdbd": 16819, "mariadbd": 13306}  # not SLURM's 6817-6819
 # start order; `down` stops them in reverse. munged and the SLURM daemons fork into the background themselves.
 DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
 EXECUTABLES = (*DAEMONS, "munge", "mariadb", "mariadb-install-db", "sbatch", "sacct", "scancel", "squeue", "sinfo",
                "scontrol", "srun")
+HERE = Path(__file__).parent
 READY_S = 60.0  # a daemon that is not ready after this long has failed (its log says why)
 
 
@@ -79,81 +85,12 @@ def _node() -> tuple[str, int, int]:
     return socket.gethostname().split(".")[0], int(fields["CPUs"]), int(fields["RealMemory"]) * 3 // 4
 
 
-def _slurm_conf(c: Cluster) -> str:
+def _render(c: Cluster, template: str) -> str:
+    """A configuration template beside this file with the cluster's paths, ports and node filled in."""
     name, cpus, mem = _node()
-    return f"""# written by tests/slurm_cluster.py
-ClusterName=clipsim
-SlurmctldHost={name}(127.0.0.1)
-SlurmctldPort={PORTS['slurmctld']}
-SlurmdPort={PORTS['slurmd']}
-SlurmUser=root
-AuthType=auth/munge
-AuthInfo=socket={c.path('run', 'munge.sock')}
-CredType=cred/munge
-StateSaveLocation={c.path('state')}
-SlurmdSpoolDir={c.path('spool')}
-SlurmctldPidFile={c.path('run', 'slurmctld.pid')}
-SlurmdPidFile={c.path('run', 'slurmd.pid')}
-SlurmctldLogFile={c.path('log', 'slurmctld.log')}
-SlurmdLogFile={c.path('log', 'slurmd.log')}
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=127.0.0.1
-AccountingStoragePort={PORTS['slurmdbd']}
-# the munge socket for talking to slurmdbd (AuthInfo covers only slurmctld <-> slurmd <-> clients)
-AccountingStoragePass={c.path('run', 'munge.sock')}
-JobCompType=jobcomp/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU_Memory
-SchedulerType=sched/backfill
-# start array tasks and freed-up jobs within a second (defaults: 30 s backfill, 60 s main loop)
-SchedulerParameters=bf_interval=1,sched_interval=1
-MpiDefault=none
-MailProg=/bin/true
-ReturnToService=2
-KillWait=5
-MinJobAge=60
-NodeName={name} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem} State=UNKNOWN
-PartitionName={PARTITION} Nodes={name} Default=YES MaxTime=INFINITE State=UP
-"""
-
-
-def _dbd_conf(c: Cluster) -> str:
-    return f"""# written by tests/slurm_cluster.py
-DbdHost=localhost
-DbdAddr=127.0.0.1
-DbdPort={PORTS['slurmdbd']}
-SlurmUser=root
-AuthType=auth/munge
-AuthInfo=socket={c.path('run', 'munge.sock')}
-PidFile={c.path('run', 'slurmdbd.pid')}
-LogFile={c.path('log', 'slurmdbd.log')}
-StorageType=accounting_storage/mysql
-StorageHost=127.0.0.1
-StoragePort={PORTS['mariadbd']}
-StorageUser=slurm
-StoragePass=slurm
-StorageLoc=slurm_acct_db
-"""
-
-
-def _my_cnf(c: Cluster) -> str:
-    return f"""[mariadbd]
-user=root
-datadir={c.path('mysql')}
-socket={c.path('run', 'mysqld.sock')}
-pid-file={c.path('run', 'mariadbd.pid')}
-log-error={c.path('log', 'mariadbd.log')}
-port={PORTS['mariadbd']}
-bind-address=127.0.0.1
-skip-name-resolve
-performance_schema=OFF
-# a test database of a few hundred rows: small buffers (slurmdbd logs that they are below its recommendations)
-innodb_buffer_pool_size=16M
-innodb_log_file_size=8M
-"""
+    values = {"root": str(c.root), "node": name, "cpus": cpus, "mem": mem, "partition": PARTITION,
+              **{f"{daemon}_port": port for daemon, port in PORTS.items()}}
+    return string.Template((HERE / template).read_text()).substitute(values)
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -171,9 +108,9 @@ def _prepare(c: Cluster) -> None:
     if not key.exists():
         key.write_bytes(os.urandom(128))
     key.chmod(0o400)
-    _write(c.conf, _slurm_conf(c))
-    _write(c.path("slurmdbd.conf"), _dbd_conf(c), 0o600)  # slurmdbd reads it beside SLURM_CONF; it must be private
-    _write(c.path("my.cnf"), _my_cnf(c))
+    _write(c.conf, _render(c, "slurm.conf.in"))
+    _write(c.path("slurmdbd.conf"), _render(c, "slurmdbd.conf.in"), 0o600)  # read beside SLURM_CONF; must be private
+    _write(c.path("my.cnf"), _render(c, "my.cnf.in"))
 
 
 # ----- daemons -------------------------------------------------------------------------------------------
@@ -270,30 +207,57 @@ def up(c: Cluster) -> list[str]:
     return started
 
 
+def processes(c: Cluster) -> dict[int, str]:
+    """Every process of this cluster (pid -> name), found by its SLURM_CONF in their environment: the SLURM daemons,
+    job steps (slurmstepd), slurmd's forked helpers and job tasks (the test process itself has no SLURM_JOB_ID)."""
+    mark, found = f"SLURM_CONF={c.conf}".encode(), {}
+    for entry in Path("/proc").iterdir():
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0") if entry.name.isdigit() else []
+            comm = (entry / "comm").read_text().strip() if mark in env else ""
+            zombie = comm and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except OSError:  # gone meanwhile
+            continue
+        if comm and not zombie and (comm.startswith("slurm") or any(e.startswith(b"SLURM_JOB_ID=") for e in env)):
+            found[int(entry.name)] = comm
+    return found
+
+
+def _wait_gone(check, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline and check():
+        time.sleep(0.1)
+    return not check()
+
+
 def down(c: Cluster, grace: float = 30.0) -> list[str]:
-    """Cancel every job, then stop the daemons (SIGTERM, SIGKILL after `grace` s).
+    """Cancel every job and let its steps finish, stop the daemons (SIGTERM, SIGKILL after `grace` s), then kill
+    whatever they left behind (a step still reporting a node failure to a stopped slurmctld never ends).
 
     Returns:
-        The daemons stopped.
+        The daemons stopped, then 'strays: N' when processes had to be killed.
     """
     if _pid(c, "slurmctld") and _pid(c, "slurmd"):
         jobs = (_ok(c, "squeue", "-h", "-o", "%A") or "").split()
         if jobs:
             c.run("scancel", *jobs, check=False)
-            _until(lambda: _ok(c, "squeue", "-h", "-o", "%A") == "", "every job to end", None, grace)
+        _wait_gone(lambda: _ok(c, "squeue", "-h", "-o", "%A") not in ("", None), grace)
+        _wait_gone(lambda: "slurmstepd" in processes(c).values(), grace)
     stopped = []
     for name in reversed(DAEMONS):
         pid = _pid(c, name)
         if pid is None:
             continue
         os.kill(pid, signal.SIGTERM)
-        deadline = time.time() + grace
-        while time.time() < deadline and _pid(c, name) == pid:
-            time.sleep(0.05)
-        if _pid(c, name) == pid:
+        if not _wait_gone(lambda n=name, p=pid: _pid(c, n) == p, grace):
             os.kill(pid, signal.SIGKILL)
         stopped.append(name)
-    return stopped
+    left = processes(c)  # what the daemons left behind
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _wait_gone(lambda: processes(c), 10)
+    return stopped + ([f"strays: {len(left)}"] if left else [])
 
 
 def running(c: Cluster) -> dict[str, int | None]:
@@ -335,14 +299,14 @@ class Session:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tests.slurm_cluster up|down|status`."""
+    """`python -m tests.slurm.cluster up|down|status|packages`."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv not in (["up"], ["down"], ["status"]):
-        print("usage: python -m tests.slurm_cluster up|down|status", file=sys.stderr)
+    if argv not in (["up"], ["down"], ["status"], ["packages"]):
+        print("usage: python -m tests.slurm.cluster up|down|status|packages", file=sys.stderr)
         return 2
     c, t0 = Cluster(default_root()), time.time()
-    if argv == ["status"]:
-        print(running(c))
+    if argv in (["status"], ["packages"]):
+        print({**running(c), "processes": processes(c)} if argv == ["status"] else " ".join(PACKAGES))
         return 0
     try:
         done = up(c) if argv == ["up"] else down(c)
