@@ -18,7 +18,7 @@ from clipsim.jobs.backends import REPO_ROOT, process_alive, process_start
 from clipsim.jobs.db import Job
 
 SLURM_DEFAULTS = {  # ws.settings["slurm"] keys; resources given to launch() override them per job
-    "cluster": None,  # None: submitit picks SLURM when `sbatch` is on PATH; "local": run here (tests)
+    "cluster": None,  # None: submitit picks SLURM when `sbatch` is on PATH; "local": run here, without a cluster
     "partition": None, "account": None, "qos": None, "constraint": None,
     "gpus": 1, "cpus": 8, "mem_gb": 64,  # one GPU with the CPU cores and memory to feed it
     "time_min": 1440,  # SLURM kills the job after this many minutes
