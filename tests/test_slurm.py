@@ -28,7 +28,7 @@ from tests.conftest import draw_image
 from tests.helpers import unit16
 from tests.slurm.cluster import PARTITION, Session, processes, unavailable
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]  # the chains take 1-3 minutes on 2 shared cores
 CHAIN_TIMEOUT_S = 900  # both chains at once take 1-3 minutes on 2 shared cores
 LONG = {"seconds": 120, "steps": 1200}  # a sleep job that runs until it is stopped
 VOLATILE = ("created", "finished", "seconds")  # JSON keys that hold times
