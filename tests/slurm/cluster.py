@@ -125,15 +125,14 @@ def _pid(c: Cluster, name: str) -> int | None:
     return pid if comm == name[:15] and state not in "ZX" else None
 
 
-def _until(check, what: str, log: Path | None, timeout: float = READY_S):
+def _wait(check, timeout: float) -> bool:
+    """Poll `check` until it is true (True) or `timeout` s have passed (False)."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
+    while not check():
+        if time.time() > deadline:
+            return False
         time.sleep(0.1)
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log and log.exists() else "(no log)"
-    raise RuntimeError(f"{what} not ready after {timeout:.0f} s; last lines of {log}:\n{tail}")
+    return True
 
 
 def _ok(c: Cluster, *argv: str) -> str | None:
@@ -176,7 +175,9 @@ def _ready(c: Cluster, name: str) -> None:
         "slurmd": lambda: (_ok(c, "sinfo", "-h", "-o", "%T") or "").strip().rstrip("*") in ("idle", "mixed",
                                                                                           "allocated"),
     }
-    _until(checks[name], name, log)
+    if not _wait(checks[name], READY_S):
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else "(no log)"
+        raise RuntimeError(f"{name} not ready after {READY_S:.0f} s; last lines of {log}:\n{tail}")
 
 
 def up(c: Cluster) -> list[str]:
@@ -223,13 +224,6 @@ def processes(c: Cluster) -> dict[int, str]:
     return found
 
 
-def _wait_gone(check, timeout: float) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline and check():
-        time.sleep(0.1)
-    return not check()
-
-
 def down(c: Cluster, grace: float = 30.0) -> list[str]:
     """Cancel every job and let its steps finish, stop the daemons (SIGTERM, SIGKILL after `grace` s), then kill
     whatever they left behind (a step still reporting a node failure to a stopped slurmctld never ends).
@@ -241,28 +235,23 @@ def down(c: Cluster, grace: float = 30.0) -> list[str]:
         jobs = (_ok(c, "squeue", "-h", "-o", "%A") or "").split()
         if jobs:
             c.run("scancel", *jobs, check=False)
-        _wait_gone(lambda: _ok(c, "squeue", "-h", "-o", "%A") not in ("", None), grace)
-        _wait_gone(lambda: "slurmstepd" in processes(c).values(), grace)
+        _wait(lambda: _ok(c, "squeue", "-h", "-o", "%A") in ("", None), grace)
+        _wait(lambda: "slurmstepd" not in processes(c).values(), grace)
     stopped = []
     for name in reversed(DAEMONS):
         pid = _pid(c, name)
         if pid is None:
             continue
         os.kill(pid, signal.SIGTERM)
-        if not _wait_gone(lambda n=name, p=pid: _pid(c, n) == p, grace):
+        if not _wait(lambda n=name, p=pid: _pid(c, n) != p, grace):
             os.kill(pid, signal.SIGKILL)
         stopped.append(name)
     left = processes(c)  # what the daemons left behind
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    _wait_gone(lambda: processes(c), 10)
+    _wait(lambda: not processes(c), 10)
     return stopped + ([f"strays: {len(left)}"] if left else [])
-
-
-def running(c: Cluster) -> dict[str, int | None]:
-    """Each daemon's pid (None when it is not running)."""
-    return {name: _pid(c, name) for name in DAEMONS}
 
 
 class Session:
@@ -306,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     c, t0 = Cluster(default_root()), time.time()
     if argv in (["status"], ["packages"]):
-        print({**running(c), "processes": processes(c)} if argv == ["status"] else " ".join(PACKAGES))
+        print({"daemons": {n: _pid(c, n) for n in DAEMONS}, "processes": processes(c)} if argv == ["status"]
+              else " ".join(PACKAGES))
         return 0
     try:
         done = up(c) if argv == ["up"] else down(c)
