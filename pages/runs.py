@@ -42,17 +42,19 @@ else:
         if manifest in set(manifests["name"]):
             st.caption(f"Manifest `{manifest}` exists and is reused as saved; rename it to prune anew.")
     preset, overrides = preset_form(ws)
-    left, right = st.columns(2)
+    left, middle, right = st.columns([2, 2, 1])
     control = left.checkbox("Also a random control of the same size", value=True, key="runs_control", bind=BIND,
                             disabled=rule == "random")
-    full = right.checkbox("Also the full web set", value=True, key="runs_full", bind=BIND)
+    full = middle.checkbox("Also the full web set", value=True, key="runs_full", bind=BIND)
+    seeds = int(right.number_input("Seeds", 1, 20, 1, key="runs_seeds", bind=BIND,
+                                   help="train each model this many times (seeds preset seed + 0, 1, ...) for error bars"))
     if st.button("Queue prune → train → evaluate", type="primary", key="runs_launch",
                  disabled=manifest is None and not full):
         try:
             queued = pipeline.queue_pipeline(ws, manifest=manifest, rule=rule, rule_params=rule_params,
                                              tests=None if chosen == tests else chosen, preset=preset,
                                              overrides=overrides, random_control=control and rule != "random",
-                                             include_full=full)
+                                             include_full=full, seeds=seeds)
             st.success("Queued " + ", ".join(f"{j.kind} `{j.id}`" for j in queued))
         except (ClipsimError, ValueError) as err:
             st.error(str(err))

@@ -127,3 +127,52 @@ def test_accuracy_by_similarity_and_right_wrong(results_ws):
     _, bad = compare.seed_mean_correct(results_ws, ["gap-s0", "gap-s1", "gap-s2"], "sketch")
     assert len(table) == int(((values > 0.5) & (bad < 0.5)).sum())
     assert table["s_web"].is_monotonic_decreasing
+
+
+def test_results_page_shows_intervals_seeds_chance_and_comparisons(results_ws, monkeypatch):
+    import json
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CLIPSIM_WORKSPACE", str(results_ws.root))
+    monkeypatch.delenv("CLIPSIM_READ_ONLY", raising=False)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "results.py"), default_timeout=120).run()
+    assert not at.exception
+    charts = {json.loads(c.proto.spec)["layout"]["title"]["text"]: json.loads(c.proto.spec)
+              for c in at.get("plotly_chart")}
+    bars = charts["Zero-shot top-1 accuracy per test set"]
+    frame = results_frame(results_ws)
+    summary = compare.arm_intervals(results_ws, frame).set_index("model")
+    gap = next(t for t in bars["data"] if t["name"] == "gap" and t["type"] == "bar")
+    assert gap["error_y"]["array"][0] == pytest.approx(summary.loc["gap", "ci_high"] - summary.loc["gap", "accuracy"])
+    seeds = next(t for t in bars["data"] if t["name"] == "gap · seeds")
+    assert len(seeds["y"]) == 3  # one dot per seed
+    chance = [s for s in bars["layout"]["shapes"] if s["line"]["dash"] == "dot"]
+    assert chance and chance[0]["y0"] == pytest.approx(1 / 12)
+    paired = next(d.value for d in at.dataframe if "p_value" in d.value.columns)
+    want = compare.compare_models(results_ws, frame, "gap", "gap (random control)")
+    assert paired[["diff", "ci_low", "ci_high", "p_value"]].equals(want[["diff", "ci_low", "ci_high", "p_value"]])
+    assert any(t.startswith("Paired difference") for t in charts)
+    assert any(t.startswith("Accuracy on sketch against") for t in charts)
+    assert 'data-testid="cs-gallery"' in "".join(h.proto.body for h in at.html)  # right by full web, wrong by gap
+
+
+def test_train_seeds_queue_one_run_per_seed(results_ws, capsys):
+    from clipsim import jobs
+    from clipsim.cli import main as cli_main
+    from clipsim.runs.pipeline import seed_overrides
+
+    assert seed_overrides(results_ws, "demo", {"epochs": "1"}, 1) == [{"epochs": "1"}]
+    assert seed_overrides(results_ws, "demo", {"epochs": "1"}, 3) == [{"epochs": "1", "seed": s} for s in (0, 1, 2)]
+    results_ws.update_settings(jobs={"slots": 1})
+    blocker = jobs.launch(results_ws, "sleep", {"seconds": 60, "steps": 600})  # holds the slot: the runs stay queued
+    try:
+        assert cli_main(["train", "--workspace", str(results_ws.root), "--manifest", "full", "--seeds", "3"]) == 0
+        queued = [j for j in jobs.list_jobs(results_ws, kind="train")]
+        assert sorted(j.params["overrides"]["seed"] for j in queued) == [0, 1, 2]
+        assert cli_main(["train", "--workspace", str(results_ws.root), "--seeds", "0"]) == 2  # a clear error
+    finally:
+        for job in jobs.list_jobs(results_ws, states=jobs.ACTIVE):
+            jobs.cancel(results_ws, job.id, grace=1.0)
+    assert blocker.kind == "sleep"

@@ -59,7 +59,8 @@ def compare_models(ws, frame: pd.DataFrame, a: str, b: str, tests: list[str] | N
         tests: test sets (default: those both were evaluated on).
 
     Returns:
-        COMPARE_COLUMNS, one row per test set (diff = accuracy_a - accuracy_b on the shared images).
+        COMPARE_COLUMNS, one row per test set with predictions of both (diff = accuracy_a - accuracy_b on the
+        shared images).
 
     Raises:
         WorkspaceError: an unknown model label.
@@ -75,6 +76,8 @@ def compare_models(ws, frame: pd.DataFrame, a: str, b: str, tests: list[str] | N
         keys_a, va = seed_mean_correct(ws, runs[a], test)
         keys_b, vb = seed_mean_correct(ws, runs[b], test)
         shared = np.intersect1d(keys_a, keys_b)
+        if not len(shared):  # no per-image predictions stored for one of them (evaluated before they were kept)
+            continue
         va, vb = va[np.isin(keys_a, shared)], vb[np.isin(keys_b, shared)]  # both sorted by key
         result = paired_bootstrap(va, vb)
         rows.append({"test": test, "model_a": a, "model_b": b, "accuracy_a": float(va.mean()) if len(va) else np.nan,

@@ -47,8 +47,9 @@ def control_comparisons(ws, frame: pd.DataFrame) -> None:
     """Each pruned model against its random control, per test set: difference, 95% interval, p-value."""
     table = _comparisons(str(ws.root.resolve()), _stamp(ws), ws, frame)
     if table.empty:
-        st.caption("No pruned model with a random control of the same size is evaluated yet (queue one on the Runs "
-                   "page with 'Also a random control').")
+        st.caption("No pruned model with a random control of the same size has per-image predictions yet (queue one "
+                   "on the Runs page with 'Also a random control'; runs evaluated before predictions were kept need "
+                   "evaluating again).")
         return
     st.plotly_chart(paired_difference_figure(table), key="results_paired")
     st.dataframe(table, hide_index=True, width="stretch", key="results_paired_table", column_config={
