@@ -3,9 +3,9 @@ import math
 
 import streamlit as st
 
-from clipsim import views
+from clipsim import plots, views
 from clipsim.ui import gallery, loaders, state
-from clipsim.ui.common import leave_legacy_pages_mode
+from clipsim.ui.nav import page_setup
 from clipsim.ui.state import BIND
 
 THUMB, TEST_THUMB, DETAIL_THUMB, DETAIL_TEST = 96, 112, 128, 224  # px; demo images are 64 px, real ones larger
@@ -18,11 +18,12 @@ def _open_picked() -> None:
     st.session_state["open_pick"] = None
 
 
-leave_legacy_pages_mode()
+page_setup(__file__)
 st.title("Neighbours")
 st.caption("Every test image beside its nearest training images. Sort by nearest-neighbour similarity s(t) to "
            "find near-duplicates (most similar first) or what the training data does not cover (least first).")
 ws, tests, ref = loaders.explore_context()
+colours = plots.workspace_colours(ws)
 to_first_page = state.reset("page")
 
 c = st.columns([1, 1, 1.6, 1])
@@ -70,9 +71,9 @@ if image is not None:
         close.button("Close", icon=":material/close:", on_click=state.set_url_param, args=("image", None))
         row = views.gallery_rows(ws, nn, [nn.row_of(image)], k_max, DETAIL_THUMB, shown, loaders.planted(ws),
                                  DETAIL_TEST)[0]
-        gallery.show(gallery.detail_html(row, DETAIL_THUMB, DETAIL_TEST, ref))
+        gallery.show(gallery.detail_html(row, DETAIL_THUMB, DETAIL_TEST, ref, colours))
 
 with grid_slot:
     page_rows = views.gallery_rows(ws, nn, rows, k, THUMB, shown, loaders.planted(ws), TEST_THUMB)
     gallery.show(gallery.gallery_html(page_rows, THUMB, TEST_THUMB, ref,
-                                      links={key: state.href(image=key) for key in keys}))
+                                      links={key: state.href(image=key) for key in keys}, colours=colours))

@@ -1,27 +1,18 @@
 """Plotly figure builders for the app and reports (no Streamlit): similarity histograms, before/after pruning.
 
-Every builder takes plain arrays and returns a `plotly.graph_objects.Figure`; colours are stable per role
-(the reference train set is always drawn in REFERENCE_COLOUR).
+Every builder takes plain arrays and returns a `plotly.graph_objects.Figure`; colours come from
+`clipsim.plots.palette` (pass `colours=workspace_colours(ws)` so every figure and badge agrees).
 """
 from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
 
-REFERENCE_COLOUR = "#4c78a8"  # the curated/ImageNet-like reference: calm blue, as in the paper's figures
-PALETTE = ["#e45756", "#f58518", "#54a24b", "#b279a2", "#9d755d", "#72b7b2"]  # other train sets in order
+from clipsim.plots.palette import dataset_colours
+
 THRESHOLD_COLOUR = "#222222"
 BOUND_COLOUR = "#7f7f7f"
 DEFAULT_BINS = 40
-
-
-def train_colours(names: list[str], reference: str | None) -> dict[str, str]:
-    """A colour per train set name; the reference gets REFERENCE_COLOUR, others PALETTE in order."""
-    others = [n for n in names if n != reference]
-    colours = {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(others)}
-    if reference in names:
-        colours[reference] = REFERENCE_COLOUR
-    return colours
 
 
 def _bins(arrays: list[np.ndarray], bins: int) -> dict:
@@ -68,7 +59,7 @@ def _label(name: str, med: float | None) -> str:
 
 def similarity_histogram(
     values: dict[str, np.ndarray], reference: str | None = None, title: str = "", threshold: float | None = None,
-    bins: int = DEFAULT_BINS, height: int = 360,
+    bins: int = DEFAULT_BINS, height: int = 360, colours: dict[str, str] | None = None,
 ) -> go.Figure:
     """Overlaid histograms of nearest-neighbour similarity s_D(t), one per train set, with dashed medians.
 
@@ -79,12 +70,13 @@ def similarity_histogram(
         threshold: draw a vertical line at this similarity when given.
         bins: number of shared bins.
         height: figure height in pixels.
+        colours: {train set: colour} (default: palette.dataset_colours of these names).
 
     Returns:
         The figure.
     """
     names = sorted(values, key=lambda n: n != reference)
-    colours = train_colours(names, reference)
+    colours = colours or dataset_colours(names, (), reference)
     xbins = _bins(list(values.values()), bins)
     fig = go.Figure()
     for name in names:
@@ -95,7 +87,7 @@ def similarity_histogram(
                                    hovertemplate="s %{x}<br>%{y} test images<extra>" + name + "</extra>"))
         _median_line(fig, med, colours[name])
     if threshold is not None:
-        fig.add_vline(x=threshold, line={"color": THRESHOLD_COLOUR, "width": 2}, annotation_text=f"τ {threshold:.3f}",
+        fig.add_vline(x=threshold, line={"color": THRESHOLD_COLOUR, "width": 2}, annotation_text=f"τ {threshold:.4f}",
                       annotation_position="top right", annotation_font={"size": 11})
     return _layout(fig, title, height, "nearest-neighbour cosine similarity s(t)", xbins, threshold)
 
@@ -111,6 +103,7 @@ def _bounds_trace(fig: go.Figure, bounds: np.ndarray, xbins: dict) -> None:
 def post_prune_histogram(
     after: np.ndarray, exact: np.ndarray, reference_values: np.ndarray | None, before: np.ndarray | None = None,
     web: str = "web", reference: str = "reference", title: str = "", bins: int = DEFAULT_BINS, height: int = 400,
+    colours: dict[str, str] | None = None,
 ) -> go.Figure:
     """s_web(t) after pruning against s_ref(t), with values that are only upper bounds marked.
 
@@ -126,6 +119,7 @@ def post_prune_histogram(
         title: figure title.
         bins: number of shared bins.
         height: figure height in pixels.
+        colours: {train set: colour} (default: palette.dataset_colours of web and reference).
 
     Returns:
         The figure.
@@ -134,7 +128,7 @@ def post_prune_histogram(
     exact = np.asarray(exact, dtype=bool)
     arrays = [a for a in (after, reference_values, before) if a is not None]
     xbins = _bins(arrays, bins)
-    colours = train_colours([web, reference], reference)
+    colours = {**dataset_colours([web, reference], (), reference), **(colours or {})}
     fig = go.Figure()
     if before is not None:
         fig.add_trace(go.Histogram(x=before, name=_label(f"s_{web}(t) before", _median(before)), xbins=xbins,

@@ -12,6 +12,7 @@ import streamlit as st
 
 from clipsim import views
 from clipsim.errors import ClipsimError
+from clipsim.search import result as searches
 from clipsim.ui.common import no_workspace, read_only_notice, stop_while_building, workspace_root
 from clipsim.workspace import REGISTRY, Workspace
 
@@ -42,11 +43,14 @@ def explore_context() -> tuple[Workspace, list[str], str | None]:
     share.report_button(ws)
     tests = searched_tests(ws)
     warn_stale(ws, tests)
-    return ws, tests, reference(ws, required=False)
+    return ws, tests, ws.reference
 
 
 def searched_tests(ws: Workspace) -> list[str]:
     """Test sets with a completed search; stops with the command to run (register, embed or search) if none."""
+    found = searches.searched_tests(ws)  # one stat per search folder: the usual answer, checked first
+    if found:
+        return found
     tests = ws.dataset_names("test")
     root = ws.root
     if not tests or not ws.dataset_names("train"):
@@ -58,22 +62,18 @@ def searched_tests(ws: Workspace) -> list[str]:
         st.info("No test set is embedded yet. Embed every dataset:", icon=":material/info:")
         st.code(f"python -m clipsim embed --workspace {root}", language="bash")
         st.stop()
-    found = views.searched_tests(ws)
-    if not found:
-        ref = ws.settings.get("reference")
-        st.info("No search yet: run the exact nearest-neighbour search of the test sets against the train sets:",
-                icon=":material/info:")
-        st.code(f"python -m clipsim search --workspace {root}" + (f" --reference {ref}" if ref else ""),
-                language="bash")
-        st.stop()
-    return found
+    ref = ws.settings.get("reference")
+    st.info("No search yet: run the exact nearest-neighbour search of the test sets against the train sets:",
+            icon=":material/info:")
+    st.code(f"python -m clipsim search --workspace {root}" + (f" --reference {ref}" if ref else ""), language="bash")
+    st.stop()
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _stale(root: str, tests: tuple, stamps: tuple, _ws: Workspace) -> list[str]:
     out = []
     for test in tests:
-        for train in views.searched_trains(_ws, test):
+        for train in searches.completed_searches(_ws, test):
             reasons = _ws.search_result(test, train).stale_reasons()
             if reasons:
                 out.append(f"{test} vs {train} ({'; '.join(reasons)})")
@@ -98,9 +98,9 @@ def warn_stale(ws: Workspace, tests: list[str]) -> None:
 
 
 def reference(ws: Workspace, required: bool = True) -> str | None:
-    """The workspace's reference train set (settings['reference']); stops with the command to set it if required."""
-    ref = ws.settings.get("reference")
-    if ref in ws.dataset_names("train"):
+    """The workspace's reference train set (ws.reference); stops with the command to set it if required."""
+    ref = ws.reference
+    if ref is not None:
         return ref
     if required:
         st.info("No reference train set (the ImageNet-like set defining s_ref(t)) is set for this workspace. "
@@ -117,7 +117,7 @@ def _test_neighbours(root: str, test: str, fingerprints: tuple, _ws: Workspace) 
 
 def test_neighbours(ws: Workspace, test: str) -> views.TestNeighbours:
     """A test set's stored neighbours in every searched train set (cached by search fingerprints)."""
-    fps = tuple(sorted(views.searched_trains(ws, test).items()))
+    fps = tuple(searches.completed_searches(ws, test).items())
     return _test_neighbours(str(ws.root.resolve()), test, fps, ws)
 
 
@@ -174,12 +174,6 @@ def similarity_summary(nns: dict[str, views.TestNeighbours], reference: str | No
     return _summary(tuple(_key(nn) for nn in nns.values()), reference, nns)
 
 
-def web_sets(ws: Workspace, tests: list[str], reference: str | None) -> list[str]:
-    """Train sets other than the reference that every given test set was searched against (the web sets)."""
-    return [t for t in ws.dataset_names("train")
-            if t != reference and all(ws.path("search", t, test, "config.json").exists() for test in tests)]
-
-
 @st.cache_resource(show_spinner="Loading pruning statistics…", max_entries=8)
 def _prune_stats(root: str, web: str, tests: tuple, reference: str | None, fingerprints: tuple, _ws: Workspace):
     from clipsim.prune import PruneStats
@@ -187,13 +181,29 @@ def _prune_stats(root: str, web: str, tests: tuple, reference: str | None, finge
     return PruneStats.load(_ws, web, list(tests), reference)
 
 
+def file_stamp(path) -> tuple:
+    """(inode, mtime, size) of a file or folder, () when missing: every atomic rewrite (a rename) changes it."""
+    try:
+        st_ = path.stat()
+    except FileNotFoundError:
+        return ()
+    return st_.st_ino, st_.st_mtime_ns, st_.st_size
+
+
+def embeddings_stamp(ws: Workspace, name: str) -> tuple:
+    """A cheap identity of a dataset's embeddings: the stamps of its img_emb/ and metadata/ folders, which change
+    whenever a shard is added, removed or rewritten (shards are written by atomic rename)."""
+    root = ws.embedding_dir(name)
+    return file_stamp(root / "img_emb"), file_stamp(root / "metadata")
+
+
 def stats_key(ws: Workspace, web: str, tests: list[str], reference: str | None) -> tuple:
-    """Identity of PruneStats inputs: workspace, sets, and fingerprints of the web embeddings and every search."""
-    fps = [ws.embeddings(web).fingerprint()]
+    """Identity of PruneStats inputs: workspace, sets, the web embeddings' stamp and the fingerprint of every search
+    read (from each search's config.json, parsed once per write): a handful of `stat` calls."""
+    fps = [embeddings_stamp(ws, web)]
     for test in tests:
-        fps.append(ws.search_result(test, web).fingerprint)
-        if reference:
-            fps.append(ws.search_result(test, reference).fingerprint)
+        done = searches.completed_searches(ws, test)
+        fps.append((done.get(web), done.get(reference) if reference else None))
     return str(ws.root.resolve()), web, tuple(tests), reference, tuple(fps)
 
 
@@ -207,40 +217,27 @@ def prune_stats(ws: Workspace, web: str, tests: list[str], reference: str | None
     return _prune_stats(*stats_key(ws, web, tests, reference), ws)
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _rule(key: tuple, tests: tuple, rule: str, options: tuple, _stats):
-    from clipsim.prune import apply as pruning
-
-    sel = _stats if list(tests) == _stats.tests else _stats.subset(list(tests))
-    params, removed = pruning.rule_params(sel, rule, **dict(options))
-    return sel, params, removed
-
-
-def apply_rule(ws: Workspace, stats, tests: list[str], rule: str, **options):
-    """(stats restricted to `tests`, params, removed mask) of a rule (cached per parameters; see pruning.rule_params).
-
-    Raises:
-        ValueError: a missing or out-of-range parameter.
-    """
-    key = stats_key(ws, stats.web, stats.tests, stats.reference)
-    return _rule(key, tuple(tests), rule, tuple(sorted(options.items())), stats)
-
-
 @st.cache_data(show_spinner=False, max_entries=32)
-def _post_prune(key: tuple, tests: tuple, rule: str, params: tuple, test: str, _ws, _sel, _removed) -> pd.DataFrame:
-    from clipsim.prune import apply as pruning
-
-    return pruning.post_prune(_ws, _sel, test, rule, dict(params), _removed)
-
-
-def post_prune(ws: Workspace, stats, sel, test: str, rule: str, params: dict, removed: np.ndarray) -> pd.DataFrame:
-    """s_web(t) before/after pruning for one test set (cached per rule and parameters)."""
-    key = stats_key(ws, stats.web, stats.tests, stats.reference)
-    return _post_prune(key, tuple(sel.tests), rule, tuple(sorted(params.items())), test, ws, sel, removed)
+def _count(root: str, name: str, stamp: tuple, _ws: Workspace) -> int:
+    emb = _ws.embeddings(name, required=False)
+    return emb.count if emb is not None else 0
 
 
-def has_margins(ws: Workspace, web: str, tests: list[str], reference: str | None) -> bool:
-    """True when every search of `tests` against `web` stored similarity-gap margins for `reference`."""
-    if not reference:
-        return False
-    return all(reference in ws.search_result(t, web).config.get("references", {}) for t in tests)
+def dataset_count(ws: Workspace, name: str) -> int:
+    """Embedded rows of a dataset (0 before embedding), cached until its shards change."""
+    return _count(str(ws.root.resolve()), name, embeddings_stamp(ws, name), ws)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _manifests(root: str, stamps: tuple, _ws: Workspace) -> pd.DataFrame:
+    from clipsim.prune.manifest import list_manifests
+
+    return list_manifests(_ws)
+
+
+def manifests(ws: Workspace) -> pd.DataFrame:
+    """Saved manifests with their freshness (clipsim.prune.list_manifests), cached until a manifest, an embedding
+    or a search folder changes."""
+    root = ws.path("manifests")
+    summaries = tuple(file_stamp(p / "summary.json") for p in sorted(root.iterdir())) if root.is_dir() else ()
+    return _manifests(str(ws.root.resolve()), (file_stamp(root), summaries, _stamps(ws)), ws)

@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clipsim import views
+from clipsim import plots, views
 from clipsim.errors import ClipsimError
 from clipsim.maps import compute as mapping
 from clipsim.maps import rows as map_rows
 from clipsim.maps import view as map_view
 from clipsim.names import read_only
+from clipsim.search.result import completed_searches
 from clipsim.ui import gallery, loaders
 from clipsim.ui.jobs import job_monitor, launch_button
 from clipsim.workspace import Workspace
@@ -87,14 +88,13 @@ def _nearest(root: str, train: str, fingerprints: tuple, _ws: Workspace) -> dict
 
 
 def _train_stats(ws: Workspace, train: str) -> dict:
-    fps = tuple(ws.search_result(t, train).fingerprint for t in ws.dataset_names("test")
-                if ws.path("search", train, t, "config.json").exists())
+    fps = tuple(completed_searches(ws, t).get(train) for t in ws.dataset_names("test"))
     return _nearest(str(ws.root.resolve()), train, fps, ws)
 
 
 def selection_gallery(ws: Workspace, pts: pd.DataFrame, chosen: np.ndarray, per_page: int = 8) -> None:
     """The selected points, closest first, grouped by dataset: each image beside its neighbours."""
-    ref = loaders.reference(ws, required=False)
+    ref, colours = ws.reference, plots.workspace_colours(ws)
     planted = loaders.planted(ws)
     sub = pts.iloc[chosen].copy()
     sub["_s"] = sub["similarity"].fillna(-2.0)
@@ -114,7 +114,8 @@ def selection_gallery(ws: Workspace, pts: pd.DataFrame, chosen: np.ndarray, per_
         except (ClipsimError, IndexError) as err:  # IndexError: a stale map's rows beyond the current set
             st.caption(f"No neighbours to show for {dataset}: {err}")
             continue
-        gallery.show(gallery.gallery_html(grows, THUMB, TEST_THUMB, ref))
+        gallery.show(gallery.gallery_html(grows, THUMB, TEST_THUMB, ref, colours=colours,
+                                          roles=("test", "train") if role == "test" else ("train", "test")))
 
 
 def compute_controls(ws: Workspace, key: str = "map_compute") -> None:

@@ -67,10 +67,13 @@ def choice(options: Sequence[T], value: T, default: T) -> T:
 
 
 def reset(*keys: str) -> Callable[[], None]:
-    """An on_change callback that drops widget state (e.g. go back to page 1 when a filter changes)."""
+    """An on_change callback that drops widget state and its URL parameter (e.g. back to page 1, or the full
+    similarity range, when what they refer to changes), so the widgets start again from their defaults."""
 
     def _reset() -> None:
         for key in keys:
             st.session_state.pop(key, None)
+            if key in st.query_params:
+                del st.query_params[key]
 
     return _reset

@@ -3,8 +3,6 @@ a keep-count-or-fraction input, and read-only notices.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import streamlit as st
 
 from clipsim.names import read_only
@@ -67,39 +65,6 @@ def keep_input(n: int, key: str, default_fraction: float = 0.5) -> int | float:
                                             format="%.3f", key=key, bind=BIND))
     return int(value_col.number_input("Web samples kept", 0, n, round(default_fraction * n), step=max(1, n // 100),
                                       key=f"{key}_n", bind=BIND))
-
-
-def rule_options(rule: str, n: int, tests: list[str], manifests: list[str], kept_count: Callable[[str], int]
-                 ) -> tuple[list[str], dict]:
-    """The Prune page's parameter widgets for one rule (all in the URL).
-
-    Args:
-        rule: one of clipsim.prune.RULES.
-        n: web set size.
-        tests: test sets to choose from (all chosen by default).
-        manifests: saved manifest names ('random' can copy one's size).
-        kept_count: manifest name -> how many web samples it keeps.
-
-    Returns:
-        (chosen test sets, [] for 'random'; keyword options for clipsim.ui.pruning.rule_params).
-    """
-    if rule == "random":
-        like = st.selectbox("Same size as manifest", [None, *manifests], key="like", bind=BIND,
-                            format_func=lambda name: "— or choose the size below —" if name is None else name)
-        options: dict = {"like": like, "like_kept": kept_count(like)} if like else {"keep": keep_input(n, "keep")}
-        options["seed"] = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="seed", bind=BIND))
-        return [], options
-    chosen = st.multiselect("Test sets", tests, default=tests, key="tests", bind=BIND) or tests
-    if rule in ("near", "far"):
-        return chosen, {"keep": keep_input(n, "keep")}
-    cut = st.segmented_control("Cut by", ["value", "fraction"], default="value", required=True, key="cut", bind=BIND,
-                               format_func={"value": "τ / δ value", "fraction": "share removed"}.get)
-    if cut == "fraction":
-        return chosen, {"remove_fraction": float(st.number_input(
-            "Share of web samples removed", 0.0, 1.0, 0.1, step=0.01, format="%.4f", key="frac", bind=BIND))}
-    if rule == "threshold":
-        return chosen, {"tau": threshold_input("Threshold τ", "tau", 0.9, 0.0, 1.0)}
-    return chosen, {"delta": threshold_input("Gap δ", "delta", 0.0, -1.0, 1.0)}
 
 
 def can_write(what: str) -> bool:
