@@ -27,11 +27,11 @@ colours = plots.workspace_colours(ws)
 to_first_page = state.reset("page")
 
 c = st.columns([1, 1, 1.6, 1])
-test = c[0].selectbox("Test set", tests, key="test", bind=BIND, on_change=state.reset("page", "sim", "cls"))
+test = c[0].selectbox("Test set", tests, key="test", bind=BIND, on_change=state.reset("page", "cls"))
 nn = loaders.test_neighbours(ws, test)
 others = [t for t in nn.trains if t != ref]
 sort_train = c[1].selectbox("Sort by s(t) in", nn.trains, index=nn.trains.index((others or nn.trains)[0]),
-                            key="by", bind=BIND, on_change=state.reset("page", "sim"))
+                            key="by", bind=BIND, on_change=to_first_page)
 sort = c[2].segmented_control("Order", list(ORDER_LABELS), format_func=ORDER_LABELS.get, default="nearest",
                               required=True, key="sort", bind=BIND, on_change=to_first_page) or "nearest"
 k_max = min(nn.sims[t].shape[1] for t in nn.trains)
@@ -41,6 +41,7 @@ c = st.columns([1.6, 1.6, 0.8])
 names = nn.classes or []
 picked = c[0].multiselect("Classes", names, key="cls", bind=BIND, on_change=to_first_page, placeholder="All classes")
 lo, hi = loaders.sim_bounds([nn])
+state.follow("sim", (test, sort_train), (lo, hi))  # a range of one set's s(t) means nothing for another set
 sim_range = c[1].slider(f"s_{sort_train}(t) range", lo, hi, (lo, hi), step=0.01, key="sim", bind=BIND,
                         on_change=to_first_page)
 page_size = c[2].selectbox("Per page", PAGE_SIZES, index=1, key="n", bind=BIND, on_change=to_first_page)

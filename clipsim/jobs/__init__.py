@@ -21,7 +21,7 @@ from clipsim.jobs.scheduler import (
     slot_count,
     wait,
 )
-from clipsim.jobs.status import describe_job, jobs_frame, read_progress, tail_log, waiting_for
+from clipsim.jobs.status import change_stamp, describe_job, jobs_frame, read_progress, tail_log, waiting_for
 
 _WORKER_NAMES = ("JobCancelled", "JobContext", "run_job")  # imported on use: `python -m clipsim.jobs.worker` must
 # find the worker module not yet imported (runpy warns otherwise)
@@ -36,5 +36,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["ACTIVE", "CANCEL_GRACE_S", "KINDS", "SLURM_DEFAULTS", "STATES", "Job", "JobCancelled", "JobContext",
-           "JobTimeout", "cancel", "describe_job", "get_job", "jobs_frame", "launch", "list_jobs", "read_progress", "reconcile",
+           "JobTimeout", "cancel", "change_stamp", "describe_job", "get_job", "jobs_frame", "launch", "list_jobs", "read_progress", "reconcile",
            "register_kind", "run_job", "slot_count", "tail_log", "wait", "waiting_for"]

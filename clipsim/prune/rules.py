@@ -117,7 +117,7 @@ class RuleSpec:
 
     Attributes:
         rule: one of clipsim.prune.RULES ('similarity_gap' is accepted).
-        tau, delta: the cut of 'threshold' / 'similarity-gap' (delta defaults to 0).
+        tau, delta: the cut of 'threshold' / 'similarity-gap' (delta defaults to 0.0).
         remove_fraction: instead of tau / delta, the cut removing closest to this share of the web set.
         keep: 'near' / 'far' / 'random': an int count or a float fraction in (0, 1] of web samples kept.
         like: 'random': keep as many samples as this saved manifest keeps (instead of keep).
@@ -141,6 +141,10 @@ class RuleSpec:
     def __post_init__(self) -> None:
         rule = canonical_rule(self.rule)
         object.__setattr__(self, "rule", rule)
+        if rule == "similarity-gap" and self.delta is None and self.remove_fraction is None:
+            object.__setattr__(self, "delta", 0.0)  # the paper's rule; one spelling, so equal specs compare equal
+        if rule == "random" and self.seed is None:
+            object.__setattr__(self, "seed", 0)
         if self.tests is not None:
             object.__setattr__(self, "tests", tuple(self.tests) if rule != "random" and self.tests else None)
         wrong = [o for o in CUTS if getattr(self, o) is not None and o not in OPTIONS[rule]]
@@ -207,8 +211,12 @@ def rule_stats(ws, spec: RuleSpec, tests: list[str] | None = None) -> PruneStats
     if spec.rule == "similarity-gap" and reference is None:
         raise WorkspaceError(f"rule 'similarity-gap' needs a reference train set, and workspace {ws.root} has none; "
                              f"search with one: `python -m clipsim search --workspace {ws.root} --reference NAME`")
-    if tests is None:
-        tests = [] if spec.rule == "random" else list(spec.tests or ws.dataset_names("test"))
+    if tests is None and spec.rule == "random":
+        tests = []
+    elif tests is None:  # registry order, so 'sketch,val' and 'val,sketch' read (and record) the same statistics
+        registered = ws.dataset_names("test")
+        given = list(spec.tests or registered)
+        tests = [t for t in registered if t in given] + [t for t in given if t not in registered]
     return PruneStats.load(ws, web, tests, reference if spec.rule == "similarity-gap" else None)
 
 
@@ -260,10 +268,6 @@ def default_name(spec: RuleSpec) -> str:
     Test sets are named only when the rule looks at a subset (spec.tests); the name fits the manifest name rule.
     """
     given = asdict(spec)
-    if spec.rule == "similarity-gap" and spec.delta is None and spec.remove_fraction is None:
-        given["delta"] = 0
-    if spec.rule == "random" and spec.seed is None:
-        given["seed"] = 0
     parts = [spec.rule] + [f"{SHORT[k]}{_fmt(given[k])}" for k in ("tau", "delta", "remove_fraction", "keep")
                            if given[k] is not None]
     if spec.like:

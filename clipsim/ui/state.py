@@ -67,13 +67,22 @@ def choice(options: Sequence[T], value: T, default: T) -> T:
 
 
 def reset(*keys: str) -> Callable[[], None]:
-    """An on_change callback that drops widget state and its URL parameter (e.g. back to page 1, or the full
-    similarity range, when what they refer to changes), so the widgets start again from their defaults."""
+    """An on_change callback that drops widget state (e.g. go back to page 1 when a filter changes)."""
 
     def _reset() -> None:
         for key in keys:
             st.session_state.pop(key, None)
-            if key in st.query_params:
-                del st.query_params[key]
 
     return _reset
+
+
+def follow(key: str, context: tuple, default) -> None:
+    """Put widget `key` back to `default` when what its value refers to (`context`, e.g. the set whose s(t) a range
+    filters) changed since the last run; call it before the widget. A link's value is kept on the first run.
+
+    (Dropping the state of a URL-bound widget is not enough: the URL would restore the old value.)
+    """
+    mark = f"{key}__context"
+    if mark in st.session_state and st.session_state[mark] != context:
+        st.session_state[key] = default
+    st.session_state[mark] = context
