@@ -4,7 +4,7 @@ import streamlit as st
 from clipsim.ui import nav
 from clipsim.ui.common import read_only_banner, workspace_root
 
-st.set_page_config(page_title="clipsim", page_icon=str(nav.FAVICON), layout="wide")
+nav.configure()
 with st.sidebar:
     st.caption(f"Workspace: `{workspace_root()}`")
     read_only_banner()

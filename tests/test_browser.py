@@ -339,11 +339,11 @@ def test_page_open_times_and_an_idle_runs_page(page, server, site):
 DEEP_LINKS = {  # page title -> (link, a view element that must show, a query parameter that must stay)
     "Overview": ("/?", "Start here", None),
     "Neighbours": ("/neighbours?test=sketch&sort=Least+similar", "sorted by s_web(t)", "sort=Least"),
-    "Similarity": ("/similarity?tau=0.85&pairs=sketch", "Pairs at the threshold", "tau=0.85"),
-    "Prune": ("/prune?rule=Threshold&tau=0.85", "Saved manifests", "rule=Threshold"),
-    "Runs": ("/runs?runs_rule=Near", "Queue a run", "runs_rule=Near"),
+    "Similarity": ("/similarity?tau=0.85&pairs=sketch", "s_web(t) > 0.8500", "tau=0.85"),
+    "Prune": ("/prune?rule=Threshold&tau=0.85", "Remove web sample x if max_t cos(x, t) > τ", "rule=Threshold"),
+    "Runs": ("/runs?runs_rule=Near", "Keep the N web samples least similar", "runs_rule=Near"),
     "Results": ("/results?results_id_test=v2", "No zero-shot results yet", None),
-    "Map": ("/map?colour=Class", "Map", "colour=Class"),
+    "Map": ("/map?colour=Class", "Test images (◆) and training images (●)", "colour=Class"),
 }
 
 
@@ -356,9 +356,11 @@ def test_deep_link_opened_first_on_a_fresh_server_keeps_navigation_and_view(brow
         pg = new_page(browser)
         try:
             pg.goto(url + link)
+            nav = pg.locator("[data-testid=stSidebarNav]")
+            nav.wait_for()  # app.py's navigation, not Streamlit's pages/ listing
+            pg.locator("h1").filter(has_text="clipsim" if title == "Overview" else title).first.wait_for()
             pg.get_by_text(shows, exact=False).first.wait_for()
             idle(pg)
-            nav = pg.locator("[data-testid=stSidebarNav]")
             assert nav.count() == 1 and all(t in nav.inner_text() for t in DEEP_LINKS)
             assert pg.get_by_text("Workspace:", exact=False).count() >= 1  # app.py's sidebar
             assert kept is None or kept in pg.url

@@ -34,6 +34,12 @@ _route = threading.local()  # `active` is True while app.py's navigation runs a 
 _REROUTED = "clipsim_rerouted"  # session flag: reroute at most once per session (never a rerun loop)
 
 
+def configure() -> None:
+    """The app's page config: title, the local favicon (set before any navigation, whose page icons would otherwise
+    become the favicon, fetched from fonts.gstatic.com) and the wide layout."""
+    st.set_page_config(page_title="clipsim", page_icon=str(FAVICON), layout="wide")
+
+
 def pages() -> list:
     """The app's st.Page objects (absolute paths, so they resolve from any main script)."""
     return [st.Page(str(ROOT / f), title=t, icon=i, default=n == 0)
@@ -65,6 +71,7 @@ def page_setup(page_file: str) -> None:
     if main is None or Path(main).resolve() == Path(page_file).resolve() or st.session_state.get(_REROUTED):
         return
     st.session_state[_REROUTED] = True
+    configure()
     st.navigation(pages(), position="hidden")  # public API: from now on the server ignores pages/
     st.rerun()
 
