@@ -33,12 +33,13 @@ if rule == "similarity-gap" and not margins:
             "Search the reference first, then the web set with it:", icon=":material/info:")
     st.code(f"python -m clipsim search --workspace {ws.root} --reference {ref or 'curated'} --force", language="bash")
     st.stop()
-stats = loaders.prune_stats(ws, web, tests, ref if margins else None)
+stats, stats_key = loaders.keyed_prune_stats(ws, web, tests, ref if margins else None)
 manifests = loaders.manifests(ws)
 
 spec = pruning.rule_spec_input(rule, stats.n, tests, list(manifests["name"]), web)
+key = pruning.rule_key(ws, stats_key, spec)
 try:
-    applied = pruning.apply(ws, stats, spec)
+    applied = pruning.apply(key, stats, spec)
 except (ValueError, ClipsimError) as err:
     st.error(f"{err}")
     st.stop()
@@ -57,7 +58,7 @@ st.dataframe(table, hide_index=True, width="stretch", key="prune_counts", column
 st.subheader("After pruning")
 chosen = list(spec.tests or tests)
 show = st.selectbox("Test set", tests, index=tests.index(chosen[0]) if rule != "random" else 0, key="show", bind=BIND)
-after = pruning.post_prune(ws, stats, spec, applied, show)
+after = pruning.post_prune(ws, key, spec, applied, show)
 nn = loaders.test_neighbours(ws, show)
 fig = plots.post_prune_histogram(after["s_after"].to_numpy(), after["exact"].to_numpy(),
                                  nn.nn(ref) if ref in nn.trains else None, after["s_before"].to_numpy(), web,

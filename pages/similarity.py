@@ -75,6 +75,6 @@ above, below = views.threshold_neighbours(s_sorted, order, tau, PAIRS)
 for col, side, rows, text in zip(st.columns(2), ("above", "below"), (above, below),
                                  (f"s_{web}(t) > {tau:.4f}", f"s_{web}(t) ≤ {tau:.4f}")):
     col.markdown(f"**Just {side} τ** · {text} · each pair: the test image, then its nearest {web} image")
-    pairs = views.nearest_pairs(ws, nns[pair_test], web, rows, PAIR_THUMB)
+    pairs = loaders.nearest_pairs(ws, nns[pair_test], web, rows, PAIR_THUMB)
     with col:
         gallery.show(gallery.pairs_html(pairs, PAIR_THUMB, side, web))

@@ -52,7 +52,7 @@ def write_rows(ws) -> None:
     for run, (manifest, rule, control_of, kept, accs) in ACC.items():
         info = {"run": run, "checkpoint": f"/x/{run}/epoch_2.pt", "epoch": 2, "manifest": manifest, "preset": "demo",
                 "rule": rule, "control_of": control_of, "web": "web", "train_samples": kept, "web_samples": 3000}
-        rows += [result_row(info, {"test": t, "accuracy": a, "correct": int(a * 96), "n": 96}, "demo")
+        rows += [result_row(info, {"test": t, "accuracy": a, "correct": int(a * 96), "n": 96, "classes": 12}, "demo")
                  for t, a in accs.items()]
     add_results(ws, rows)
 

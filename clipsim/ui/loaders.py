@@ -214,7 +214,23 @@ def prune_stats(ws: Workspace, web: str, tests: list[str], reference: str | None
     Raises:
         WorkspaceError: a search or the reference margins are missing (the message names the command).
     """
-    return _prune_stats(*stats_key(ws, web, tests, reference), ws)
+    return keyed_prune_stats(ws, web, tests, reference)[0]
+
+
+def keyed_prune_stats(ws: Workspace, web: str, tests: list[str], reference: str | None) -> tuple:
+    """(prune_stats(...), its stats_key): the key, computed once per script run, keys what is derived from them."""
+    key = stats_key(ws, web, tests, reference)
+    return _prune_stats(*key, ws), key
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _pairs(key: tuple, train: str, rows: tuple, size: int, _ws: Workspace, _nn) -> list:
+    return views.nearest_pairs(_ws, _nn, train, np.asarray(rows, dtype=np.int64), size)
+
+
+def nearest_pairs(ws: Workspace, nn: views.TestNeighbours, train: str, rows: np.ndarray, size: int) -> list:
+    """(test tile, nearest `train` tile) for some test rows (cached: a threshold moved back and forth is free)."""
+    return _pairs(_key(nn), train, tuple(int(r) for r in rows), size, ws, nn)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

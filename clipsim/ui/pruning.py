@@ -76,18 +76,19 @@ def _apply(key: tuple, spec: RuleSpec, _stats: PruneStats) -> Pruning:
     return apply_rule(_stats, spec)
 
 
-def _key(ws: Workspace, stats: PruneStats, spec: RuleSpec) -> tuple:
+def rule_key(ws: Workspace, stats_key: tuple, spec: RuleSpec) -> tuple:
+    """What a rule's result depends on: the statistics (loaders.keyed_prune_stats) and a `like` manifest's file."""
     like = () if spec.like is None else loaders.file_stamp(ws.path("manifests", spec.like, "summary.json"))
-    return loaders.stats_key(ws, stats.web, stats.tests, stats.reference) + (like,)
+    return stats_key + (like,)
 
 
-def apply(ws: Workspace, stats: PruneStats, spec: RuleSpec) -> Pruning:
-    """The rule applied to the page's statistics (clipsim.prune.rules.apply_rule), cached per spec.
+def apply(key: tuple, stats: PruneStats, spec: RuleSpec) -> Pruning:
+    """The rule applied to the page's statistics (clipsim.prune.rules.apply_rule), cached per rule_key and spec.
 
     Raises:
         ValueError, WorkspaceError: an out-of-range parameter, or a `like` manifest that is gone.
     """
-    return _apply(_key(ws, stats, spec), spec, stats)
+    return _apply(key, spec, stats)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -99,9 +100,10 @@ def _post(key: tuple, spec: RuleSpec, test: str, _ws: Workspace, _pruning: Pruni
                                     stats.tests if _pruning.rule != "random" else None, stats.reference)
 
 
-def post_prune(ws: Workspace, stats: PruneStats, spec: RuleSpec, pruning: Pruning, test: str) -> pd.DataFrame:
-    """s_web(t) before/after pruning for one test set from the stored top-k (see post_prune_nn_similarity), cached."""
-    return _post(_key(ws, stats, spec), spec, test, ws, pruning)
+def post_prune(ws: Workspace, key: tuple, spec: RuleSpec, pruning: Pruning, test: str) -> pd.DataFrame:
+    """s_web(t) before/after pruning for one test set from the stored top-k (see post_prune_nn_similarity), cached
+    per rule_key, spec and test set."""
+    return _post(key, spec, test, ws, pruning)
 
 
 def save_form(ws: Workspace, spec: RuleSpec) -> None:
