@@ -195,14 +195,15 @@ def _neighbour_tiles(ws, nn: TestNeighbours, train: str, rows: np.ndarray, k: in
     ids, sims = nn.ids[train][rows, :kk], nn.sims[train][rows, :kk]
     valid = ids >= 0  # -1: the train set had fewer than k rows
     frame = locator_frame(ws, train, ids[valid])
-    thumbs, texts, keys = frame_thumbs(frame, size), tile_texts(frame, ws.dataset(train).classes), frame["key"].astype(str)
+    thumbs, texts = frame_thumbs(frame, size), tile_texts(frame, ws.dataset(train).classes)
+    keys = frame["key"].astype(str).to_numpy()
     flat = iter(range(len(frame)))
     out = []
     for i in range(len(rows)):
         out.append([])
         for j in np.flatnonzero(valid[i]):
             n = next(flat)
-            out[-1].append(Tile(thumbs[n], keys.iloc[n], float(sims[i, j]), texts[n]))
+            out[-1].append(Tile(thumbs[n], keys[n], float(sims[i, j]), texts[n]))
     return out
 
 

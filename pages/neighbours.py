@@ -3,7 +3,7 @@ import math
 
 import streamlit as st
 
-from clipsim import plots, views
+from clipsim import plots
 from clipsim.ui import gallery, loaders, state
 from clipsim.ui.nav import page_setup
 from clipsim.ui.state import BIND
@@ -70,11 +70,10 @@ if image is not None:
         head, close = st.columns([6, 1], vertical_alignment="center")
         head.subheader(f"{test} · {image}")
         close.button("Close", icon=":material/close:", on_click=state.set_url_param, args=("image", None))
-        row = views.gallery_rows(ws, nn, [nn.row_of(image)], k_max, DETAIL_THUMB, shown, loaders.planted(ws),
-                                 DETAIL_TEST)[0]
+        row = loaders.gallery_rows(ws, nn, [nn.row_of(image)], k_max, DETAIL_THUMB, shown, DETAIL_TEST)[0]
         gallery.show(gallery.detail_html(row, DETAIL_THUMB, DETAIL_TEST, ref, colours))
 
 with grid_slot:
-    page_rows = views.gallery_rows(ws, nn, rows, k, THUMB, shown, loaders.planted(ws), TEST_THUMB)
+    page_rows = loaders.gallery_rows(ws, nn, rows, k, THUMB, shown, TEST_THUMB)
     gallery.show(gallery.gallery_html(page_rows, THUMB, TEST_THUMB, ref,
                                       links={key: state.href(image=key) for key in keys}, colours=colours))

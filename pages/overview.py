@@ -3,8 +3,8 @@ import streamlit as st
 
 from clipsim.data.demo import background as demo_build
 from clipsim.names import read_only
-from clipsim.status import study_steps, workspace_status
-from clipsim.ui import nav, share
+from clipsim.status import study_steps
+from clipsim.ui import loaders, nav, share
 from clipsim.ui.common import open_workspace
 from clipsim.ui.nav import page_setup
 
@@ -20,7 +20,7 @@ if (ws.root / "demo").is_dir() and not (ws.root / "demo" / "demo.json").exists()
     if st.button("Resume the demo build", icon=":material/play_arrow:"):
         demo_build.start(ws.root)
         st.rerun()
-status = workspace_status(ws)
+status = loaders.status(ws)
 st.subheader("Start here")
 st.caption("The study in five steps, as in the paper: each page reads what the step before it stored.")
 for n, step in enumerate(study_steps(status), 1):
@@ -35,7 +35,7 @@ for n, step in enumerate(study_steps(status), 1):
     if step["next"] and step["command"]:
         st.code(step["command"], language="bash")
 st.subheader("Datasets")
-st.dataframe(ws.datasets(), hide_index=True, width="stretch")
+st.dataframe(status["datasets"], hide_index=True, width="stretch")
 st.subheader("Study so far")
 steps = st.columns(4)
 steps[0].metric("Searches", len(status["searches"]), help="test x train pairs with exact neighbours")

@@ -80,6 +80,11 @@ def _stale(root: str, tests: tuple, stamps: tuple, _ws: Workspace) -> list[str]:
     return out
 
 
+def embedding_stamps(ws: Workspace) -> tuple:
+    """embeddings_stamp of every dataset: changes when any dataset's shards change."""
+    return tuple(embeddings_stamp(ws, n) for n in ws.dataset_names())
+
+
 def _stamps(ws: Workspace) -> tuple:
     """Modification times of every embedding and search folder: shards and results are written by atomic rename,
     which changes their folder's mtime, so this cheap key changes whenever a fingerprint could."""
@@ -155,6 +160,21 @@ def planted(ws: Workspace) -> set:
     """The demo's planted pairs (empty without ground truth)."""
     path = ws.path("demo", "planted.parquet")
     return _planted(str(path), path.stat().st_mtime_ns, ws) if path.exists() else set()
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _rows(key: tuple, rows: tuple, k: int, size: int, trains: tuple, test_size: int | None, planted_stamp: tuple,
+          _ws: Workspace, _nn, _planted: set) -> list[views.GalleryRow]:
+    return views.gallery_rows(_ws, _nn, np.asarray(rows, dtype=np.int64), k, size, list(trains), _planted, test_size)
+
+
+def gallery_rows(ws: Workspace, nn: views.TestNeighbours, rows: np.ndarray, k: int, size: int, trains: list[str],
+                 test_size: int | None = None) -> list[views.GalleryRow]:
+    """views.gallery_rows with the demo's planted pairs flagged, cached per page of rows (reopening or re-sorting
+    back to a page costs nothing)."""
+    path = ws.path("demo", "planted.parquet")
+    return _rows(_key(nn), tuple(int(r) for r in rows), k, size, tuple(trains), test_size, file_stamp(path), ws, nn,
+                 planted(ws))
 
 
 def sim_bounds(nns: list[views.TestNeighbours]) -> tuple[float, float]:
@@ -257,3 +277,23 @@ def manifests(ws: Workspace) -> pd.DataFrame:
     root = ws.path("manifests")
     summaries = tuple(file_stamp(p / "summary.json") for p in sorted(root.iterdir())) if root.is_dir() else ()
     return _manifests(str(ws.root.resolve()), (file_stamp(root), summaries, _stamps(ws)), ws)
+
+
+@st.cache_data(show_spinner=False, max_entries=8, ttl=600)
+def _status(root: str, stamps: tuple, _ws: Workspace) -> dict:
+    from clipsim.status import workspace_status
+
+    return workspace_status(_ws)
+
+
+def status(ws: Workspace) -> dict:
+    """clipsim.status.workspace_status, cached until an embedding, search, manifest, map, result or job record
+    changes (a few `stat` calls instead of opening every shard)."""
+    from clipsim.jobs import change_stamp
+
+    manifests, maps = ws.path("manifests"), ws.path("maps")
+    stamps = (_stamps(ws), file_stamp(ws.path(REGISTRY)), change_stamp(ws), file_stamp(ws.path("results")),
+              file_stamp(ws.path("results", "results.parquet")), file_stamp(manifests), file_stamp(maps),
+              tuple(file_stamp(p / "summary.json") for p in sorted(manifests.iterdir())) if manifests.is_dir() else (),
+              tuple(file_stamp(p / "config.json") for p in sorted(maps.iterdir())) if maps.is_dir() else ())
+    return _status(str(ws.root.resolve()), stamps, ws)

@@ -14,6 +14,7 @@ from clipsim.maps import compute as mapping
 from clipsim.maps import rows as map_rows
 from clipsim.maps import view as map_view
 from clipsim.names import read_only
+from clipsim.plots import maps as plots_map
 from clipsim.search.result import completed_searches
 from clipsim.ui import gallery, loaders
 from clipsim.ui.jobs import job_monitor, launch_button
@@ -47,6 +48,49 @@ def removed(ws: Workspace, info: mapping.MapInfo, pts: pd.DataFrame, manifest: s
     stamp = (info.folder / "config.json").stat().st_mtime_ns
     stamp += (ws.path("manifests", manifest, "summary.json").stat().st_mtime_ns)
     return _removed(str(ws.root.resolve()), info.name, stamp, manifest, ws, pts)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _stale(root: str, name: str, stamp: int, stamps: tuple, _ws: Workspace) -> list[str]:
+    return mapping.load_map(_ws, name).stale_reasons()
+
+
+def stale_reasons(ws: Workspace, info: mapping.MapInfo) -> list[str]:
+    """Why the map no longer matches its embeddings (MapInfo.stale_reasons), cached until the map or an embedding
+    folder changes."""
+    stamp = (info.folder / "config.json").stat().st_mtime_ns
+    return _stale(str(ws.root.resolve()), info.name, stamp, loaders.embedding_stamps(ws), ws)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _figure(key: tuple, colour: str, shown: tuple, shapes: tuple, _ws: Workspace, _info, _points: pd.DataFrame,
+            _manifest: str | None):
+    view = _points[_points["dataset"].isin(shown)].reset_index(drop=True)
+    values = None
+    if _manifest:
+        values = removed(_ws, _info, _points, _manifest)[_points["dataset"].isin(shown).to_numpy()]
+    parsed = [map_view.parse_shape(t) for t in shapes]
+    chosen = map_view.selected(view, parsed)
+    fig = plots_map.map_figure(view, colour if colour != "manifest" or _manifest else "dataset", values,
+                               plots.workspace_colours(_ws), chosen if parsed else None)
+    return fig, view, chosen
+
+
+def figure(ws: Workspace, info: mapping.MapInfo, pts: pd.DataFrame, colour: str, shown: list[str],
+           manifest: str | None, shapes: list[map_view.Shape]):
+    """(the map figure, the points drawn, the selected positions among them), cached per view: reopening a map or
+    going back to a colouring costs nothing.
+
+    Args:
+        ws, info, pts: the workspace, the map and its points (see points()).
+        colour: a map_view.COLOURS entry; shown: datasets drawn; manifest: for colour 'manifest';
+        shapes: the selection (url_shapes()).
+    """
+    stamp = (info.folder / "config.json").stat().st_mtime_ns
+    mstamp = loaders.file_stamp(ws.path("manifests", manifest, "summary.json")) if manifest else ()
+    texts = tuple(map_view.format_shape(s) for s in shapes)
+    key = (str(ws.root.resolve()), info.name, stamp, len(pts), mstamp, manifest)
+    return _figure(key, colour, tuple(shown), texts, ws, info, pts, manifest)
 
 
 def url_shapes() -> list[map_view.Shape]:
