@@ -91,3 +91,18 @@ def demo_ws(tmp_path_factory):
     built = build_demo(Path(cache), seed=0, size="small")  # a no-op once built
     shutil.copytree(built.root, root, ignore=shutil.ignore_patterns("maps", "manifests", "jobs.sqlite*", "runs"))
     return build_demo(root, seed=0, size="small")
+
+
+@pytest.fixture(scope="session")
+def mapped_ws(demo_ws, tmp_path_factory):
+    """A copy of the demo workspace with a map computed once per session by `python -m clipsim map --wait` (a real
+    worker: UMAP fitted on 350 points, the rest placed); the map and browser tests read it or copy it."""
+    from clipsim.cli import main as cli_main
+    from clipsim.workspace import Workspace
+
+    root = tmp_path_factory.mktemp("mapped") / "ws"
+    shutil.copytree(demo_ws.root, root, ignore=shutil.ignore_patterns("maps", "manifests", "jobs.sqlite*", "runs"))
+    code = cli_main(["map", "--workspace", str(root), "--sample", "350", "--n-neighbors", "10", "--wait",
+                     "--timeout", "300"])
+    assert code == 0
+    return Workspace.open(root)

@@ -74,10 +74,10 @@ def streamlit_server(workspace: Path, log: Path):
 
 
 @pytest.fixture(scope="module")
-def site(demo_ws, tmp_path_factory) -> Workspace:
-    """A private copy of the demo workspace (these tests save a manifest and compute a map)."""
+def site(mapped_ws, tmp_path_factory) -> Workspace:
+    """A private copy of the session's demo workspace with its map (these tests save a manifest)."""
     root = tmp_path_factory.mktemp("site") / "ws"
-    shutil.copytree(demo_ws.root, root, ignore=shutil.ignore_patterns("maps", "manifests", "jobs.sqlite*", "runs"))
+    shutil.copytree(mapped_ws.root, root, ignore=shutil.ignore_patterns("manifests", "jobs.sqlite*", "runs"))
     yield Workspace.open(root)
     SHOTS.mkdir(parents=True, exist_ok=True)
     (SHOTS / "timings.json").write_text(json.dumps(TIMINGS, indent=2, sort_keys=True))
@@ -259,7 +259,9 @@ def test_prune_counts_and_saving_as_a_job_in_chromium(page, server, site, tmp_pa
     shoot(page, tmp_path, "prune")
 
 
-def test_map_computed_from_the_page_appears_and_keeps_one_palette(page, server, site, tmp_path):
+def test_map_selection_gallery_keeps_the_map_palette_in_chromium(page, server, site, tmp_path):
+    """The map (computed once per session by a worker) with its gallery: the same colour per dataset in the legend
+    and in the gallery's badges. (A page that waits for a job and redraws when it ends: the Prune test above.)"""
     from urllib.parse import parse_qs
 
     from clipsim.maps import compute as mapping
@@ -267,13 +269,8 @@ def test_map_computed_from_the_page_appears_and_keeps_one_palette(page, server, 
     from clipsim.plots import workspace_colours
 
     page.goto(server[0] + "/map")
-    page.get_by_text("No map yet", exact=False).first.wait_for()
-    idle(page)
-    _fill(page, "Points fitted", "600")
-    idle(page)
-    page.get_by_role("button", name="Compute map").click()
     plot = page.locator(".js-plotly-plot .nsewdrag").first
-    plot.wait_for(timeout=300_000)  # the job ends, the page reruns and draws the map: no reload
+    plot.wait_for()
     idle(page)
     coords = mapping.load_map(site).coords()
     legend = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot .traces')].map(t => "
