@@ -5,7 +5,8 @@ import streamlit as st
 from clipsim import plots
 from clipsim.errors import ClipsimError
 from clipsim.search import result as searches
-from clipsim.ui import loaders, pruning, widgets
+from clipsim.ui import loaders, pruning
+from clipsim.ui.common import can_write
 from clipsim.ui.nav import page_setup
 from clipsim.ui.state import BIND
 
@@ -71,7 +72,7 @@ st.caption(f"Median s_{web}(t): {after['s_before'].median():.4f} before → {aft
               if bounds else ". Every value is exact."))
 
 st.subheader("Save")
-if widgets.can_write("saving manifests"):
+if can_write("saving manifests"):
     pruning.save_form(ws, spec)
 
 st.subheader("Saved manifests")

@@ -4,7 +4,7 @@ import streamlit as st
 
 from clipsim import plots, views
 from clipsim.search import result as searches
-from clipsim.ui import gallery, loaders, widgets
+from clipsim.ui import gallery, loaders, pruning
 from clipsim.ui.nav import page_setup
 from clipsim.ui.state import BIND
 
@@ -41,7 +41,7 @@ stats = loaders.prune_stats(ws, web, tests, ref if searches.has_margins(ws, web,
 sorted_s = {t: loaders.sorted_similarity(nns[t], web)[0] for t in tests}
 lo, hi = loaders.sim_bounds(list(nns.values()))
 default = round(float(np.percentile(np.concatenate(list(sorted_s.values())), 90)), 2)
-tau = widgets.threshold_input(f"Threshold τ on s_{web}(t)", "tau", default, lo, hi,
+tau = pruning.threshold_input(f"Threshold τ on s_{web}(t)", "tau", default, lo, hi,
                               help_text="Test images whose web neighbour is above τ; web samples x with "
                                         "max_t cos(x, t) > τ")
 counts = views.threshold_counts(sorted_s, stats, tau)

@@ -100,3 +100,12 @@ def read_only_notice() -> None:
     apply_secrets()
     if read_only():
         st.caption(f":orange-badge[:material/lock: Read-only] {READ_ONLY_TEXT}")
+
+
+def can_write(what: str) -> bool:
+    """False (and a notice saying so) when the app is served read-only."""
+    if read_only():
+        st.info(f"Read-only presentation mode (CLIPSIM_READ_ONLY=1): {what} is disabled here; use the CLI on a "
+                "writable copy of the workspace.", icon=":material/lock:")
+        return False
+    return True

@@ -1,5 +1,6 @@
-"""The rule form of the Prune and Runs pages (a `RuleSpec` from URL-bound widgets), the Prune page's cached rule
-application and post-pruning similarity, and saving a rule as the `prune` job with its progress on the page.
+"""The rule form of the Prune and Runs pages (a `RuleSpec` from URL-bound widgets: the threshold as a slider beside
+an exact number, the keep count or fraction), the Prune page's cached rule application and post-pruning
+similarity, and saving a rule as the `prune` job with its progress on the page.
 
 A threshold travels: the page's widget (here) -> `clipsim.prune.rules.apply_rule` -> the counts; the same spec is
 what the job, and so `python -m clipsim prune`, saves.
@@ -17,7 +18,6 @@ from clipsim.prune.stats import RULES, PruneStats
 from clipsim.ui import loaders
 from clipsim.ui.jobs import job_monitor
 from clipsim.ui.state import BIND
-from clipsim.ui.widgets import keep_input, threshold_input
 from clipsim.workspace import Workspace
 
 RULE_LABELS = {"threshold": "Threshold", "similarity-gap": "Similarity gap", "near": "Near", "far": "Far",
@@ -30,6 +30,64 @@ RULE_HELP = {
     "far": "Keep the N web samples most similar to the test sets; remove the rest.",
     "random": "Keep a seeded uniform random subset of N web samples (the control for near/far pruning).",
 }
+
+
+def _copy(src: str, dst: str):
+    def _sync() -> None:
+        st.session_state[dst] = st.session_state[src]
+
+    return _sync
+
+
+def threshold_input(label: str, key: str, default: float, lo: float = -1.0, hi: float = 1.0, step: float = 0.001,
+                    help_text: str | None = None) -> float:
+    """A threshold as a slider beside an exact number field; both stay in sync and the URL holds `key`.
+
+    Args:
+        label: label of the number field (the slider carries the same label, hidden).
+        key: widget key and query parameter name of the number field.
+        default: value when neither the URL nor the session has one.
+        lo, hi: allowed range.
+        step: slider step (the number field accepts any value in range, shown to 4 decimals).
+        help_text: tooltip.
+
+    Returns:
+        The threshold, clamped to [lo, hi].
+    """
+    slider_key = f"{key}__slider"
+    if key not in st.session_state:
+        st.session_state[key] = float(min(max(default, lo), hi))
+    slide, exact = st.columns([4, 1], vertical_alignment="bottom")
+    with exact:
+        # value=None: the session value (set above, or by the slider) is the only source, so no state conflict
+        value = st.number_input(label, lo, hi, None, step=step, format="%.4f", key=key, bind=BIND, help=help_text)
+    value = float(default if value is None else min(max(value, lo), hi))
+    st.session_state[slider_key] = value
+    with slide:
+        st.slider(label, lo, hi, key=slider_key, step=step, format="%.3f", on_change=_copy(slider_key, key),
+                  label_visibility="hidden")
+    return value
+
+
+def keep_input(n: int, key: str, default_fraction: float = 0.5) -> int | float:
+    """How many web samples to keep: a fraction in (0, 1] (float) or a count in [0, n] (int).
+
+    Args:
+        n: web set size.
+        key: prefix of the widget keys / query parameters (`<key>_as`, `<key>`, `<key>_n`).
+        default_fraction: initial fraction.
+
+    Returns:
+        A float fraction or an int count, as the rules take them.
+    """
+    mode_col, value_col = st.columns([1, 2], vertical_alignment="bottom")
+    mode = mode_col.segmented_control("Keep", ["fraction", "count"], default="fraction", required=True,
+                                      key=f"{key}_as", bind=BIND) or "fraction"
+    if mode == "fraction":
+        return float(value_col.number_input("Fraction of web samples kept", 0.001, 1.0, default_fraction, step=0.05,
+                                            format="%.3f", key=key, bind=BIND))
+    return int(value_col.number_input("Web samples kept", 0, n, round(default_fraction * n), step=max(1, n // 100),
+                                      key=f"{key}_n", bind=BIND))
 
 
 def rule_input(prefix: str = "", default: str = "similarity-gap") -> str:
