@@ -149,6 +149,15 @@ def test_runs_page_shows_the_training_curve_and_queues_a_chain(served):
     assert trains[("full", None)].depends_on is None
     evaluates = {j.depends_on: j.params["run"] for j in queued if j.kind == "evaluate"}
     assert evaluates == {t.id: t.id for t in trains.values()}
+    at.run()  # the job rows say what each run is and why it waits
+    rows = [m.value for m in at.markdown]
+    for text in ("train on the full web set", "train on manifest similarity-gap_d0  ",
+                 "train on manifest similarity-gap_d0 (random control of the same size)",
+                 "prune (similarity-gap) into manifest similarity-gap_d0"):
+        assert any(text in r for r in rows), text
+    captions = [c.value for c in at.caption]
+    assert f"waiting for job {prune_job.id} (queued)" in captions  # the pruned run waits for its manifest
+    assert "waiting for a free slot (1 of 1 busy)" in captions  # the prune job only for the slot
 
 
 def test_runs_page_read_only_hides_launching(served, monkeypatch):
