@@ -101,7 +101,7 @@ def mapped_ws(demo_ws, tmp_path_factory):
     from clipsim.workspace import Workspace
 
     root = tmp_path_factory.mktemp("mapped") / "ws"
-    shutil.copytree(demo_ws.root, root, ignore=shutil.ignore_patterns("maps", "manifests", "jobs.sqlite*", "runs"))
+    shutil.copytree(demo_ws.root, root, ignore=shutil.ignore_patterns("maps", "manifests", "jobs.sqlite*", "runs", "models"))
     code = cli_main(["map", "--workspace", str(root), "--sample", "350", "--n-neighbors", "10", "--wait",
                      "--timeout", "300"])
     assert code == 0

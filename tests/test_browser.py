@@ -78,7 +78,7 @@ def site(mapped_ws, tmp_path_factory) -> Workspace:
     """A private copy of the session's demo workspace with its map (these tests save a manifest)."""
     TIMINGS["load_average_1min_at_start"] = round(os.getloadavg()[0], 2)
     root = tmp_path_factory.mktemp("site") / "ws"
-    shutil.copytree(mapped_ws.root, root, ignore=shutil.ignore_patterns("manifests", "jobs.sqlite*", "runs"))
+    shutil.copytree(mapped_ws.root, root, ignore=shutil.ignore_patterns("manifests", "jobs.sqlite*", "runs", "models"))
     yield Workspace.open(root)
     SHOTS.mkdir(parents=True, exist_ok=True)
     TIMINGS["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)  # timings on a busy machine run long

@@ -37,9 +37,10 @@ def served(demo_ws, monkeypatch):
 
 @pytest.fixture
 def writable(demo_ws, tmp_path, monkeypatch):
-    """A private copy of the demo workspace (mtimes kept, so every fingerprint still matches) for saving manifests."""
+    """A private copy of the demo workspace (mtimes kept, so every fingerprint still matches; not the similarity model,
+    which no page reads) for saving manifests."""
     root = tmp_path / "ws"
-    shutil.copytree(demo_ws.root, root, ignore=shutil.ignore_patterns("manifests"))
+    shutil.copytree(demo_ws.root, root, ignore=shutil.ignore_patterns("manifests", "models"))
     monkeypatch.setenv("CLIPSIM_WORKSPACE", str(root))
     monkeypatch.delenv("CLIPSIM_READ_ONLY", raising=False)
     return Workspace.open(root)
