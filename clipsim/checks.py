@@ -104,8 +104,13 @@ def check_str_list(value: object, what: str) -> list[str]:
     return list(value)
 
 
-def check_device(device: object, what: str = "device") -> str:
+def check_device(device: object, what: str = "device", here: bool = True) -> str:
     """A torch device string this machine has: 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'.
+
+    Args:
+        device: the device given.
+        what: its name for the message.
+        here: also require that this machine has it (False for a job that runs elsewhere, e.g. on SLURM).
 
     Returns:
         The device string, unchanged.
@@ -121,6 +126,10 @@ def check_device(device: object, what: str = "device") -> str:
         dev = torch.device(str(device))
     except (RuntimeError, ValueError) as err:
         raise ArgumentError(f"{what} = {device!r} is not a device; use auto, cpu, cuda or cuda:N") from err
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ArgumentError(f"{what} = {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if not here:
+        return str(device)
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -129,22 +138,23 @@ def check_device(device: object, what: str = "device") -> str:
         if dev.index is not None and dev.index >= count:
             raise ArgumentError(f"{what} = {device!r} but only {count} CUDA GPU(s) are visible (cuda:0.."
                                 f"cuda:{count - 1})")
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ArgumentError(f"{what} = {device!r} but Apple MPS is not available here; use cpu or auto")
-    elif dev.type != "cpu":
-        raise ArgumentError(f"{what} = {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ArgumentError(f"{what} = {device!r} but Apple MPS is not available here; use cpu or auto")
     return str(device)
 
 
-def check_screen_precision(precision: object, device: object = "auto", what: str = "precision") -> str:
+def check_screen_precision(precision: object, device: object = "auto", what: str = "precision",
+                           here: bool = True) -> str:
     """A search screen precision that works on `device` (fp16 needs a CUDA GPU).
 
     Raises:
-        ArgumentError: unknown precision, or fp16 without a GPU.
+        ArgumentError: unknown precision, or fp16 without a GPU (here: on this machine).
     """
     check_choice(precision, what, SCREEN_PRECISIONS)
-    if precision == "fp16":
+    if precision == "fp16" and not here:
+        if str(device).startswith(("cpu", "mps")):
+            raise ArgumentError(f"{what} = 'fp16' needs a CUDA device, not {device!r}; use bf16, fp32 or auto")
+    elif precision == "fp16":
         import torch
 
         dev = check_device(device)
@@ -155,19 +165,24 @@ def check_screen_precision(precision: object, device: object = "auto", what: str
     return str(precision)
 
 
-def check_search_args(k: object, block_rows: object, precision: object, device: object) -> None:
+def check_search_args(k: object, block_rows: object, precision: object, device: object, here: bool = True) -> None:
     """The arguments of an exact search (`search`, `search_part`, the search job kinds).
+
+    Args:
+        k, block_rows, precision, device: as given to `clipsim.search.search`.
+        here: the search runs on this machine (False: check the device names only).
 
     Raises:
         ArgumentError: k or block_rows below 1, an unknown device or precision, fp16 on a CPU.
     """
     check_int(k, "k (neighbours per test image)", minimum=1, maximum=100_000)
     check_int(block_rows, "block_rows (train rows per block)", minimum=1)
-    check_device(device)
-    check_screen_precision(precision, device)
+    check_device(device, here=here)
+    check_screen_precision(precision, device, here=here)
 
 
-def check_embed_args(batch_size: object, workers: object, device: object, shard_size: object = 1) -> None:
+def check_embed_args(batch_size: object, workers: object, device: object, shard_size: object = 1,
+                     here: bool = True) -> None:
     """The arguments of embedding (`embed_dataset`, the embed job kinds).
 
     Raises:
@@ -176,7 +191,7 @@ def check_embed_args(batch_size: object, workers: object, device: object, shard_
     check_int(batch_size, "batch_size (images per forward pass)", minimum=1)
     check_int(workers, "workers (image decoding processes; 0 = none)", minimum=0, maximum=256)
     check_int(shard_size, "shard_size (records per shard)", minimum=1)
-    check_device(device)
+    check_device(device, here=here)
 
 
 def parse_ids(text: str, what: str = "--ids") -> list[int]:

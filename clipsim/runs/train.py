@@ -20,7 +20,7 @@ from clipsim.runs.data import FULL, TrainData, materialise
 from clipsim.runs.log import checkpoints, parse_train_log, read_training_progress, summarise
 from clipsim.runs.presets import get_preset, launch_command, trainer_argv
 
-__all__ = ["random_control", "read_training_progress", "resolve_checkpoint", "train", "train_job"]
+__all__ = ["control_name", "random_control", "read_training_progress", "resolve_checkpoint", "train", "train_job"]
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
 POLL_S = 2.0  # how often the trainer's log is read for progress
@@ -42,7 +42,7 @@ def random_control(ws, manifest: str, web: str = "web", seed: int = 0) -> str:
     if manifest == FULL:
         raise WorkspaceError("a random control needs a pruned manifest to match in size, not 'full'")
     base = prune.load_manifest(ws, manifest)
-    name = f"{manifest}-random" + (f"{seed}" if seed else "")
+    name = control_name(manifest, seed)
     try:
         old = prune.load_manifest(ws, name)
         params = old.summary.get("params", {})
@@ -55,6 +55,11 @@ def random_control(ws, manifest: str, web: str = "web", seed: int = 0) -> str:
     prune.save_manifest(ws, name, "random", {"keep": int(base.kept_count), "seed": seed, "like": manifest}, stats,
                         removed, overwrite=True)
     return name
+
+
+def control_name(manifest: str, seed: int = 0) -> str:
+    """The name of the random control manifest of `manifest`: '<manifest>-random' (seed 0) or '<manifest>-random<seed>'."""
+    return f"{manifest}-random" + (f"{seed}" if seed else "")
 
 
 def _manifest_info(ws, manifest: str, web: str) -> dict:
