@@ -240,6 +240,7 @@ def check_datasets(ws, names: object, what: str = "datasets", role: str | None =
     missing = [n for n in names if n not in known]
     if missing:
         kind = f"{role} set" if role else "dataset"
-        raise ArgumentError(f"{what}: no {kind} {', '.join(map(repr, missing))} in workspace {ws.root} (registered "
-                            f"{kind}s: {', '.join(known) or 'none'}); register it first or fix the name")
+        raise ArgumentError(f"{what}: no dataset {', '.join(map(repr, missing))} registered"
+                            f"{' as a ' + kind if role else ''} in workspace {ws.root} (registered {kind}s: "
+                            f"{', '.join(known) or 'none'}); register it first or fix the name")
     return names

@@ -58,6 +58,7 @@ def name_type(what: str) -> Callable[[str], str]:
 
 POSITIVE = arg_type(checks.check_int, minimum=1)
 NON_NEGATIVE = arg_type(checks.check_int, minimum=0)
+SECONDS = arg_type(checks.check_float, minimum=0.0)
 DEVICE = arg_type(checks.check_device)
 
 

@@ -6,6 +6,7 @@ import json
 
 from clipsim import checks
 from clipsim.cli.common import DEVICE, NON_NEGATIVE, POSITIVE, command, csv_list, name_type, tqdm_progress
+from clipsim.names import check_writable
 from clipsim.status import workspace_status
 from clipsim.workspace import Workspace
 
@@ -51,6 +52,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     from clipsim.data.sources import open_source
 
+    check_writable(f"register dataset {args.name!r}")  # before the source folder is walked for class names
     ws = Workspace.create(args.workspace)
     classes = None
     if args.classes:

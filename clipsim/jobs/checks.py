@@ -248,8 +248,8 @@ def check_demo(ws, params: dict, launch: Launch) -> None:
 
 
 def check_sleep(ws, params: dict, launch: Launch) -> None:
-    """sleep (the test kind): seconds, steps, fail_at, fail, ignore_term, children."""
-    _only("sleep", params, {"seconds", "steps", "fail_at", "fail", "ignore_term", "children"})
+    """sleep (the test kind): seconds, steps, fail_at, fail, ignore_term, children, tag (any label)."""
+    _only("sleep", params, {"seconds", "steps", "fail_at", "fail", "ignore_term", "children", "tag"})
     _opt(params, "seconds", check_float, 0.0)
     _opt(params, "steps", check_int, 1)
     _opt(params, "fail_at", check_int, 0)

@@ -120,15 +120,25 @@ def _open(ws, path: Path, journal_mode: str) -> sqlite3.Connection:
                 recover_jobs(ws, con)  # a new (or emptied) database beside run folders: their jobs come back
             con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             con.execute("COMMIT")
+    except sqlite3.OperationalError as err:
+        con.close()
+        if "locked" not in str(err):
+            raise _unusable(ws, path, err) from err
+        raise WorkspaceError(f"{path} stayed locked by another process for {BUSY_TIMEOUT_S} s ({err}); try again, or "
+                             "find the process holding it (`fuser` on the file)") from err
     except sqlite3.DatabaseError as err:
         con.close()
-        runs = ws.path("runs")
-        raise WorkspaceError(
-            f"{path} is not a usable job database ({err}); move it aside (e.g. `mv {path} {path}.bad`): clipsim then "
-            f"rebuilds the job history from the run folders in {runs}. On filesystems without WAL support set "
-            "settings.jobs.journal_mode to 'delete'"
-        ) from err
+        raise _unusable(ws, path, err) from err
     return con
+
+
+def _unusable(ws, path: Path, err: Exception) -> WorkspaceError:
+    runs = ws.path("runs")
+    return WorkspaceError(
+        f"{path} is not a usable job database ({err}); move it aside (e.g. `mv {path} {path}.bad`): clipsim then "
+        f"rebuilds the job history from the run folders in {runs}. On filesystems without WAL support set "
+        "settings.jobs.journal_mode to 'delete'"
+    )
 
 
 @contextmanager

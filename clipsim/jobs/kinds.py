@@ -149,7 +149,7 @@ def sleep_job(ws, params: dict, ctx: JobContext) -> dict:
     params: seconds (1.0), steps (10), fail_at (step at which to raise; `fail: true` = halfway),
     ignore_term (ignore SIGTERM/SIGINT and never check for cancellation: a stuck worker), children (0: how many
     child processes to start first, each with a grandchild in its own session, like torchrun and its ranks; their
-    pids go to children.json).
+    pids go to children.json), tag (a label that only tells otherwise identical jobs apart).
 
     Returns:
         {"slept_s", "steps"}.
