@@ -6,6 +6,7 @@ argument is refused before anything is written, with the same message wherever i
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 
 from clipsim.errors import ArgumentError
@@ -28,8 +29,8 @@ def check_int(value: object, what: str, minimum: int | None = 1, maximum: int | 
         ArgumentError: not an integer, or out of range.
     """
     number = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        number = int(value)  # numpy integers too
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
     elif isinstance(value, str):
@@ -52,7 +53,7 @@ def check_float(value: object, what: str, minimum: float | None = None, maximum:
         ArgumentError: not a finite number, or out of range.
     """
     number = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
         number = float(value)
     elif isinstance(value, str):
         try:

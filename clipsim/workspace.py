@@ -236,8 +236,14 @@ def check_registry(registry: object, path: Path) -> dict:
     if not isinstance(datasets, dict):
         raise WorkspaceError(f"{path} has no \"datasets\" object (got {datasets!r:.60}); a workspace registry lists its "
                              f"datasets there, e.g. \"datasets\": {{}}; {fix}")
-    if not isinstance(registry.get("settings", {}), dict):
+    settings = registry.get("settings", {})
+    if not isinstance(settings, dict):
         raise WorkspaceError(f"\"settings\" in {path} must be a JSON object; {fix}")
+    bad = [k for k in ("jobs", "slurm", "presets", "similarity_model") if not isinstance(settings.get(k, {}), dict)]
+    if bad or not isinstance(settings.get("reference", ""), (str, type(None))):
+        raise WorkspaceError(f"settings.{(bad or ['reference'])[0]} in {path} has the wrong type "
+                             f"({settings.get((bad or ['reference'])[0])!r:.40}): jobs, slurm, presets and "
+                             f"similarity_model are objects, reference a dataset name; {fix}")
     for name, entry in datasets.items():
         try:
             check_name(name)

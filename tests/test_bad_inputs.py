@@ -236,6 +236,9 @@ SETTINGS_CASES = {
     "jobs.slots 0": ({"jobs": {"slots": 0}}, ["run-job", "--kind", "sleep"], r"settings\.jobs\.slots = 0"),
     "preset epochs abc": ({"presets": {"demo": {"epochs": "abc"}}}, ["train"], r"epochs"),
     "reference unknown": ({"reference": "nope"}, ["search", "--force"], r"settings\.reference: no dataset 'nope'"),
+    "reference a number": ({"reference": 5}, ["status"], r"settings\.reference in .* has the wrong type"),
+    "jobs a number": ({"jobs": 5}, ["run-job", "--kind", "sleep"], r"settings\.jobs in .* has the wrong type"),
+    "slurm a list": ({"slurm": []}, ["status"], r"settings\.slurm in .* has the wrong type"),
 }
 
 

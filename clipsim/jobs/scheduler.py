@@ -128,6 +128,7 @@ def launch(ws, kind: str, params: dict | None = None, backend: str | None = None
         raise ClipsimError(f"params of the {kind!r} job must be JSON-able ({err}): {params!r}") from err
     backend = backend or ws.settings.get("jobs", {}).get("backend", "local")
     get_backend(backend)
+    slot_count(ws)  # a bad settings.jobs.slots is refused now, not after the record is written
     depends_on = ",".join(depends_on) if isinstance(depends_on, (list, tuple)) else depends_on
     check_params(ws, kind, params, Launch(backend, waits=bool(depends_on)))
     job = Job(id=db.new_job_id(kind), kind=kind, params=params, created=time.time(), backend=backend,
