@@ -222,6 +222,26 @@ def test_malformed_registry_is_named_with_the_fix(ws, capsys, case):
     Workspace.open(ws.root).datasets()  # usable again once the file is fixed
 
 
+@pytest.mark.parametrize("page", ["prune", "runs", "overview"])
+def test_pages_show_a_bad_registry_as_an_error_not_a_traceback(ws, monkeypatch, page):
+    """A 300-character dataset name in the registry (edited by hand): an st.error naming the file, the name and the
+    fix; before, the Prune page showed an OSError traceback (File name too long)."""
+    from streamlit.testing.v1 import AppTest
+
+    path = ws.path("clipsim.json")
+    original = path.read_bytes()
+    monkeypatch.setenv("CLIPSIM_WORKSPACE", str(ws.root))
+    try:
+        path.write_text(json.dumps(_with_dataset(_registry(ws), LONG, _registry(ws)["datasets"]["web"])))
+        at = AppTest.from_file(str(ROOT / "pages" / f"{page}.py"), default_timeout=90).run()
+    finally:
+        path.write_bytes(original)
+    OUTCOMES["cases"] += 1
+    assert not at.exception, at.exception
+    assert any("300 characters long" in e.value and "clipsim.json" in e.value for e in at.error), [e.value for e in at.error]
+    OUTCOMES["clear errors"] += 1
+
+
 def test_registry_that_is_not_json_is_named(ws, capsys):
     path = ws.path("clipsim.json")
     original = path.read_bytes()
