@@ -196,7 +196,7 @@ def test_train_faults_leave_no_orphan_and_a_rerun_trains_the_same_model(train_ws
     os.kill(_training(ws, second.id)["trainer_pid"], signal.SIGKILL)  # the trainer dies mid-training
     second = wait(ws, second.id, timeout=120)
     assert second.state == "failed" and "exit code -9" in second.error
-    assert job_processes(second.id) == []
+    _until(lambda: job_processes(second.id) == [], timeout=30, what="the worker to exit, leaving nothing behind")
 
     rerun = wait(ws, launch(ws, "train", params).id, timeout=600)
     control = wait(ws, launch(ws, "train", params, dedupe=False).id, timeout=600)

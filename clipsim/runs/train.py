@@ -16,6 +16,7 @@ from pathlib import Path
 
 from clipsim import fileio
 from clipsim.errors import ClipsimError, WorkspaceError
+from clipsim.names import check_writable
 from clipsim.runs.data import FULL, TrainData, materialise
 from clipsim.runs.log import checkpoints, parse_train_log, read_training_progress, summarise
 from clipsim.runs.presets import get_preset, launch_command, trainer_argv
@@ -190,7 +191,9 @@ def train(ws, manifest: str = FULL, web: str = "web", preset: str = "demo", over
 
     Raises:
         WorkspaceError: unknown manifest, preset or web set. ClipsimError: the trainer failed (log tail included).
+        ReadOnlyError: the workspace is served read-only (nothing is written).
     """
+    check_writable(f"train on manifest {manifest!r}")
     control_of = None
     if control == "random":
         control_of, manifest = manifest, random_control(ws, manifest, web, seed)
