@@ -7,7 +7,6 @@
 Backends: 'local' (a detached process) and 'slurm' (submitit). There is no daemon: `launch`, `reconcile` and
 every finishing worker start queued jobs.
 """
-from clipsim.jobs.backends import SLURM_DEFAULTS
 from clipsim.jobs.checks import Launch, check_params
 from clipsim.jobs.db import ACTIVE, STATES, Job
 from clipsim.jobs.kinds import KINDS, register_kind
@@ -22,6 +21,7 @@ from clipsim.jobs.scheduler import (
     slot_count,
     wait,
 )
+from clipsim.jobs.slurm import SLURM_DEFAULTS
 from clipsim.jobs.status import jobs_frame, read_progress, tail_log
 
 _WORKER_NAMES = ("JobCancelled", "JobContext", "run_job")  # imported on use: `python -m clipsim.jobs.worker` must

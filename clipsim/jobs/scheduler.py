@@ -275,7 +275,7 @@ def reconcile(ws, start_backends: tuple[str, ...] | None = None) -> list[Job]:
             continue
         if not backend.alive(ws, job):
             _mark_dead(ws, job, backend.exit_code(job), f"the worker process {job.backend_id} ({job.backend}) ended "
-                       "without recording a result (killed, out of memory, node failure or time limit)")
+                       f"without recording a result ({backend.end_note(job)})")
     _start_ready(ws, start_backends)
     reap_children()
     return list_jobs(ws, states=ACTIVE)
