@@ -2,7 +2,7 @@
 import streamlit as st
 
 from clipsim.ui import nav
-from clipsim.ui.common import read_only_banner, workspace_root
+from clipsim.ui.common import page_failed, read_only_banner, workspace_root
 
 nav.configure()
 with st.sidebar:
@@ -10,4 +10,7 @@ with st.sidebar:
     read_only_banner()
 page = st.navigation(nav.pages())
 with nav.routed():
-    page.run()
+    try:
+        page.run()
+    except Exception as err:  # noqa: BLE001  (a page's unexpected error: one message, never a raw traceback)
+        page_failed(err)

@@ -2,7 +2,7 @@
 import streamlit as st
 
 from clipsim.errors import ClipsimError
-from clipsim.names import read_only
+from clipsim.names import check_name, read_only
 from clipsim.prune.rules import default_name
 from clipsim.runs import pipeline
 from clipsim.ui import loaders, pruning, share
@@ -33,7 +33,7 @@ else:
                                   bind=BIND,
                                   format_func={"rule": "a new pruning rule", "manifest": "an existing manifest"}.get)
     web = ws.web_set()
-    spec, manifest = None, None
+    spec, manifest, name_error = None, None, None
     if source == "manifest" and len(manifests):
         manifest = st.selectbox("Manifest", list(manifests["name"]), key="runs_manifest", bind=BIND)
     elif source == "manifest":
@@ -45,7 +45,12 @@ else:
         spec = pruning.rule_spec_input(rule, loaders.dataset_count(ws, web), tests, list(manifests["name"]), web,
                                        prefix="runs_")
         manifest = st.text_input("Manifest name", default_name(spec), key=f"runs_name_{default_name(spec)}")
-        if manifest in set(manifests["name"]):
+        try:
+            check_name(manifest, "manifest")
+        except ClipsimError as err:
+            name_error = str(err)
+            st.error(name_error, icon=":material/error:")
+        if not name_error and manifest in set(manifests["name"]):
             st.caption(f"Manifest `{manifest}` exists and is reused as saved; rename it to prune anew.")
     preset, overrides = preset_form(ws)
     left, right = st.columns(2)
@@ -53,7 +58,7 @@ else:
                             disabled=spec is not None and spec.rule == "random")
     full = right.checkbox("Also the full web set", value=True, key="runs_full", bind=BIND)
     if st.button("Queue prune → train → evaluate", type="primary", key="runs_launch",
-                 disabled=manifest is None and not full):
+                 disabled=bool(name_error) or (manifest is None and not full)):
         try:
             queued = pipeline.queue_pipeline(ws, manifest=manifest, spec=spec, preset=preset, overrides=overrides,
                                              random_control=control and (spec is None or spec.rule != "random"),

@@ -183,7 +183,7 @@ def test_identical_launch_returns_the_same_job(ws):
     first = launch(ws, "sleep", LONG)
     assert launch(ws, "sleep", {"steps": 600, "seconds": 60}).id == first.id  # same params, other key order
     ids: list[str] = []
-    threads = [threading.Thread(target=lambda: ids.append(launch(ws, "sleep", {**LONG, "x": 1}).id)) for _ in range(4)]
+    threads = [threading.Thread(target=lambda: ids.append(launch(ws, "sleep", {**LONG, "tag": 1}).id)) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from clipsim.cli.common import command, csv_list, tqdm_progress
+from clipsim.cli.common import NON_NEGATIVE, command, csv_list, name_type, tqdm_progress
 from clipsim.errors import ClipsimError
 from clipsim.prune import RULES
 from clipsim.prune.manifest import list_manifests, save_rule
@@ -14,8 +14,8 @@ from clipsim.workspace import Workspace
 
 def _prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rule", required=True, choices=RULES)
-    p.add_argument("--name", help="manifest name, saved under W/manifests/NAME (default from the rule, e.g. "
-                                  "similarity-gap_d0, threshold_t0.85, near_keep0.5)")
+    p.add_argument("--name", type=name_type("manifest"), help="manifest name, saved under W/manifests/NAME (default "
+                   "from the rule, e.g. similarity-gap_d0, threshold_t0.85, near_keep0.5)")
     p.add_argument("--web", help="web train set (default: the first train set that is not the reference)")
     p.add_argument("--reference", help="reference train set for similarity-gap (default: the workspace's reference)")
     p.add_argument("--tests", help="comma-separated test sets (default: all)")
@@ -23,10 +23,10 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     cut.add_argument("--tau", type=float, help="threshold: remove x if max_t cos(x, t) > TAU")
     cut.add_argument("--delta", type=float, help="similarity-gap: remove x if some cos(x, t) > s_ref(t) + DELTA (default 0)")
     cut.add_argument("--remove-fraction", type=float, help="threshold / similarity-gap: the cut removing closest to this share")
-    cut.add_argument("--keep", type=int, help="near / far / random: samples to keep")
+    cut.add_argument("--keep", type=NON_NEGATIVE, help="near / far / random: samples to keep")
     cut.add_argument("--keep-fraction", type=float, help="near / far / random: share of samples to keep, in (0, 1]")
     cut.add_argument("--like", help="random: keep as many samples as this manifest keeps")
-    p.add_argument("--seed", type=int, help="random: seed (default 0)")
+    p.add_argument("--seed", type=NON_NEGATIVE, help="random: seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing manifest of that name")
 
 

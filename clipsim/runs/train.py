@@ -16,11 +16,12 @@ from pathlib import Path
 
 from clipsim import fileio
 from clipsim.errors import ClipsimError, WorkspaceError
+from clipsim.names import check_writable
 from clipsim.runs.data import FULL, TrainData, materialise
 from clipsim.runs.log import checkpoints, parse_train_log, read_training_progress, summarise
 from clipsim.runs.presets import get_preset, launch_command, trainer_argv
 
-__all__ = ["random_control", "read_training_progress", "resolve_checkpoint", "train", "train_job"]
+__all__ = ["control_name", "random_control", "read_training_progress", "resolve_checkpoint", "train", "train_job"]
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
 POLL_S = 2.0  # how often the trainer's log is read for progress
@@ -44,7 +45,7 @@ def random_control(ws, manifest: str, web: str | None = None, seed: int = 0) -> 
     if manifest == FULL:
         raise WorkspaceError("a random control needs a pruned manifest to match in size, not 'full'")
     base = prune.load_manifest(ws, manifest)
-    name = f"{manifest}-random" + (f"{seed}" if seed else "")
+    name = control_name(manifest, seed)
     try:
         old = prune.load_manifest(ws, name)
         params = old.summary.get("params", {})
@@ -54,6 +55,11 @@ def random_control(ws, manifest: str, web: str | None = None, seed: int = 0) -> 
         pass
     save_rule(ws, RuleSpec("random", like=manifest, seed=seed, web=web), name, overwrite=True)
     return name
+
+
+def control_name(manifest: str, seed: int = 0) -> str:
+    """The name of the random control manifest of `manifest`: '<manifest>-random' (seed 0) or '<manifest>-random<seed>'."""
+    return f"{manifest}-random" + (f"{seed}" if seed else "")
 
 
 def _manifest_info(ws, manifest: str, web: str) -> dict:
@@ -184,7 +190,9 @@ def train(ws, manifest: str = FULL, web: str | None = None, preset: str = "demo"
 
     Raises:
         WorkspaceError: unknown manifest, preset or web set. ClipsimError: the trainer failed (log tail included).
+        ReadOnlyError: the workspace is served read-only (nothing is written).
     """
+    check_writable(f"train on manifest {manifest!r}")
     control_of, web = None, ws.web_set(web)
     if control == "random":
         control_of, manifest = manifest, random_control(ws, manifest, web, seed)
