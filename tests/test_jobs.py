@@ -19,6 +19,7 @@ from clipsim.cli import main
 from clipsim.errors import ClipsimError, ReadOnlyError
 from clipsim.jobs import (
     ACTIVE,
+    Job,
     cancel,
     describe_job,
     get_job,
@@ -227,12 +228,14 @@ def test_depends_on_waits_for_done_and_fails_with_its_dependency(ws):
 def test_a_cancelled_dependency_cancels_and_the_monitor_says_why_a_job_waits(ws):
     ws.update_settings(jobs={"slots": 1})
     long = launch(ws, "sleep", LONG)
-    after = launch(ws, "train", {"manifest": "gap", "control": "random", "web": "web"}, depends_on=long.id)
+    after = launch(ws, "sleep", {"seconds": 0.1, "steps": 1, "tag": "after"}, depends_on=long.id)
     free = launch(ws, "sleep", {"seconds": 0.1, "steps": 1, "tag": "waits for a slot"})
     assert waiting_for(ws, get_job(ws, after.id)) == f"waiting for job {long.id} (running)"
     assert waiting_for(ws, get_job(ws, free.id)) == "waiting for a free slot (1 of 1 busy)"
-    assert describe_job(after) == "train on manifest gap (random control of the same size)"
-    assert describe_job(launch(ws, "train", {"manifest": "full"}, depends_on=long.id)) == "train on the full web set"
+    control = Job("t1", "train", {"manifest": "gap", "control": "random", "web": "web"})
+    assert describe_job(control) == "train on manifest gap (random control of the same size)"
+    assert describe_job(Job("t2", "train", {"manifest": "full"})) == "train on the full web set"
+    assert describe_job(Job("p", "prune", {"rule": "near", "keep": 0.5, "name": "n"})) == "prune (near) into manifest n"
     cancel(ws, long.id, grace=1.0)
     after = wait(ws, after.id, timeout=30)
     assert after.state == "cancelled" and f"dependency {long.id} was cancelled" in after.error
