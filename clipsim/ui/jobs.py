@@ -72,7 +72,7 @@ def _job_row(ws, job: jobs.Job, key: str) -> None:
 
 def _read(ws, kinds, limit: int) -> list[jobs.Job] | None:
     try:
-        if not read_only():
+        if not read_only() and jobs.list_jobs(ws, states=jobs.ACTIVE, limit=1):  # nothing active: nothing to do
             jobs.reconcile(ws)
         return jobs.list_jobs(ws, kind=kinds, limit=limit)
     except ClipsimError as err:
@@ -92,8 +92,8 @@ def job_monitor(ws, kinds: str | list[str] | None = None, limit: int = 20, key: 
 
     While a shown job is queued or running the monitor refreshes every POLL_S seconds, and when one ends it reruns
     the whole page (a finished map, manifest or result appears at once). Otherwise it draws once and only watches
-    the jobs database's stamp every WATCH_S seconds. Each refresh reconciles (starts queued jobs, notices dead ones)
-    unless the app is read-only, where the cancel buttons are hidden too.
+    the jobs database's stamp every WATCH_S seconds. While any job is queued or running, each refresh reconciles
+    (starts queued jobs, notices dead ones) unless the app is read-only, where the cancel buttons are hidden too.
 
     Args:
         ws: the workspace.
