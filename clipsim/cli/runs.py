@@ -28,7 +28,8 @@ def _wait_args(p: argparse.ArgumentParser) -> None:
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", default="full", type=name_type("manifest"),
                    help="manifest name, or 'full' for the whole web set")
-    p.add_argument("--web", default="web", type=name_type("dataset"), help="the web train set")
+    p.add_argument("--web", type=name_type("dataset"),
+                   help="the web train set (default: the first train set that is not the reference)")
     p.add_argument("--preset", default="demo", help="training preset: demo, paper or one from settings.presets")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="preset override, e.g. --set epochs=1")
     p.add_argument("--control", choices=["random"], help="train on a random subset as large as the manifest")
@@ -43,7 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     ws = Workspace.open(args.workspace)
     overrides = _overrides(args.set)
-    params = {"manifest": args.manifest, "web": args.web, "preset": args.preset, "overrides": overrides}
+    params = {"manifest": args.manifest, "web": ws.web_set(args.web), "preset": args.preset, "overrides": overrides}
     if args.control:
         params.update(control=args.control, seed=args.seed)
     job = jobs.launch(ws, "train", params, backend=args.backend, resources=train_resources(ws, args.preset, overrides))
