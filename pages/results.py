@@ -4,9 +4,11 @@ import streamlit as st
 from clipsim.plots import results as plots_results
 from clipsim.runs.results import latest_per_run, results_frame
 from clipsim.ui import evidence, loaders, share
+from clipsim.ui.nav import page_setup
 from clipsim.ui.runs import HAS_KALEIDO, PNG_NOTE, figure_downloads
 from clipsim.ui.state import BIND
 
+page_setup(__file__)
 st.title("Results")
 st.caption("Zero-shot top-1 of CLIP models retrained on the full web set, on pruned sets and on random subsets of "
            "the same size. If pruning the images most similar to a benchmark barely lowers its accuracy, train-test "
@@ -29,7 +31,7 @@ summary = evidence.summary(ws, frame)
 bars = plots_results.accuracy_bars(frame, summary=summary)
 st.plotly_chart(bars, key="results_bars")
 st.caption("Bars: mean over training seeds; error bars: 95% bootstrap interval over test images; dots: single seeds; "
-           "dotted: chance (1 / classes).")
+           "dashes: chance (1 / classes).")
 figure_downloads(bars, summary, "accuracy_per_test_set", "dl_bars")
 
 st.subheader("Pruned against its random control")

@@ -130,6 +130,17 @@ def test_accuracy_by_similarity_and_right_wrong(results_ws):
     assert table["s_web"].is_monotonic_decreasing
 
 
+def decode(value):
+    """Plotly JSON with its base64 typed arrays decoded into lists."""
+    import base64
+
+    if isinstance(value, dict) and "bdata" in value and "dtype" in value:
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).tolist()
+    if isinstance(value, dict):
+        return {k: decode(v) for k, v in value.items()}
+    return [decode(v) for v in value] if isinstance(value, list) else value
+
+
 def test_results_page_shows_intervals_seeds_chance_and_comparisons(results_ws, monkeypatch):
     import json
 
@@ -139,8 +150,8 @@ def test_results_page_shows_intervals_seeds_chance_and_comparisons(results_ws, m
     monkeypatch.delenv("CLIPSIM_READ_ONLY", raising=False)
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "results.py"), default_timeout=120).run()
     assert not at.exception
-    charts = {json.loads(c.proto.spec)["layout"]["title"]["text"]: json.loads(c.proto.spec)
-              for c in at.get("plotly_chart")}
+    charts = {spec["layout"]["title"]["text"]: spec for spec in (decode(json.loads(c.proto.spec))
+                                                                  for c in at.get("plotly_chart"))}
     bars = charts["Zero-shot top-1 accuracy per test set"]
     frame = results_frame(results_ws)
     summary = compare.arm_intervals(results_ws, frame).set_index("model")

@@ -15,8 +15,10 @@ from clipsim.runs.results import latest_per_run, model_label, seed_summary
 FULL_COLOUR = "#4c78a8"  # the unpruned model
 PRUNED_COLOURS = ["#e45756", "#f58518", "#b279a2", "#9d755d", "#54a24b", "#72b7b2"]
 RANDOM_COLOUR = "#9e9e9e"  # random controls: grey, dashed where drawn as lines
-CHANCE_COLOUR = "#555555"  # the accuracy of guessing: 1 / scored classes, dotted
 DIAGONAL_COLOUR = "#222222"
+CHANCE_COLOUR = "#555555"  # zero-shot chance, 1 / classes scored: the floor every accuracy is read against
+SYMBOLS = {"full": "circle", "pruned": "diamond", "random": "x"}
+KIND_NAMES = {"full": "full web set", "pruned": "pruned", "random": "random control"}
 
 
 def _kind(frame: pd.DataFrame) -> pd.Series:
@@ -29,13 +31,36 @@ def _kind(frame: pd.DataFrame) -> pd.Series:
 
 
 def _models(frame: pd.DataFrame) -> pd.DataFrame:
-    """Newest checkpoint per run, with `model` (label) and `kind` columns, ordered full, pruned+control pairs."""
+    """Newest checkpoint per run, with `model` (label) and `kind` columns, ordered full, pruned+control pairs; test
+    sets keep the frame's order (results_frame: registry order)."""
     latest = latest_per_run(frame).copy()
     latest["model"], latest["kind"] = model_label(latest), _kind(latest)
     base = np.where(latest["control_of"].fillna("") != "", latest["control_of"].fillna(""), latest["manifest"])
     latest["_order"] = latest["kind"].map({"full": 0, "pruned": 1, "random": 1}).astype(int)
     latest["_base"], latest["_ctl"] = base, (latest["kind"] == "random").astype(int)
-    return latest.sort_values(["_order", "_base", "_ctl", "run", "test"], kind="stable", ignore_index=True)
+    latest["_test"] = latest["test"].map({t: i for i, t in enumerate(dict.fromkeys(frame["test"]))})
+    return latest.sort_values(["_order", "_base", "_ctl", "run", "_test"], kind="stable", ignore_index=True)
+
+
+def chance(frame: pd.DataFrame) -> pd.Series:
+    """Zero-shot chance accuracy per test set, 1 / classes scored (NaN where the class count is unknown)."""
+    classes = frame.groupby("test", sort=False)["classes"].max()
+    return (1.0 / classes.where(classes > 0)).astype(float)
+
+
+def unit_range(values, floor: bool = False) -> list[float]:
+    """An axis range for shares in [0, 1] that fits the values with a margin and never runs past 0% or 100%.
+
+    Args:
+        values: the plotted values (NaN ignored).
+        floor: start at 0 (bars).
+    """
+    vals = np.asarray([v for v in np.ravel(np.asarray(values, dtype=np.float64)) if np.isfinite(v)])
+    if not len(vals):
+        return [0.0, 1.0]
+    lo, hi = float(vals.min()), float(vals.max())
+    pad = 0.08 * max(hi - lo, 0.1)
+    return [0.0 if floor else max(0.0, lo - pad), min(1.0, hi + pad)]
 
 
 def bars_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -47,25 +72,12 @@ def bars_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def _chance_marks(fig: go.Figure, summary: pd.DataFrame, tests: list[str]) -> None:
-    """A dotted line across each test set's bar group at its chance level (1 / scored classes)."""
-    chance = summary.groupby("test")["chance"].first().reindex(tests)
-    for i, value in enumerate(chance):
-        if np.isfinite(value):
-            fig.add_shape(type="line", xref="x", yref="y", x0=i - 0.45, x1=i + 0.45, y0=value, y1=value,
-                          line={"color": CHANCE_COLOUR, "dash": "dot", "width": 2})
-    if chance.notna().any():
-        fig.add_annotation(x=len(tests) - 0.55, y=float(chance.iloc[-1]), text="chance", showarrow=False,
-                           xanchor="left", yanchor="bottom", font={"color": CHANCE_COLOUR, "size": 11})
-
-
 def accuracy_bars(frame: pd.DataFrame, tests: list[str] | None = None, summary: pd.DataFrame | None = None
                   ) -> go.Figure:
     """Grouped bars: zero-shot top-1 per test set, one bar per model (full, pruned, random controls side by side).
 
-    A bar is the mean over the model's training seeds; its error bar the 95% bootstrap interval over test images
-    (clipsim.runs.compare.arm_intervals; a single run's stored interval by default); black dots the seeds; dotted
-    lines the chance level.
+    A bar is the mean over the model's training seeds, its error bar the 95% bootstrap interval over test images
+    (clipsim.runs.compare.arm_intervals; by default a single run's stored interval), black dots the single seeds.
 
     Args:
         frame: result rows.
@@ -96,19 +108,16 @@ def accuracy_bars(frame: pd.DataFrame, tests: list[str] | None = None, summary: 
             fig.add_scatter(x=rows["test"], y=rows["accuracy"], mode="markers", offsetgroup=model,
                             name=f"{model} · seeds", showlegend=False, marker={"color": "#111111", "size": 6},
                             text=rows["seed"].astype(str), hovertemplate="seed %{text}: %{y:.1%}<extra></extra>")
-    _chance_marks(fig, summary, tests)
-    fig.update_layout(barmode="group", scattermode="group", title="Zero-shot top-1 accuracy per test set", height=420,
-                      yaxis_title="top-1 accuracy", yaxis_tickformat=".0%", xaxis_title="test set",
+    floor = chance(frame).reindex(tests)
+    fig.add_scatter(x=tests, y=floor, mode="markers", name="chance (1 / classes)",
+                    marker={"symbol": "line-ew-open", "size": 44, "color": CHANCE_COLOUR, "line": {"width": 2}},
+                    hovertemplate="%{x}: chance %{y:.1%}<extra></extra>")
+    fig.update_layout(barmode="group", scattermode="group", title="Zero-shot top-1 accuracy per test set",
+                      height=420, yaxis_title="top-1 accuracy", yaxis_tickformat=".0%", xaxis_title="test set",
+                      yaxis_range=unit_range(np.r_[models["accuracy"].to_numpy(float), floor.to_numpy(),
+                                                   summary["ci_high"].to_numpy(float)], floor=True),
                       legend_title_text="trained on", margin={"l": 10, "r": 10, "t": 50, "b": 10})
     return fig
-
-
-def _chance(frame: pd.DataFrame, test: str | None) -> float:
-    """The chance level (1 / scored classes) of one test set, or its mean over test sets; NaN when unknown."""
-    rows = frame if test is None else frame[frame["test"] == test]
-    classes = rows.groupby("test")["classes"].first()
-    classes = classes[classes > 0]
-    return float((1.0 / classes).mean()) if len(classes) else float("nan")
 
 
 def pruned_table(frame: pd.DataFrame, test: str | None = None) -> pd.DataFrame:
@@ -147,13 +156,16 @@ def accuracy_vs_pruned(frame: pd.DataFrame, test: str | None = None) -> go.Figur
         fig.add_scatter(x=full["pruned_fraction"], y=full["accuracy"], mode="markers", name="full web",
                         marker={"color": FULL_COLOUR, "size": 10}, text=full["model"],
                         hovertemplate="%{text}: %{y:.1%}<extra></extra>")
-    chance = _chance(frame, test)
-    if np.isfinite(chance):
-        fig.add_hline(y=chance, line={"color": CHANCE_COLOUR, "dash": "dot"}, annotation_text="chance",
-                      annotation_position="bottom right")
+    floor = chance(frame)
+    floor = float(floor.get(test, np.nan)) if test else float(floor.mean())
+    if np.isfinite(floor):
+        fig.add_hline(y=floor, line={"color": CHANCE_COLOUR, "dash": "dot", "width": 1.5},
+                      annotation_text=f"chance {floor:.1%}", annotation_position="bottom right")
     what = f"on {test}" if test else "mean over test sets"
     fig.update_layout(title=f"Accuracy ({what}) against the share of the web set pruned", height=420,
                       xaxis_title="fraction of web samples removed", xaxis_tickformat=".0%",
+                      xaxis_range=unit_range(np.r_[0.0, table["pruned_fraction"].to_numpy(float)], floor=True),
+                      yaxis_range=unit_range(np.r_[table["accuracy"].to_numpy(float), floor]),
                       yaxis_title="top-1 accuracy", yaxis_tickformat=".0%", margin={"l": 10, "r": 10, "t": 50, "b": 10})
     return fig
 
@@ -173,25 +185,34 @@ def robustness_table(frame: pd.DataFrame, id_test: str = "val") -> pd.DataFrame:
 
 
 def effective_robustness(frame: pd.DataFrame, id_test: str = "val") -> go.Figure:
-    """In-distribution vs out-of-distribution accuracy, one point per (model, OOD test set), with y = x."""
+    """In-distribution vs out-of-distribution accuracy, one point per (model, OOD test set), with y = x, chance and
+    a legend for both encodings: colour = test set, marker = model kind."""
     table = robustness_table(frame, id_test)
-    symbols = {"full": "circle", "pruned": "diamond", "random": "x"}
+    floor = chance(frame)
     fig = go.Figure()
     for i, (test, rows) in enumerate(table.groupby("test", sort=False)):
         fig.add_scatter(x=rows["id_accuracy"], y=rows["ood_accuracy"], mode="markers", name=test,
+                        legendgroup="tests", legendgrouptitle_text="colour: test set",
                         marker={"size": 11, "color": PRUNED_COLOURS[i % len(PRUNED_COLOURS)],
-                                    "symbol": [symbols[k] for k in rows["kind"]]},
+                                "symbol": [SYMBOLS[k] for k in rows["kind"]]},
                         text=rows["model"], hovertemplate="%{text}<br>" + id_test + " %{x:.1%}, " + test +
                         " %{y:.1%}<extra></extra>")
-    hi = float(np.nanmax(table[["id_accuracy", "ood_accuracy"]].to_numpy())) if len(table) else 1.0
-    chance = _chance(frame, None)
-    if np.isfinite(chance):
-        fig.add_hline(y=chance, line={"color": CHANCE_COLOUR, "dash": "dot"}, annotation_text="chance")
-        fig.add_vline(x=chance, line={"color": CHANCE_COLOUR, "dash": "dot"})
-    fig.add_scatter(x=[0, hi], y=[0, hi], mode="lines", name="y = x", line={"color": DIAGONAL_COLOUR, "dash": "dot"})
+    for kind in dict.fromkeys(table["kind"]):  # legend-only entries explaining the marker shapes
+        fig.add_scatter(x=[None], y=[None], mode="markers", name=KIND_NAMES[kind], legendgroup="kinds",
+                        legendgrouptitle_text="marker: trained on",
+                        marker={"size": 11, "color": "#888888", "symbol": SYMBOLS[kind]})
+    tests = list(dict.fromkeys(table["test"]))
+    points = [(floor.get(id_test, np.nan), floor.get(t, np.nan)) for t in tests]
+    if tests and all(np.isfinite(p).all() for p in points):
+        fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="markers", text=tests,
+                        name="chance (1 / classes)", marker={"symbol": "star-open", "size": 10, "color": CHANCE_COLOUR},
+                        hovertemplate="chance: " + id_test + " %{x:.1%}, %{text} %{y:.1%}<extra></extra>")
+    values = np.r_[table[["id_accuracy", "ood_accuracy"]].to_numpy(float).ravel(), np.ravel(points)]
+    axis = unit_range(values)
+    fig.add_scatter(x=axis, y=axis, mode="lines", name="y = x", line={"color": DIAGONAL_COLOUR, "dash": "dot"})
     fig.update_layout(title=f"Effective robustness: {id_test} (in distribution) vs other test sets", height=460,
                       xaxis_title=f"{id_test} top-1", yaxis_title="out-of-distribution top-1",
-                      xaxis_tickformat=".0%", yaxis_tickformat=".0%", legend_title_text="test set (marker: model)",
+                      xaxis_tickformat=".0%", yaxis_tickformat=".0%", xaxis_range=axis, yaxis_range=axis,
                       margin={"l": 10, "r": 10, "t": 50, "b": 10})
     return fig
 

@@ -101,6 +101,18 @@ def control_pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
     return pairs
 
 
+def compare_pairs(ws, frame: pd.DataFrame, pairs: list[tuple[str, str]] | None = None,
+                  tests: list[str] | None = None) -> pd.DataFrame:
+    """compare_models for several (a, b) model pairs, by default every pruned model against its random control.
+
+    Returns:
+        COMPARE_COLUMNS, one row per pair and test set (empty when there is nothing to compare).
+    """
+    parts = [compare_models(ws, frame, a, b, tests) for a, b in (control_pairs(frame) if pairs is None else pairs)]
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COMPARE_COLUMNS)
+
+
 def similarity_bins(s: np.ndarray, bins: int) -> np.ndarray:
     """Edges of `bins` equal-count bins of s (quantiles; repeated edges merged): (m + 1,) float64."""
     edges = np.unique(np.quantile(np.asarray(s, np.float64), np.linspace(0, 1, bins + 1)))

@@ -11,7 +11,6 @@ from clipsim import views
 from clipsim.errors import ClipsimError
 from clipsim.plots.evidence import accuracy_by_similarity_figure, paired_difference_figure
 from clipsim.runs import compare
-from clipsim.runs.pipeline import default_web
 from clipsim.runs.predictions import PREDICTIONS
 from clipsim.runs.results import RESULTS_FILE
 from clipsim.ui import gallery
@@ -39,8 +38,7 @@ def summary(ws, frame: pd.DataFrame) -> pd.DataFrame:
 
 @st.cache_data(show_spinner="Paired bootstrap…", max_entries=8)
 def _comparisons(root: str, stamp: tuple, _ws, _frame: pd.DataFrame) -> pd.DataFrame:
-    parts = [compare.compare_models(_ws, _frame, a, b) for a, b in compare.control_pairs(_frame)]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=compare.COMPARE_COLUMNS)
+    return compare.compare_pairs(_ws, _frame)
 
 
 def control_comparisons(ws, frame: pd.DataFrame) -> None:
@@ -64,7 +62,7 @@ def by_similarity(ws, frame: pd.DataFrame, tests: list[str]) -> None:
     """Accuracy of every model within equal-count bins of s_web(t) on one test set, with the chance level."""
     test = st.selectbox("Test set", tests, key="results_sim_test", bind=BIND)
     try:
-        web = default_web(ws)
+        web = ws.web_set()
         bins = compare.accuracy_by_similarity(ws, frame, test, web)
     except ClipsimError as err:
         st.info(str(err), icon=":material/info:")
