@@ -159,8 +159,8 @@ def test_results_page_shows_intervals_seeds_chance_and_comparisons(results_ws, m
     assert gap["error_y"]["array"][0] == pytest.approx(summary.loc["gap", "ci_high"] - summary.loc["gap", "accuracy"])
     seeds = next(t for t in bars["data"] if t["name"] == "gap · seeds")
     assert len(seeds["y"]) == 3  # one dot per seed
-    chance = [s for s in bars["layout"]["shapes"] if s["line"]["dash"] == "dot"]
-    assert chance and chance[0]["y0"] == pytest.approx(1 / 12)
+    chance = next(t for t in bars["data"] if t["name"] == "chance (1 / classes)")
+    assert chance["y"] == [pytest.approx(1 / 12)]
     paired = next(d.value for d in at.dataframe if "p_value" in d.value.columns)
     want = compare.compare_models(results_ws, frame, "gap", "gap (random control)")
     assert paired[["diff", "ci_low", "ci_high", "p_value"]].equals(want[["diff", "ci_low", "ci_high", "p_value"]])

@@ -19,6 +19,7 @@ DIAGONAL_COLOUR = "#222222"
 CHANCE_COLOUR = "#555555"  # zero-shot chance, 1 / classes scored: the floor every accuracy is read against
 SYMBOLS = {"full": "circle", "pruned": "diamond", "random": "x"}
 KIND_NAMES = {"full": "full web set", "pruned": "pruned", "random": "random control"}
+GROUP = 0.8  # share of a test set's slot its bars fill (plotly's bargap 0.2); per-seed dots are placed by it
 
 
 def _kind(frame: pd.DataFrame) -> pd.Series:
@@ -87,6 +88,7 @@ def accuracy_bars(frame: pd.DataFrame, tests: list[str] | None = None, summary: 
     models = _models(frame)
     summary = seed_summary(frame) if summary is None else summary
     tests = tests or list(dict.fromkeys(models["test"]))
+    n_models = max(models["model"].nunique(), 1)
     fig = go.Figure()
     pruned = 0
     for model, rows in models.groupby("model", sort=False):
@@ -95,7 +97,7 @@ def accuracy_bars(frame: pd.DataFrame, tests: list[str] | None = None, summary: 
             PRUNED_COLOURS[pruned % len(PRUNED_COLOURS)]
         pruned += kind == "pruned"
         mean = summary[summary["model"] == model].set_index("test").reindex(tests)
-        fig.add_bar(name=model, x=tests, y=mean["accuracy"], marker_color=colour, offsetgroup=model,
+        fig.add_bar(name=model, x=tests, y=mean["accuracy"], marker_color=colour,
                     marker_pattern_shape="/" if kind == "random" else "",
                     error_y={"type": "data", "symmetric": False, "array": mean["ci_high"] - mean["accuracy"],
                              "arrayminus": mean["accuracy"] - mean["ci_low"], "color": "#333333"},
@@ -104,15 +106,19 @@ def accuracy_bars(frame: pd.DataFrame, tests: list[str] | None = None, summary: 
                     hovertemplate="%{x}: %{y:.1%} of %{customdata[0]:.0f} images<br>mean of %{customdata[2]:.0f} "
                                   "seed(s), sd %{customdata[3]:.1%}<br>trained on %{customdata[1]:,.0f} samples"
                                   "<extra>" + model + "</extra>")
-        if rows["run"].nunique() > 1:
-            fig.add_scatter(x=rows["test"], y=rows["accuracy"], mode="markers", offsetgroup=model,
-                            name=f"{model} · seeds", showlegend=False, marker={"color": "#111111", "size": 6},
+        if rows["run"].nunique() > 1:  # on a hidden numeric axis over the categories, at this model's bar
+            slot = models["model"].drop_duplicates().tolist().index(model)
+            at = rows["test"].map({t: i for i, t in enumerate(tests)}) - GROUP / 2 + (slot + 0.5) * GROUP / n_models
+            fig.add_scatter(x=at, y=rows["accuracy"], xaxis="x2", mode="markers", name=f"{model} · seeds",
+                            showlegend=False, marker={"color": "#111111", "size": 6},
                             text=rows["seed"].astype(str), hovertemplate="seed %{text}: %{y:.1%}<extra></extra>")
     floor = chance(frame).reindex(tests)
     fig.add_scatter(x=tests, y=floor, mode="markers", name="chance (1 / classes)",
                     marker={"symbol": "line-ew-open", "size": 44, "color": CHANCE_COLOUR, "line": {"width": 2}},
                     hovertemplate="%{x}: chance %{y:.1%}<extra></extra>")
-    fig.update_layout(barmode="group", scattermode="group", title="Zero-shot top-1 accuracy per test set",
+    fig.update_layout(xaxis2={"overlaying": "x", "range": [-0.5, len(tests) - 0.5], "visible": False},
+                      bargap=1 - GROUP, bargroupgap=0)
+    fig.update_layout(barmode="group", title="Zero-shot top-1 accuracy per test set",
                       height=420, yaxis_title="top-1 accuracy", yaxis_tickformat=".0%", xaxis_title="test set",
                       yaxis_range=unit_range(np.r_[models["accuracy"].to_numpy(float), floor.to_numpy(),
                                                    summary["ci_high"].to_numpy(float)], floor=True),
