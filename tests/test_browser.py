@@ -435,8 +435,8 @@ def test_bad_manifest_name_on_the_runs_page_is_an_inline_error_and_queues_nothin
 
 # ----- labelling pairs with the keyboard ---------------------------------------------------------------------
 PRECISION_JS = """() => { const plot = document.querySelector('.st-key-sim_cal_pr .js-plotly-plot');
-    const trace = plot && plot.data && plot.data.find(t => t.name === 'precision');
-    return trace ? Array.from(trace.y || []) : null; }"""
+    const trace = plot && plot._fullData && plot._fullData.find(t => t.name === 'precision');
+    return trace ? Array.from(trace.y || []) : null; }"""  # _fullData: plotly's decoded arrays (data keeps base64)
 
 
 def test_label_three_pairs_with_the_keyboard_in_chromium(page, server, site, tmp_path):
