@@ -121,13 +121,15 @@ def labeller(ws, test: str, train: str, tau: float, key: str) -> None:
 
 
 def label_files(ws, test: str, train: str, key: str) -> None:
-    """Download the labels of test vs train as CSV; import a label CSV."""
+    """Download the labels of test vs train as CSV; import a label CSV (neither in read-only presentation mode: the
+    labels stay the labellers' until the study shares them; `python -m clipsim label --export` writes them)."""
+    if read_only():
+        st.caption("Read-only presentation mode: label files are not offered here.")
+        return
     frame = exchange.export_frame(ws, test, train)
     st.download_button(f"Labels of {test} (CSV, {len(frame)})", frame.to_csv(index=False),
                        file_name=f"labels-{test}-{train}.csv", mime="text/csv", key=f"{key}_dl",
                        icon=":material/download:", on_click="ignore")
-    if read_only():
-        return
     upload = st.file_uploader("Import labels (CSV)", type=["csv"], key=f"{key}_up")
     if upload is not None and st.button("Import", key=f"{key}_import"):
         with tempfile.TemporaryDirectory() as tmp:

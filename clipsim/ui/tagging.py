@@ -68,6 +68,8 @@ def tag_filter(ws, key: str) -> set[str] | None:
 def tag_exports(ws, web: str, key: str) -> None:
     """Download a tag's images (CSV, parquet) or save them as a manifest removing the tagged web samples."""
     known = tags.tag_names(ws)
+    if read_only():  # presentation mode offers the study report only
+        return
     if not known:
         st.caption("No tag yet: pick images in the gallery (or select them on the map) and tag them.")
         return
