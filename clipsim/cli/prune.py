@@ -38,6 +38,7 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     cut.add_argument("--keep-fraction", type=float, help="near / far / random: share of samples to keep, in (0, 1]")
     cut.add_argument("--like", help="random: keep as many samples as this manifest keeps")
     p.add_argument("--seed", type=int, help="random: seed (default 0)")
+    p.add_argument("--base", help="prune only the samples this manifest keeps (e.g. a dedup manifest, as the study did)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing manifest of that name")
 
 
@@ -56,7 +57,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     web = args.web or _default_web(ws, reference)
     tests = [] if rule == "random" else csv_list(args.tests) or ws.dataset_names("test")
     try:
-        stats = PruneStats.load(ws, web, tests, reference if rule == "similarity-gap" else None)
+        stats = PruneStats.load(ws, web, tests, reference if rule == "similarity-gap" else None, base=args.base)
         params, removed = _apply(ws, rule, stats, args)
         manifest = save_manifest(ws, args.name, rule, params, stats, removed, overwrite=args.overwrite,
                                  progress=tqdm_progress())
@@ -66,7 +67,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if rule == "random":
         summary = summary[summary["test"] == "combined"]
     print(f"manifest {manifest.name} ({rule}, {', '.join(f'{k}={v}' for k, v in params.items())}) "
-          f"saved at {manifest.folder}")
+          f"saved at {manifest.folder}" + (f" (cut from the {stats.n} samples base {args.base} keeps)" if args.base else ""))
     print(summary.to_string(index=False))
     for test, med in manifest.summary.get("post_prune", {}).items():
         ref = f", s_{reference} {med['median_reference']:.4f}" if "median_reference" in med else ""

@@ -29,10 +29,13 @@ KINDS: dict[str, str] = {
     "search-part": "clipsim.jobs.arrays:search_part_job",
     "embed-array": "clipsim.jobs.arrays:embed_array_job",  # finalizes after its embed-part tasks
     "embed-part": "clipsim.jobs.arrays:embed_part_job",
+    "dedup": "clipsim.dedup.pipeline:dedup_job",
+    "dedup-array": "clipsim.dedup.pipeline:dedup_array_job",  # commits the clustering after its dedup-part tasks
+    "dedup-part": "clipsim.dedup.pipeline:dedup_part_job",
 }
 # Array kinds: launching one also queues params["tasks"] jobs of its task kind (one per shard range; a SLURM array
 # on the slurm backend); the array job itself runs once all of them are done (clipsim.jobs.arrays).
-ARRAY_TASKS: dict[str, str] = {"search-array": "search-part", "embed-array": "embed-part"}
+ARRAY_TASKS: dict[str, str] = {"search-array": "search-part", "embed-array": "embed-part", "dedup-array": "dedup-part"}
 
 
 def register_kind(name: str, target: str) -> None:
@@ -89,7 +92,8 @@ def search_job(ws, params: dict, ctx: JobContext) -> dict:
 
 def prune_job(ws, params: dict, ctx: JobContext) -> dict:
     """Apply a pruning rule and save a manifest. params: name, rule, web (default: the train set that is not
-    the reference), tests (default all), reference, the rule's tau | delta | keep | seed, overwrite.
+    the reference), tests (default all), reference, the rule's tau | delta | keep | seed, base (a manifest whose
+    kept samples the rule prunes), overwrite.
 
     Returns:
         {"manifest", "rule", "params", "kept", "removed"}.
@@ -100,7 +104,8 @@ def prune_job(ws, params: dict, ctx: JobContext) -> dict:
     reference = params.get("reference", ws.settings.get("reference"))
     web = params.get("web") or next((n for n in ws.dataset_names("train") if n != reference), None)
     tests = [] if rule == "random" else list(params.get("tests") or ws.dataset_names("test"))
-    stats = prune.PruneStats.load(ws, web, tests, reference if rule == "similarity-gap" else None)
+    stats = prune.PruneStats.load(ws, web, tests, reference if rule == "similarity-gap" else None,
+                                  base=params.get("base"))
     rule_params = {k: params[k] for k in ("tau", "delta", "keep", "seed") if k in params}
     if rule == "random":
         removed = prune.rule_random(stats.n, rule_params["keep"], int(rule_params.get("seed", 0)))

@@ -88,5 +88,5 @@ def _fmt(value) -> str:
 
 def post_prune(ws, stats, test: str, rule: str, params: dict, removed: np.ndarray) -> pd.DataFrame:
     """s_web(t) before/after pruning for one test set from the stored top-k (bounds where all k were removed)."""
-    return prune.post_prune_nn_similarity(ws, test, stats.web, removed, rule, params,
+    return prune.post_prune_nn_similarity(ws, test, stats.web, stats.full_removed(removed), rule, params,
                                           stats.tests if rule != "random" else None, stats.reference)

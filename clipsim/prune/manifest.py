@@ -71,6 +71,8 @@ class Manifest:
             if res.fingerprint != fp:
                 reasons.append(f"search {test!r} vs {web!r} changed")
             reasons += [f"search {test!r} vs {web!r}: {r}" for r in res.stale_reasons()]
+        if self.summary.get("base"):
+            reasons += base_changes(self.ws, self.summary["base"])
         return reasons
 
     @property
@@ -119,9 +121,72 @@ def save_manifest(ws, name: str, rule: str, params: dict, stats: PruneStats, rem
     counts = _check_counts(sel, rule, params, removed)
     _check_inputs(ws, sel)
     summary = _summary(ws, rule, params, sel, removed, counts, progress)
-    keys = np.asarray(stats.keys)
+    keys = np.asarray(stats.keys)  # with a base: the base's kept keys, so removed lists what this rule removes
     _write_atomically(ws.path(MANIFESTS), name, {"removed": keys[removed], "kept": keys[~removed]}, summary, overwrite)
     return load_manifest(ws, name)
+
+
+def write_manifest(ws, name: str, removed_keys: np.ndarray, kept_keys: np.ndarray, summary: dict,
+                   overwrite: bool = False) -> Manifest:
+    """Write manifest `name` made by another tool (e.g. clipsim.dedup), atomically, in the layout of `save_manifest`.
+
+    Args:
+        ws: the workspace.
+        name: manifest name.
+        removed_keys, kept_keys: keys of the removed and kept web samples, in web row order.
+        summary: summary.json; needs at least rule, params, web, tests, n, inputs (web_embeddings, search),
+            combined (removed, kept, share) and created, like a pruning manifest, and may record a `base`.
+        overwrite: replace an existing manifest of that name.
+
+    Raises:
+        ReadOnlyError: the workspace is served read-only.
+        WorkspaceError: a bad name, or the name exists (without overwrite).
+    """
+    if read_only():
+        raise ReadOnlyError(f"this workspace is served read-only (CLIPSIM_READ_ONLY=1); manifest {name!r} was not saved")
+    folder = ws.path(MANIFESTS, check_name(name, "manifest"))
+    if folder.exists() and not overwrite:
+        raise WorkspaceError(f"manifest {name!r} exists at {folder}; pick another name or pass overwrite=True (CLI: --overwrite)")
+    _write_atomically(ws.path(MANIFESTS), name, {"removed": removed_keys, "kept": kept_keys}, summary, overwrite)
+    return load_manifest(ws, name)
+
+
+def base_rows(ws, base: str, web: str) -> tuple[np.ndarray, dict]:
+    """The web rows that manifest `base` keeps, and what a manifest built on it records.
+
+    Returns:
+        (rows (k,) int64 increasing, {"name", "rule", "kept", "web_rows", "fingerprint" (of its kept keys)}).
+
+    Raises:
+        WorkspaceError: unknown base, a base of another web set, a stale base, or kept keys missing from the web set.
+    """
+    found = load_manifest(ws, base)
+    if found.summary["web"] != web:
+        raise WorkspaceError(f"base manifest {base!r} prunes web set {found.summary['web']!r}, not {web!r}; pick a "
+                             f"manifest of {web!r} as base")
+    if found.stale:
+        raise WorkspaceError(f"base manifest {base!r} is stale ({'; '.join(found.stale_reasons())}); re-create it first")
+    keys = ws.keys(web)
+    rows = pd.Index(keys).get_indexer(found.kept_keys())
+    if (rows < 0).any():
+        raise WorkspaceError(f"base manifest {base!r} keeps {int((rows < 0).sum())} keys that {web!r} does not hold; "
+                             "re-create the manifest from the current web set")
+    return np.sort(rows).astype(np.int64), {"name": base, "rule": found.rule, "kept": len(rows),
+                                            "web_rows": len(keys), "fingerprint": _kept_fingerprint(found)}
+
+
+def base_changes(ws, base: dict) -> list[str]:
+    """Why the base a manifest or statistics were cut from no longer matches (empty when unchanged)."""
+    try:
+        found = load_manifest(ws, base["name"])
+    except WorkspaceError:
+        return [f"base manifest {base['name']!r} is gone"]
+    reasons = [] if _kept_fingerprint(found) == base["fingerprint"] else [f"base manifest {base['name']!r} changed"]
+    return reasons + [f"base manifest {base['name']!r}: {r}" for r in found.stale_reasons()]
+
+
+def _kept_fingerprint(manifest: Manifest) -> str:
+    return fileio.file_fingerprint([manifest.folder / "kept.parquet", manifest.folder / "summary.json"])
 
 
 def load_manifest(ws, name: str) -> Manifest:
@@ -139,15 +204,17 @@ def load_manifest(ws, name: str) -> Manifest:
 
 
 def list_manifests(ws) -> pd.DataFrame:
-    """One row per saved manifest: name, rule, params (text), kept, removed, share, stale, created, web, tests."""
+    """One row per saved manifest: name, rule, params (text), kept, removed, share, stale, created, web, tests, base
+    (the manifest it was cut from, '' for the whole web set)."""
     rows = []
     for name in _names(ws):
         m = load_manifest(ws, name)
         c = m.summary["combined"]
         rows.append({"name": name, "rule": m.rule, "params": describe_params(m.summary["params"]),
                      "kept": c["kept"], "removed": c["removed"], "share": c["share"], "stale": m.stale,
-                     "created": m.summary["created"], "web": m.summary["web"], "tests": ",".join(m.summary["tests"])})
-    cols = ["name", "rule", "params", "kept", "removed", "share", "stale", "created", "web", "tests"]
+                     "created": m.summary["created"], "web": m.summary["web"], "tests": ",".join(m.summary["tests"]),
+                     "base": (m.summary.get("base") or {}).get("name", "")})
+    cols = ["name", "rule", "params", "kept", "removed", "share", "stale", "created", "web", "tests", "base"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -200,8 +267,10 @@ def _summary(ws, rule, params, stats, removed, counts, progress) -> dict:
                      "share": float(removed.sum() / stats.n) if stats.n else 0.0},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if stats.base is not None:  # counts and shares above are relative to the base's kept rows
+        summary["base"] = dict(stats.base)
     if rule in ("threshold", "similarity-gap"):
-        summary["post_prune"] = _post_prune_medians(ws, rule, params, stats, removed, progress)
+        summary["post_prune"] = _post_prune_medians(ws, rule, params, stats, stats.full_removed(removed), progress)
     return summary
 
 

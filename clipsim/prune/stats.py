@@ -99,10 +99,12 @@ class PruneStats:
                 self._sorted[(kind, None)] = np.sort(self._vals[(kind, None)])
         if keys is not None:
             self.__dict__["keys"] = np.asarray(keys)
+        self.base: dict | None = None  # set by within_base: the base manifest whose kept rows these are
+        self.base_rows: np.ndarray | None = None  # those rows of the web set, increasing
 
     # ----- construction ------------------------------------------------------------------------------
     @classmethod
-    def load(cls, ws, web: str, tests: list[str], reference: str | None = None) -> PruneStats:
+    def load(cls, ws, web: str, tests: list[str], reference: str | None = None, base: str | None = None) -> PruneStats:
         """Read m_T (and, with a reference, g_T) of every test set from the stored searches against `web`.
 
         Args:
@@ -110,6 +112,7 @@ class PruneStats:
             web: web train set name (its searches must be complete).
             tests: test set names; [] loads no statistics (enough for the random rule).
             reference: reference train set whose margins were stored (`search --reference R`), or None.
+            base: a manifest of `web` (e.g. a dedup manifest): only the rows it keeps are loaded (see within_base).
 
         Returns:
             The statistics, sorted (O(n log n) per array; the demo takes milliseconds).
@@ -133,7 +136,8 @@ class PruneStats:
                     f"{emb.count}; re-run `python -m clipsim search --workspace {ws.root} --train {web}`")
             if reference:
                 margins[test] = _load_margin(ws, res, reference)
-        return cls(web, emb.count, max_sim, margins, reference, fps, emb.fingerprint(), ws=ws)
+        stats = cls(web, emb.count, max_sim, margins, reference, fps, emb.fingerprint(), ws=ws)
+        return stats.within_base(base) if base else stats
 
     @classmethod
     def from_arrays(cls, max_sim: dict[str, np.ndarray], margins: dict[str, np.ndarray] | None = None,
@@ -159,7 +163,36 @@ class PruneStats:
                          ws=self.ws, _sorted={k: v for k, v in self._sorted.items() if k[1] in tests})
         if "keys" in self.__dict__:
             out.__dict__["keys"] = self.__dict__["keys"]
+        out.base, out.base_rows = self.base, self.base_rows
         return out
+
+    def within_base(self, base: str) -> PruneStats:
+        """The statistics of the web rows that manifest `base` keeps: rules then prune the base's kept set (the
+        study prunes the deduplicated web set), counts and shares are relative to it, and a saved manifest records it.
+
+        Raises:
+            WorkspaceError: unknown or stale base, a base of another web set, or statistics already restricted.
+        """
+        from clipsim.prune.manifest import base_rows
+
+        if self.base is not None or self.ws is None:
+            why = "are already restricted to a base" if self.base is not None else "were not loaded from a workspace"
+            raise WorkspaceError(f"cannot restrict to base {base!r}: these statistics {why}; load them with "
+                                 "PruneStats.load(ws, web, tests, base=NAME)")
+        rows, info = base_rows(self.ws, base, self.web)
+        margins = {t: self._vals[("g", t)][rows] for t in self.tests} if self.has_margins else None
+        out = PruneStats(self.web, len(rows), {t: self._vals[("m", t)][rows] for t in self.tests}, margins,
+                         self.reference, self.fingerprints, self.web_fingerprint, ws=self.ws, keys=self.keys[rows])
+        out.base, out.base_rows = info, rows
+        return out
+
+    def full_removed(self, removed: np.ndarray) -> np.ndarray:
+        """A removed mask over these rows as a mask over the whole web set (rows outside the base count as removed)."""
+        if self.base_rows is None:
+            return np.asarray(removed)
+        full = np.ones(self.base["web_rows"], dtype=bool)
+        full[self.base_rows] = np.asarray(removed)
+        return full
 
     @cached_property
     def keys(self) -> np.ndarray:
@@ -175,6 +208,10 @@ class PruneStats:
         emb = self.ws.embeddings(self.web, required=False)
         now = emb.fingerprint() if emb is not None and emb.count else None
         reasons = [] if now == self.web_fingerprint else [f"web set {self.web!r} embeddings changed"]
+        if self.base is not None:
+            from clipsim.prune.manifest import base_changes
+
+            reasons += base_changes(self.ws, self.base)
         for test in self.tests:
             try:
                 res = self.ws.search_result(test, self.web)

@@ -24,11 +24,33 @@ def default_web(ws) -> str:
                          "(python -m clipsim register --role train ...)")
 
 
-def manifest_name(rule: str, params: dict | None = None, tests: list[str] | None = None) -> str:
-    """A default manifest name: 'similarity-gap-all', 'near-keep0.5-sketch', ..."""
+def manifest_name(rule: str, params: dict | None = None, tests: list[str] | None = None, base: str | None = None) -> str:
+    """A default manifest name: 'similarity-gap-all', 'near-keep0.5-sketch', 'similarity-gap-all-on-dedup', ..."""
     parts = [rule] + [f"{k}{v}" for k, v in sorted((params or {}).items()) if k != "tests" and v not in (0, 0.0, None)]
     parts.append("-".join(tests) if tests else "all")
+    parts += ["on", base] if base else []
     return "-".join(str(p) for p in parts).replace("_", "-")
+
+
+def train_manifest(ws, manifest: str, base: str | None) -> str:
+    """The manifest a run trains on when it starts from `base`: 'full' means the base itself; any other manifest
+    must have been cut from that base.
+
+    Raises:
+        WorkspaceError: unknown manifest, or one not cut from `base`.
+    """
+    if not base:
+        return manifest
+    from clipsim.prune import load_manifest
+
+    load_manifest(ws, base)
+    if manifest == FULL:
+        return base
+    found = (load_manifest(ws, manifest).summary.get("base") or {}).get("name")
+    if manifest != base and found != base:
+        raise WorkspaceError(f"manifest {manifest!r} was cut from {found or 'the whole web set'!r}, not from base "
+                             f"{base!r}; prune it again with --base {base}, or train without --base")
+    return manifest
 
 
 def train_resources(ws, preset: str, overrides: dict | None = None) -> dict | None:
@@ -40,7 +62,7 @@ def train_resources(ws, preset: str, overrides: dict | None = None) -> dict | No
 def queue_pipeline(ws, manifest: str | None = None, rule: str | None = None, rule_params: dict | None = None,
                    tests: list[str] | None = None, preset: str = "demo", overrides: dict | None = None,
                    random_control: bool = False, include_full: bool = False, web: str | None = None,
-                   eval_tests: list[str] | None = None, backend: str | None = None) -> list:
+                   eval_tests: list[str] | None = None, backend: str | None = None, base: str | None = None) -> list:
     """Queue a prune -> train -> evaluate chain.
 
     Args:
@@ -55,6 +77,8 @@ def queue_pipeline(ws, manifest: str | None = None, rule: str | None = None, rul
         web: the web train set (default: default_web).
         eval_tests: test sets to evaluate on (default: all).
         backend: job backend ('local', 'slurm'; default the workspace's).
+        base: start the chain from this manifest (e.g. a dedup manifest, as the study did): the rule prunes the
+            samples it keeps, the random control is drawn from them, and 'the full web set' means the base.
 
     Returns:
         The queued (or deduplicated) jobs in launch order.
@@ -71,23 +95,25 @@ def queue_pipeline(ws, manifest: str | None = None, rule: str | None = None, rul
         raise WorkspaceError("nothing to train: pick a manifest, a pruning rule, or the full web set")
     queued, prune_job = [], None
     if rule is not None or manifest is not None:
-        manifest = manifest or manifest_name(rule, rule_params, tests)
+        manifest = manifest or manifest_name(rule, rule_params, tests, base)
         if not (ws.path(MANIFESTS, manifest) / "summary.json").exists():
             if rule is None:
                 raise WorkspaceError(f"manifest {manifest!r} does not exist in {ws.path(MANIFESTS)}; pick a rule to "
                                      "make it or an existing manifest")
-            params = {"name": manifest, "rule": rule, "web": web, **(rule_params or {})}
+            params = {"name": manifest, "rule": rule, "web": web, **(rule_params or {}), **({"base": base} if base else {})}
             if tests:
                 params["tests"] = list(tests)
             prune_job = jobs.launch(ws, "prune", params, backend="local")
             queued.append(prune_job)
     resources = train_resources(ws, preset, overrides)
-    variants = ([{"manifest": FULL}] if include_full else []) + \
+    if manifest is not None and prune_job is None:
+        manifest = train_manifest(ws, manifest, base)
+    variants = ([{"manifest": base or FULL}] if include_full else []) + \
         ([{"manifest": manifest}] if manifest else []) + \
         ([{"manifest": manifest, "control": "random"}] if manifest and random_control else [])
     for variant in variants:
         params = {**variant, "web": web, "preset": preset, "overrides": dict(overrides or {})}
-        after = prune_job.id if prune_job is not None and variant["manifest"] != FULL else None
+        after = prune_job.id if prune_job is not None and variant["manifest"] == manifest else None
         train_job = jobs.launch(ws, "train", params, backend=backend, depends_on=after, resources=resources)
         evaluate = {"run": train_job.id, **({"tests": list(eval_tests)} if eval_tests else {})}
         queued += [train_job, jobs.launch(ws, "evaluate", evaluate, backend=backend, depends_on=train_job.id)]

@@ -29,7 +29,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def random_control(ws, manifest: str, web: str = "web", seed: int = 0) -> str:
-    """Save (or reuse) manifest `<manifest>-random`: a seeded uniform random subset as large as `manifest`'s kept set.
+    """Save (or reuse) manifest `<manifest>-random`: a seeded uniform random subset as large as `manifest`'s kept set,
+    drawn from the samples its base manifest keeps when it has one (else from the whole web set).
 
     Returns:
         The control manifest's name.
@@ -50,7 +51,7 @@ def random_control(ws, manifest: str, web: str = "web", seed: int = 0) -> str:
             return name
     except WorkspaceError:
         pass
-    stats = prune.PruneStats.load(ws, web, [])
+    stats = prune.PruneStats.load(ws, web, [], base=(base.summary.get("base") or {}).get("name"))  # drawn from its base
     removed = prune.rule_random(stats.n, int(base.kept_count), seed)
     prune.save_manifest(ws, name, "random", {"keep": int(base.kept_count), "seed": seed, "like": manifest}, stats,
                         removed, overwrite=True)
