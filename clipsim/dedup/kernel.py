@@ -62,18 +62,18 @@ class RowBlockMax:
         return best, arg.masked_fill(arg == none, -1)
 
 
-def cluster_maxima(x16: torch.Tensor, screen: Screen, block: int = BLOCK) -> dict[str, torch.Tensor]:
+def cluster_maxima(x16: torch.Tensor, screen: Screen, block: int | None = None) -> dict[str, torch.Tensor]:
     """Exact earlier and any-other maxima of the members of one cluster (see the module docstring).
 
     Args:
         x16: (m, d) float16 members in keep order, on the screen's device.
         screen: the low-precision screen.
-        block: tile side in positions (memory: block x block entries per tile).
+        block: tile side in positions (memory: block x block entries per tile; default BLOCK).
 
     Returns:
         {"earlier_sim", "any_sim": (m,) float32 (-inf where none), "earlier_pos", "any_pos": (m,) int64 (-1)}.
     """
-    m = len(x16)
+    m, block = len(x16), int(block or BLOCK)
     x_lo, norm, resid = screen.prepare(x16)
     bound = screen.bound((norm, resid), (norm, resid))
     out = {k: [] for k in ("earlier_sim", "earlier_pos", "any_sim", "any_pos")}

@@ -141,6 +141,8 @@ def global_pairs(ws, web: str, eps: float, precision: str = "auto", device: str 
             parts.append({k: z[k] for k in ("i", "j", "sim")})
     arrays = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0, np.int64 if k != "sim" else np.float32)
               for k in ("i", "j", "sim")}
+    by_pair = np.lexsort((arrays["j"], arrays["i"]))
+    arrays = {k: v[by_pair] for k, v in arrays.items()}
     write_npz(folder / "pairs.npz", arrays)
     fileio.write_json(folder / "config.json", {
         "web": web, "eps": float(eps), "cut": float(cut), "rows": emb.count, "pairs": len(arrays["i"]),

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
 from clipsim.dedup.clusters import DEFAULT_NITER, DEFAULT_SEED, ClusterConfig, Clustering, default_clusters
-from clipsim.errors import WorkspaceError
+from clipsim.errors import ClipsimError, WorkspaceError
 
 if TYPE_CHECKING:
     from clipsim.jobs.worker import JobContext
@@ -62,14 +62,21 @@ class DedupOptions:
         """These options with clusters and eps filled in for the workspace.
 
         Raises:
-            ClipsimError: an unknown keep option.
+            ClipsimError: an unknown keep option, or clusters outside 1..n.
+            ValueError: eps outside [-1, 2].
         """
+        from clipsim.dedup.stats import eps_cut
         from clipsim.dedup.within import check_keep
 
         check_keep(self.keep)
         n = ws.embeddings(self.web).count
-        return DedupOptions(**{**asdict(self), "clusters": int(self.clusters or default_clusters(n)),
-                               "eps": float(self.eps if self.eps is not None else default_eps(ws))})
+        clusters = int(self.clusters if self.clusters is not None else default_clusters(n))
+        if not 1 <= clusters <= n:
+            raise ClipsimError(f"--clusters {clusters} for {self.web!r} ({n} rows): give 1 <= clusters <= {n}, e.g. "
+                               f"{default_clusters(n)}")
+        eps = float(self.eps if self.eps is not None else default_eps(ws))
+        eps_cut(eps)  # validates eps before any work
+        return DedupOptions(**{**asdict(self), "clusters": clusters, "eps": eps})
 
     def params(self) -> dict:
         """JSON-able job params."""
