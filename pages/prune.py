@@ -33,8 +33,16 @@ if rule == "similarity-gap" and not margins:
             "Search the reference first, then the web set with it:", icon=":material/info:")
     st.code(f"python -m clipsim search --workspace {ws.root} --reference {ref or 'curated'} --force", language="bash")
     st.stop()
-stats = loaders.prune_stats(ws, web, tests, ref if margins else None)
 manifests = prune.list_manifests(ws)
+bases = [n for n, w in zip(manifests["name"], manifests["web"]) if w == web]
+base = st.selectbox("Start from", [None, *bases], key="base", bind=BIND,
+                    format_func=lambda b: f"the whole {web} set" if b is None else f"manifest {b} (its kept samples)",
+                    help="Prune a deduplicated set, as the study did: pick the dedup manifest here.")
+try:
+    stats = loaders.prune_stats(ws, web, tests, ref if margins else None, base)
+except ClipsimError as err:
+    st.error(str(err))
+    st.stop()
 
 chosen, options = widgets.rule_options(rule, stats.n, tests, list(manifests["name"]),
                                        lambda name: prune.load_manifest(ws, name).kept_count)
@@ -48,7 +56,8 @@ table = pruning.counts(sel, rule, params)
 total = table.iloc[-1]
 m = st.columns(3)
 m[0].metric("Web samples removed", f"{int(total['removed']):,}", help="combined over the chosen test sets")
-m[1].metric("Web samples kept", f"{int(total['kept']):,}", help=f"of {stats.n:,} {web} samples")
+m[1].metric("Web samples kept", f"{int(total['kept']):,}",
+            help=f"of {stats.n:,} {web} samples" + (f" that manifest {base} keeps" if base else ""))
 m[2].metric("Share of web removed", f"{total['share_of_web']:.2%}")
 if "remove_fraction" in params:
     st.caption(f"Cut at {'τ' if rule == 'threshold' else 'δ'} = {params.get('tau', params.get('delta')):.6f}")
@@ -73,7 +82,8 @@ st.subheader("Save")
 if widgets.can_write("saving manifests"):
     with st.form("save_manifest", border=True):
         # no key: the suggested name follows the rule and its parameters until the user types one
-        name = st.text_input("Manifest name", pruning.default_name(rule, params, chosen, tests))
+        name = st.text_input("Manifest name", pruning.default_name(rule, params, chosen, tests)
+                             + (f"_on-{base}" if base else ""))
         overwrite = st.checkbox("Overwrite a manifest of that name", key="overwrite")
         submitted = st.form_submit_button("Save manifest", type="primary", icon=":material/save:")
     if submitted:

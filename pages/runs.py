@@ -26,6 +26,11 @@ if read_only():
             "Results page.", icon=":material/lock:")
 else:
     manifests = prune.list_manifests(ws)
+    base = st.selectbox("Start from", [None, *manifests["name"]], key="runs_base", bind=BIND,
+                        format_func=lambda b: "the whole web set" if b is None else f"manifest {b}",
+                        help="The study pruned and trained on the deduplicated web set: pick the dedup manifest. The "
+                             "rule then prunes its kept samples, the control is drawn from them, and 'the full web "
+                             "set' run trains on it.")
     source = st.segmented_control("Train on", ["rule", "manifest"], default="rule", required=True, key="runs_source",
                                   bind=BIND,
                                   format_func={"rule": "a new pruning rule", "manifest": "an existing manifest"}.get)
@@ -37,22 +42,23 @@ else:
     else:
         rule, rule_params, chosen = rule_form(ws, tests)
         manifest = st.text_input("Manifest name", pipeline.manifest_name(rule, rule_params,
-                                                                         None if chosen == tests else chosen),
-                                 key=f"runs_name_{rule}")
+                                                                         None if chosen == tests else chosen, base),
+                                 key=f"runs_name_{rule}_{base}")
         if manifest in set(manifests["name"]):
             st.caption(f"Manifest `{manifest}` exists and is reused as saved; rename it to prune anew.")
     preset, overrides = preset_form(ws)
     left, right = st.columns(2)
     control = left.checkbox("Also a random control of the same size", value=True, key="runs_control", bind=BIND,
                             disabled=rule == "random")
-    full = right.checkbox("Also the full web set", value=True, key="runs_full", bind=BIND)
+    full = right.checkbox(f"Also {'the full web set' if base is None else f'all of {base}'}", value=True,
+                          key="runs_full", bind=BIND)
     if st.button("Queue prune → train → evaluate", type="primary", key="runs_launch",
                  disabled=manifest is None and not full):
         try:
             queued = pipeline.queue_pipeline(ws, manifest=manifest, rule=rule, rule_params=rule_params,
                                              tests=None if chosen == tests else chosen, preset=preset,
                                              overrides=overrides, random_control=control and rule != "random",
-                                             include_full=full)
+                                             include_full=full, base=base)
             st.success("Queued " + ", ".join(f"{j.kind} `{j.id}`" for j in queued))
         except (ClipsimError, ValueError) as err:
             st.error(str(err))

@@ -92,6 +92,8 @@ def assign_shards(ws, web: str, clusters: int, shards: tuple[int, int] | None = 
     folder = clusters_dir(ws, web, clusters) / "assign"
     scanner, done_rows, assigned, t0 = None, 0, [], time.time()
     total = sum(s.rows for s in chosen)
+    if progress:
+        progress(0, total, f"assign {web} to {clusters} clusters")
     for shard in chosen:
         path, signature = folder / f"shard_{shard.index}.npz", shard_signature(info, shard)
         if not _is_done(path, signature):

@@ -173,6 +173,8 @@ def within_cluster(clustering: Clustering, keep: str = "hard", seed: int = DEFAU
     cluster, sim = clustering.arrays()
     order, starts = cluster_order(cluster, sim, keep, seed, clustering.clusters)
     emb, t0, done = clustering.ws.embeddings(clustering.web), time.time(), 0
+    if progress:
+        progress(0, len(order), f"within-cluster duplicates of {clustering.web} ({keep})")
     for c0, c1 in part_ranges(starts):
         path = folder / "parts" / f"{c0}-{c1}.npz"
         if not _part_done(path, signature):

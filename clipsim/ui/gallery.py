@@ -139,6 +139,13 @@ def pairs_html(pairs: list[tuple[Tile, Tile]], size: int, side: str) -> str:
     return CSS + f'<div class="cs-pairs" data-testid="cs-pairs-{side}">{items}</div>'
 
 
+def hits_html(tiles: list[Tile], size: int, testid: str = "cs-text-hits") -> str:
+    """A wrapped strip of tiles (text-search hits, best first) with their similarities and captions."""
+    if not tiles:
+        return f'<div class="cs-empty" data-testid="{testid}">no result</div>'
+    return CSS + f'<div class="cs-strip" data-testid="{testid}">{"".join(tile_html(t, size) for t in tiles)}</div>'
+
+
 def show(html: str) -> None:
     """Render gallery HTML in the page."""
     st.html(html)

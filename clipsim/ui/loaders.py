@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clipsim import views
+from clipsim import fileio, views
 from clipsim.errors import ClipsimError
 from clipsim.ui.common import no_workspace, read_only_notice, stop_while_building, workspace_root
 from clipsim.workspace import REGISTRY, Workspace
@@ -181,30 +181,40 @@ def web_sets(ws: Workspace, tests: list[str], reference: str | None) -> list[str
 
 
 @st.cache_resource(show_spinner="Loading pruning statistics…", max_entries=8)
-def _prune_stats(root: str, web: str, tests: tuple, reference: str | None, fingerprints: tuple, _ws: Workspace):
+def _prune_stats(root: str, web: str, tests: tuple, reference: str | None, fingerprints: tuple, base: str | None,
+                 _ws: Workspace):
     from clipsim.prune import PruneStats
 
-    return PruneStats.load(_ws, web, list(tests), reference)
+    return PruneStats.load(_ws, web, list(tests), reference, base=base)
 
 
-def stats_key(ws: Workspace, web: str, tests: list[str], reference: str | None) -> tuple:
-    """Identity of PruneStats inputs: workspace, sets, and fingerprints of the web embeddings and every search."""
+def stats_key(ws: Workspace, web: str, tests: list[str], reference: str | None, base: str | None = None) -> tuple:
+    """Identity of PruneStats inputs: workspace, sets, fingerprints of the web embeddings and every search, and the
+    base manifest (name and kept-keys files) when the statistics are restricted to one."""
     fps = [ws.embeddings(web).fingerprint()]
     for test in tests:
         fps.append(ws.search_result(test, web).fingerprint)
         if reference:
             fps.append(ws.search_result(test, reference).fingerprint)
-    return str(ws.root.resolve()), web, tuple(tests), reference, tuple(fps)
+    if base:
+        folder = ws.path("manifests", base)
+        fps.append(fileio.file_fingerprint([f for f in (folder / "kept.parquet", folder / "summary.json") if f.exists()]))
+    return str(ws.root.resolve()), web, tuple(tests), reference, tuple(fps), base
 
 
-def prune_stats(ws: Workspace, web: str, tests: list[str], reference: str | None):
-    """PruneStats of `web` against `tests` (with similarity-gap margins when `reference` is given), cached by the
-    fingerprints of the web embeddings and of every search read; a re-run search or re-embedding reloads them.
+def _key_of(ws: Workspace, stats) -> tuple:
+    return stats_key(ws, stats.web, stats.tests, stats.reference, (stats.base or {}).get("name"))
+
+
+def prune_stats(ws: Workspace, web: str, tests: list[str], reference: str | None, base: str | None = None):
+    """PruneStats of `web` against `tests` (with similarity-gap margins when `reference` is given; only the rows
+    manifest `base` keeps when given), cached by the fingerprints of the web embeddings, of every search read and of
+    the base; a re-run search, re-embedding or re-saved base reloads them.
 
     Raises:
-        WorkspaceError: a search or the reference margins are missing (the message names the command).
+        WorkspaceError: a search, the reference margins or the base are missing (the message names the command).
     """
-    return _prune_stats(*stats_key(ws, web, tests, reference), ws)
+    return _prune_stats(*stats_key(ws, web, tests, reference, base), ws)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -222,8 +232,7 @@ def apply_rule(ws: Workspace, stats, tests: list[str], rule: str, **options):
     Raises:
         ValueError: a missing or out-of-range parameter.
     """
-    key = stats_key(ws, stats.web, stats.tests, stats.reference)
-    return _rule(key, tuple(tests), rule, tuple(sorted(options.items())), stats)
+    return _rule(_key_of(ws, stats), tuple(tests), rule, tuple(sorted(options.items())), stats)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -235,8 +244,7 @@ def _post_prune(key: tuple, tests: tuple, rule: str, params: tuple, test: str, _
 
 def post_prune(ws: Workspace, stats, sel, test: str, rule: str, params: dict, removed: np.ndarray) -> pd.DataFrame:
     """s_web(t) before/after pruning for one test set (cached per rule and parameters)."""
-    key = stats_key(ws, stats.web, stats.tests, stats.reference)
-    return _post_prune(key, tuple(sel.tests), rule, tuple(sorted(params.items())), test, ws, sel, removed)
+    return _post_prune(_key_of(ws, stats), tuple(sel.tests), rule, tuple(sorted(params.items())), test, ws, sel, removed)
 
 
 def has_margins(ws: Workspace, web: str, tests: list[str], reference: str | None) -> bool:

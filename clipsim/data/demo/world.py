@@ -132,16 +132,18 @@ def _jpeg(img: Image.Image, quality: int) -> bytes:
 
 
 def _copy(data: bytes, kind: str, rng: np.random.Generator) -> bytes:
-    """A planted web duplicate of the original's JPEG bytes: the same bytes, re-encoded at another quality, or a
-    crop of 1-3 px per side scaled back to full size."""
+    """A planted web duplicate of the original's JPEG bytes: the same bytes, re-encoded at another quality (60-89),
+    or a 1 px strip cut from one side and the rest scaled back to full size (the demo model sees 32 px, where a
+    1 px crop of the 64 px image is already a half-pixel shift)."""
     if kind == "exact":
         return data
     img = Image.open(io.BytesIO(data)).convert("RGB")
     if kind == "reencode":
-        return _jpeg(img, int(rng.integers(50, 85)))
-    c = rng.integers(1, 4, 4)
-    size = img.size[0]
-    return _jpeg(img.crop((c[0], c[1], size - c[2], size - c[3])).resize(img.size, Image.BILINEAR), 90)
+        return _jpeg(img, int(rng.integers(60, 90)))
+    box = [0, 0, img.size[0], img.size[1]]
+    side = int(rng.integers(0, 4))
+    box[side] += 1 if side < 2 else -1
+    return _jpeg(img.crop(tuple(box)).resize(img.size, Image.BILINEAR), 90)
 
 
 def _draw(item: Item) -> tuple[bytes, np.ndarray]:
