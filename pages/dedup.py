@@ -21,6 +21,11 @@ st.caption("SemDeDup, as the study used it before any pruning: spherical k-means
            "sample is removed when its cosine similarity to an earlier member (farthest from the centroid first) "
            "exceeds 1 − ε. Every similarity is exact; the counts follow ε live.")
 ws = loaders.workspace()
+if not ws.dataset_names("train"):
+    st.info("Register a web train set first (or build the demo):", icon=":material/info:")
+    st.code(f"python -m clipsim register --workspace {ws.root} --name web --role train --kind wds --source DIR",
+            language="bash")
+    st.stop()
 webs = [n for n in ws.dataset_names("train") if ws.embeddings(n, required=False) is not None]
 if not webs:
     st.info("No embedded train set yet. Embed the datasets first:", icon=":material/info:")

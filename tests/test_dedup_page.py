@@ -56,6 +56,12 @@ def stats_of(ws) -> DedupStats:
     return DedupStats.load(ws, "web", default_clusters(ws.embeddings("web").count))
 
 
+def test_app_navigates_to_the_dedup_page(served):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    at.switch_page("pages/dedup.py").run()
+    assert not at.exception and at.title[0].value == "Dedup"
+
+
 def test_dedup_counts_follow_eps_and_pairs_straddle_the_cut(served):
     stats = stats_of(served)
     at = run_page("dedup", eps="0.05")
@@ -97,6 +103,11 @@ def test_read_only_hides_saving_and_empty_workspace_says_what_to_run(served, wri
     assert not at.exception and any("No dedup statistics" in i.value for i in at.info)
     assert any("clipsim dedup" in c.value for c in at.code)
     assert any(b.label == "Compute dedup statistics" for b in at.button)
+    empty = Workspace.create(writable.root.parent / "empty")
+    monkeypatch.setenv("CLIPSIM_WORKSPACE", str(empty.root))
+    assert any("clipsim register" in c.value for c in run_page("dedup").code)
+    empty.register_dataset("web", "train", empty.root, "folder")
+    assert any("clipsim embed" in c.value for c in run_page("dedup").code)
 
 
 def test_neighbours_text_box_shows_the_text_search(served):

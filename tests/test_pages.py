@@ -24,7 +24,7 @@ from clipsim.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 90  # seconds per script run; a cold run reads the demo's metadata and decodes ~250 thumbnails
-PAGES = ["neighbours", "similarity", "dedup", "prune"]
+PAGES = ["neighbours", "similarity", "prune"]
 
 
 @pytest.fixture
