@@ -45,12 +45,12 @@ def make_set(n: int, dim: int, seed: int) -> np.ndarray:
     return x.astype(np.float16)
 
 
-def bench_kmeans(x16: np.ndarray, clusters: int, niter: int, seed: int) -> dict:
+def bench_kmeans(x16: np.ndarray, clusters: int, niter: int, seed: int, rows: int | None) -> dict:
     """clipsim's kmeans (faiss spherical, sample as given) vs a bare faiss.Kmeans.train on the same rows."""
     import faiss
 
-    sample = x16[np.sort(np.random.default_rng(seed).choice(len(x16), min(len(x16), POINTS_PER_CLUSTER * clusters),
-                                                            replace=False))].astype(np.float32)
+    rows = min(len(x16), rows or POINTS_PER_CLUSTER * clusters)
+    sample = x16[np.sort(np.random.default_rng(seed).choice(len(x16), rows, replace=False))].astype(np.float32)
     t0 = time.perf_counter()
     centroids, _ = kmeans(sample, ClusterConfig(clusters, seed, niter))
     ours = time.perf_counter() - t0
@@ -90,7 +90,7 @@ def bench_assign(x16: np.ndarray, centroids: np.ndarray, precision: str, block_r
             "clipsim_argmax_differs_from_canonical_of_20k": int((cluster[check] != canonical).sum())}
 
 
-def bench_pipeline(x16: np.ndarray, clusters: int, niter: int, seed: int) -> dict:
+def bench_pipeline(x16: np.ndarray, clusters: int, niter: int, seed: int, sample: int | None) -> dict:
     """run_dedup end to end on a workspace holding x16 (writing the shards is not timed)."""
     with tempfile.TemporaryDirectory(prefix="clipsim-dedup-bench-") as tmp:
         ws = Workspace.create(Path(tmp) / "ws")
@@ -110,7 +110,8 @@ def bench_pipeline(x16: np.ndarray, clusters: int, niter: int, seed: int) -> dic
                 last[:] = [now, step]
 
         t0 = time.perf_counter()
-        out = run_dedup(ws, DedupOptions("web", clusters, eps=0.05, seed=seed, niter=niter, device="cpu"), progress)
+        opts = DedupOptions("web", clusters, eps=0.05, seed=seed, niter=niter, sample=sample, device="cpu")
+        out = run_dedup(ws, opts, progress)
         total = time.perf_counter() - t0
         steps[last[1]] = steps.get(last[1], 0.0) + time.perf_counter() - last[0]
         sizes = np.bincount(np.concatenate([np.load(p)["cluster"] for p in
@@ -125,7 +126,7 @@ def project_h200(measured: dict, args: argparse.Namespace) -> dict:
     """PROJECTION of LAION-400M on one H200 (no GPU used here): flops of each step at the H200's peak times the
     efficiency measured on this CPU, plus reading the embeddings; every assumption is printed."""
     n, d, k = args.project_rows, args.project_dim, args.project_clusters
-    sample = POINTS_PER_CLUSTER * k
+    sample = POINTS_PER_CLUSTER * k  # the default sample at 400M (the measured run may have used a smaller one)
     cpu_peak = measured["cpu_peak_gflops"]
     eff_kmeans = min(1.0, measured["kmeans"]["clipsim_gflops"] / cpu_peak["fp32"])
     eff_assign = min(1.0, measured["assign"]["clipsim_effective_gflops"] / cpu_peak[measured["assign"]["precision"]])
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--clusters", type=int, default=2000, help="default: n // 500, the default for sets this size")
     p.add_argument("--niter", type=int, default=20)
+    p.add_argument("--sample", type=int, help="k-means training rows (default: 256 per cluster, faiss's cap)")
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     p.add_argument("--block-rows", type=int, default=65536)
     p.add_argument("--seed", type=int, default=1234)
@@ -198,9 +200,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                 "load_average_at_start": list(os.getloadavg())}}
     x16 = make_set(args.n, args.dim, args.seed)
     report["cpu_peak_gflops"] = cpu_peak()
-    report["kmeans"], centroids = bench_kmeans(x16, args.clusters, args.niter, args.seed)
+    report["kmeans"], centroids = bench_kmeans(x16, args.clusters, args.niter, args.seed, args.sample)
     report["assign"] = bench_assign(x16, centroids, args.precision, args.block_rows)
-    report["pipeline"] = bench_pipeline(x16, args.clusters, args.niter, args.seed)
+    report["pipeline"] = bench_pipeline(x16, args.clusters, args.niter, args.seed, args.sample)
     report["projection_h200_laion400m"] = project_h200(report, args)
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     report["machine"]["load_average_at_end"] = list(os.getloadavg())

@@ -143,13 +143,18 @@ class DedupStats:
         edges = np.linspace(min(lo, 0.999), 1.0, HIST_BINS + 1)
         return {"edges": edges, "earlier": np.histogram(finite[0], edges)[0], "any": np.histogram(finite[1], edges)[0]}
 
+    @cached_property
+    def clusters_summary(self) -> dict:
+        """What does not depend on eps: {"clusters" (non-empty), "largest", "singletons", "first_in_cluster"}."""
+        return {"clusters": int((self.sizes > 0).sum()), "largest": int(self.sizes.max()) if len(self.sizes) else 0,
+                "singletons": int((self.sizes == 1).sum()),
+                "first_in_cluster": int(np.searchsorted(self.sorted_earlier, -np.inf, side="right"))}
+
     def summary(self, eps: float) -> dict:
-        """Counts at eps: {"removed", "kept", "share", "clusters", "largest", "singletons", "first_in_cluster"}."""
+        """Counts at eps (a binary search): {"removed", "kept", "share"} and clusters_summary."""
         removed = self.count_removed(eps)
         return {"removed": removed, "kept": self.n - removed, "share": removed / self.n if self.n else 0.0,
-                "clusters": int((self.sizes > 0).sum()), "largest": int(self.sizes.max()) if len(self.sizes) else 0,
-                "singletons": int((self.sizes == 1).sum()),
-                "first_in_cluster": int((~np.isfinite(self.earlier_sim)).sum())}
+                **self.clusters_summary}
 
 
 def default_manifest_name(eps: float, clusters: int, keep: str = "hard") -> str:

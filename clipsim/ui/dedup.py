@@ -20,7 +20,7 @@ def _stats(root: str, web: str, clusters: int, keep: str, seed, fingerprint: str
     from clipsim.dedup.stats import DedupStats
 
     stats = DedupStats.load(_ws, web, clusters, keep, seed)
-    _ = stats.sorted_earlier, stats.histogram  # sorted once here: every eps change is a binary search
+    _ = stats.sorted_earlier, stats.histogram, stats.clusters_summary  # once here: an eps change is a binary search
     return stats
 
 
