@@ -72,6 +72,8 @@ class Manifest:
                 reasons.append(f"search {test!r} vs {web!r} changed")
             reasons += [f"search {test!r} vs {web!r}: {r}" for r in res.stale_reasons()]
         if self.summary.get("base"):
+            from clipsim.prune.base import base_changes
+
             reasons += base_changes(self.ws, self.summary["base"])
         return reasons
 
@@ -149,44 +151,6 @@ def write_manifest(ws, name: str, removed_keys: np.ndarray, kept_keys: np.ndarra
         raise WorkspaceError(f"manifest {name!r} exists at {folder}; pick another name or pass overwrite=True (CLI: --overwrite)")
     _write_atomically(ws.path(MANIFESTS), name, {"removed": removed_keys, "kept": kept_keys}, summary, overwrite)
     return load_manifest(ws, name)
-
-
-def base_rows(ws, base: str, web: str) -> tuple[np.ndarray, dict]:
-    """The web rows that manifest `base` keeps, and what a manifest built on it records.
-
-    Returns:
-        (rows (k,) int64 increasing, {"name", "rule", "kept", "web_rows", "fingerprint" (of its kept keys)}).
-
-    Raises:
-        WorkspaceError: unknown base, a base of another web set, a stale base, or kept keys missing from the web set.
-    """
-    found = load_manifest(ws, base)
-    if found.summary["web"] != web:
-        raise WorkspaceError(f"base manifest {base!r} prunes web set {found.summary['web']!r}, not {web!r}; pick a "
-                             f"manifest of {web!r} as base")
-    if found.stale:
-        raise WorkspaceError(f"base manifest {base!r} is stale ({'; '.join(found.stale_reasons())}); re-create it first")
-    keys = ws.keys(web)
-    rows = pd.Index(keys).get_indexer(found.kept_keys())
-    if (rows < 0).any():
-        raise WorkspaceError(f"base manifest {base!r} keeps {int((rows < 0).sum())} keys that {web!r} does not hold; "
-                             "re-create the manifest from the current web set")
-    return np.sort(rows).astype(np.int64), {"name": base, "rule": found.rule, "kept": len(rows),
-                                            "web_rows": len(keys), "fingerprint": _kept_fingerprint(found)}
-
-
-def base_changes(ws, base: dict) -> list[str]:
-    """Why the base a manifest or statistics were cut from no longer matches (empty when unchanged)."""
-    try:
-        found = load_manifest(ws, base["name"])
-    except WorkspaceError:
-        return [f"base manifest {base['name']!r} is gone"]
-    reasons = [] if _kept_fingerprint(found) == base["fingerprint"] else [f"base manifest {base['name']!r} changed"]
-    return reasons + [f"base manifest {base['name']!r}: {r}" for r in found.stale_reasons()]
-
-
-def _kept_fingerprint(manifest: Manifest) -> str:
-    return fileio.file_fingerprint([manifest.folder / "kept.parquet", manifest.folder / "summary.json"])
 
 
 def load_manifest(ws, name: str) -> Manifest:

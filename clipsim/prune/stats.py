@@ -167,24 +167,10 @@ class PruneStats:
         return out
 
     def within_base(self, base: str) -> PruneStats:
-        """The statistics of the web rows that manifest `base` keeps: rules then prune the base's kept set (the
-        study prunes the deduplicated web set), counts and shares are relative to it, and a saved manifest records it.
+        """The statistics of the web rows that manifest `base` keeps (see clipsim.prune.base.restrict_to_base)."""
+        from clipsim.prune.base import restrict_to_base
 
-        Raises:
-            WorkspaceError: unknown or stale base, a base of another web set, or statistics already restricted.
-        """
-        from clipsim.prune.manifest import base_rows
-
-        if self.base is not None or self.ws is None:
-            why = "are already restricted to a base" if self.base is not None else "were not loaded from a workspace"
-            raise WorkspaceError(f"cannot restrict to base {base!r}: these statistics {why}; load them with "
-                                 "PruneStats.load(ws, web, tests, base=NAME)")
-        rows, info = base_rows(self.ws, base, self.web)
-        margins = {t: self._vals[("g", t)][rows] for t in self.tests} if self.has_margins else None
-        out = PruneStats(self.web, len(rows), {t: self._vals[("m", t)][rows] for t in self.tests}, margins,
-                         self.reference, self.fingerprints, self.web_fingerprint, ws=self.ws, keys=self.keys[rows])
-        out.base, out.base_rows = info, rows
-        return out
+        return restrict_to_base(self, base)
 
     def full_removed(self, removed: np.ndarray) -> np.ndarray:
         """A removed mask over these rows as a mask over the whole web set (rows outside the base count as removed)."""
@@ -209,7 +195,7 @@ class PruneStats:
         now = emb.fingerprint() if emb is not None and emb.count else None
         reasons = [] if now == self.web_fingerprint else [f"web set {self.web!r} embeddings changed"]
         if self.base is not None:
-            from clipsim.prune.manifest import base_changes
+            from clipsim.prune.base import base_changes
 
             reasons += base_changes(self.ws, self.base)
         for test in self.tests:
