@@ -3,7 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from clipsim.ui.common import leave_legacy_pages_mode, read_only_banner, workspace_root
+from clipsim.ui.common import leave_legacy_pages_mode, page_failed, read_only_banner, workspace_root
 
 # (file, title, icon); pages not written yet are left out of the navigation.
 PAGES = [
@@ -24,4 +24,7 @@ with st.sidebar:
     read_only_banner()
 here = Path(__file__).parent
 pages = [st.Page(f, title=t, icon=i, default=n == 0) for n, (f, t, i) in enumerate(PAGES) if (here / f).exists()]
-st.navigation(pages).run()
+try:
+    st.navigation(pages).run()
+except Exception as err:  # noqa: BLE001  (a page's unexpected error: one message, never a raw traceback)
+    page_failed(err)

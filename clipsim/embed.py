@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from clipsim import fileio, store
+from clipsim.checks import check_embed_args
 from clipsim.data.sources import DEFAULT_SHARD_SIZE, Source, SourceShard, open_source, read_image
 from clipsim.data.tars import first_repeated_key, key_hashes
 from clipsim.errors import DataError
 from clipsim.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_model
+from clipsim.names import check_writable
 from clipsim.search.exact import resolve_device
 from clipsim.shard_ranges import check_range, index_runs
 
@@ -270,10 +272,13 @@ def embed_dataset(
         DataError: bad source, existing embeddings from another model/source (without force), a key repeated
             across tars, a shard whose images all fail, or force together with a shard range.
         ModelError: the model or its weights cannot be loaded offline.
+        ArgumentError, ReadOnlyError: a bad argument, or a read-only workspace (nothing is touched).
     """
+    check_embed_args(batch_size, workers, device, shard_size)
     ds = ws.dataset(name)
     if ds.kind == "embeddings":
         return ws.embeddings(name)
+    check_writable(f"embed {name}")
     source = open_source(ds.kind, ds.source, shard_size, options=ds.extra)
     root = ws.path("embeddings", name)
     chosen = _chosen_shards(source, shards, force, root)
@@ -334,10 +339,12 @@ def finalize_embeddings(ws, name: str) -> store.EmbeddingSet:
     Raises:
         DataError: nothing embedded yet, the source changed since, or shards missing (the message names the
             ranges and the command that embeds them).
+        ReadOnlyError: the workspace is read-only (nothing is written).
     """
     ds = ws.dataset(name)
     if ds.kind == "embeddings":
         return ws.embeddings(name)
+    check_writable(f"finalize the embeddings of {name}")
     root = ws.path("embeddings", name)
     again = f"python -m clipsim embed --workspace {ws.root} --datasets {name}"
     if not (root / "config.json").exists():

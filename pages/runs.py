@@ -3,7 +3,7 @@ import streamlit as st
 
 from clipsim import prune
 from clipsim.errors import ClipsimError
-from clipsim.names import read_only
+from clipsim.names import check_name, read_only
 from clipsim.runs import pipeline
 from clipsim.ui import loaders
 from clipsim.ui.jobs import job_monitor
@@ -34,7 +34,7 @@ else:
     source = st.segmented_control("Train on", ["rule", "manifest"], default="rule", required=True, key="runs_source",
                                   bind=BIND,
                                   format_func={"rule": "a new pruning rule", "manifest": "an existing manifest"}.get)
-    rule, rule_params, chosen, manifest = None, None, None, None
+    rule, rule_params, chosen, manifest, name_error = None, None, None, None, None
     if source == "manifest" and len(manifests):
         manifest = st.selectbox("Manifest", list(manifests["name"]), key="runs_manifest", bind=BIND)
     elif source == "manifest":
@@ -44,7 +44,12 @@ else:
         manifest = st.text_input("Manifest name", pipeline.manifest_name(rule, rule_params,
                                                                          None if chosen == tests else chosen, base),
                                  key=f"runs_name_{rule}_{base}")
-        if manifest in set(manifests["name"]):
+        try:
+            check_name(manifest, "manifest")
+        except ClipsimError as err:
+            name_error = str(err)
+            st.error(name_error, icon=":material/error:")
+        if not name_error and manifest in set(manifests["name"]):
             st.caption(f"Manifest `{manifest}` exists and is reused as saved; rename it to prune anew.")
     preset, overrides = preset_form(ws)
     left, right = st.columns(2)
@@ -53,7 +58,7 @@ else:
     full = right.checkbox(f"Also {'the full web set' if base is None else f'all of {base}'}", value=True,
                           key="runs_full", bind=BIND)
     if st.button("Queue prune → train → evaluate", type="primary", key="runs_launch",
-                 disabled=manifest is None and not full):
+                 disabled=bool(name_error) or (manifest is None and not full)):
         try:
             queued = pipeline.queue_pipeline(ws, manifest=manifest, rule=rule, rule_params=rule_params,
                                              tests=None if chosen == tests else chosen, preset=preset,

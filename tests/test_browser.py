@@ -272,3 +272,58 @@ def test_shared_link_opened_first_on_a_fresh_server_keeps_navigation_and_view(br
             shoot(pg, tmp_path, "deep_link_fresh_server")
         finally:
             context.close()
+
+
+BAD_NAMES = {"300 characters": ("m" * 300, "300 characters long; use at most 100"),
+             "../x": ("../x", "manifest name '../x' is not allowed")}
+
+
+def _alert(pg, text: str):
+    """The st.error / st.warning box holding `text`."""
+    return pg.locator("[data-testid=stAlert]").filter(has_text=text)
+
+
+@pytest.mark.parametrize("bad", list(BAD_NAMES))
+def test_bad_manifest_name_on_the_prune_page_is_an_inline_error(page, server, demo_ws, tmp_path, bad):
+    from clipsim.jobs import list_jobs
+
+    name, message = BAD_NAMES[bad]
+    jobs_before, manifests_before = list_jobs(demo_ws), sorted(p.name for p in demo_ws.path("manifests").glob("*"))
+    page.goto(server + "/prune")
+    metric(page, "Web samples removed").wait_for()
+    idle(page)
+    box = page.get_by_label("Manifest name")
+    box.fill(name)
+    page.get_by_role("button", name="Save manifest").click()
+    _alert(page, message).wait_for()
+    idle(page)
+    assert page.locator("[data-testid=stException]").count() == 0  # a message, not a traceback
+    assert metric(page, "Web samples removed").is_visible()  # the rest of the page still renders
+    assert sorted(p.name for p in demo_ws.path("manifests").glob("*")) == manifests_before
+    assert list_jobs(demo_ws) == jobs_before
+    shoot(page, tmp_path, f"prune_bad_name_{bad.replace('/', '_').replace('.', '')}")
+
+
+@pytest.mark.parametrize("bad", list(BAD_NAMES))
+def test_bad_manifest_name_on_the_runs_page_is_an_inline_error_and_queues_nothing(page, server, demo_ws, tmp_path,
+                                                                                  bad):
+    from clipsim.jobs import list_jobs
+
+    name, message = BAD_NAMES[bad]
+    jobs_before = list_jobs(demo_ws)
+    page.goto(server + "/runs")
+    box = page.get_by_label("Manifest name")
+    box.wait_for()
+    idle(page)
+    box.fill(name)
+    box.press("Enter")
+    _alert(page, message).wait_for()
+    idle(page)
+    queue = page.get_by_role("button", name="Queue prune → train → evaluate")
+    assert queue.is_disabled()
+    queue.click(force=True)  # a click on the disabled button does nothing
+    idle(page)
+    assert page.locator("[data-testid=stException]").count() == 0
+    assert page.get_by_text("Training", exact=True).is_visible()  # the page below the form still renders
+    assert list_jobs(demo_ws) == jobs_before  # nothing was queued
+    shoot(page, tmp_path, f"runs_bad_name_{bad.replace('/', '_').replace('.', '')}")

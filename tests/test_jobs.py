@@ -162,6 +162,15 @@ def test_killed_worker_is_marked_failed_by_reconcile(ws):
     assert "ended without recording a result" in dead.error and "started with params" in dead.error
 
 
+def test_sigterm_from_outside_fails_the_job_instead_of_cancelling_it(ws):
+    """SLURM's time limit, a node failure or a plain `kill` is not a cancel: the worker records a failure."""
+    job = _started(ws, launch(ws, "sleep", LONG).id)
+    os.killpg(int(job.backend_id), signal.SIGTERM)
+    out = wait(ws, job.id, timeout=30)
+    assert out.state == "failed" and out.exit_code == 128 + signal.SIGTERM and out.cancel_requested is None
+    assert "stopped by SIGTERM, which no clipsim cancel sent" in out.error and "started with params" in out.error
+
+
 def test_process_identity_guards_against_pid_reuse():
     me = os.getpid()
     assert process_alive(me, process_start(me))
@@ -172,7 +181,7 @@ def test_identical_launch_returns_the_same_job(ws):
     first = launch(ws, "sleep", LONG)
     assert launch(ws, "sleep", {"steps": 600, "seconds": 60}).id == first.id  # same params, other key order
     ids: list[str] = []
-    threads = [threading.Thread(target=lambda: ids.append(launch(ws, "sleep", {**LONG, "x": 1}).id)) for _ in range(4)]
+    threads = [threading.Thread(target=lambda: ids.append(launch(ws, "sleep", {**LONG, "tag": 1}).id)) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:

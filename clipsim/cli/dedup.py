@@ -5,30 +5,30 @@ from __future__ import annotations
 import argparse
 import json
 
-from clipsim.cli.common import command, tqdm_progress
+from clipsim.cli.common import DEVICE, NON_NEGATIVE, POSITIVE, command, name_type, tqdm_progress
 from clipsim.errors import ClipsimError
 from clipsim.workspace import Workspace
 
 
 def _dedup_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="web", help="the set to deduplicate (default: web)")
-    p.add_argument("--name", required=True, help="manifest name (saved under W/manifests/NAME)")
-    p.add_argument("--clusters", type=int, help="k-means clusters (default: 50,000, or n // 500 for smaller sets)")
+    p.add_argument("--dataset", default="web", type=name_type("dataset"), help="the set to deduplicate (default: web)")
+    p.add_argument("--name", required=True, type=name_type("manifest"), help="manifest name (saved under W/manifests/NAME)")
+    p.add_argument("--clusters", type=POSITIVE, help="k-means clusters (default: 50,000, or n // 500 for smaller sets)")
     p.add_argument("--eps", type=float, help="remove a sample whose similarity to an earlier member of its cluster "
                                              "exceeds 1 - EPS (default: the workspace's, else the study's 0.124)")
     p.add_argument("--keep", choices=["hard", "easy", "random"], default="hard",
                    help="which member of a duplicate group survives (SemDeDup's which_to_keep; default hard)")
-    p.add_argument("--seed", type=int, help="k-means seed and the seed of --keep random (default 1234)")
-    p.add_argument("--niter", type=int, help="k-means iterations (default 20)")
-    p.add_argument("--sample", type=int, help="k-means training rows (default: 256 per cluster)")
+    p.add_argument("--seed", type=NON_NEGATIVE, help="k-means seed and the seed of --keep random (default 1234)")
+    p.add_argument("--niter", type=POSITIVE, help="k-means iterations (default 20)")
+    p.add_argument("--sample", type=POSITIVE, help="k-means training rows (default: 256 per cluster)")
     p.add_argument("--exact-global", action="store_true",
                    help="also find every exact eps-duplicate pair of the whole set and report how many the clustering "
                         "split across clusters (O(n^2): for sets up to a few million rows)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing manifest of that name")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--device", default="auto", help="auto (GPU when available), cpu or cuda")
+    p.add_argument("--device", default="auto", type=DEVICE, help="auto (GPU when available), cpu or cuda")
     p.add_argument("--backend", choices=["local", "slurm"], help="run as jobs on this backend (default: in this process)")
-    p.add_argument("--array", type=int, metavar="N", help="assign shard ranges in N jobs (a SLURM array with --backend "
+    p.add_argument("--array", type=POSITIVE, metavar="N", help="assign shard ranges in N jobs (a SLURM array with --backend "
                                                           "slurm), after a centroids job and before the rest")
     p.add_argument("--wait", action="store_true", help="with --backend/--array: wait for the jobs, print the result")
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
@@ -38,8 +38,6 @@ def _options(args: argparse.Namespace):
     from clipsim.dedup.pipeline import DedupOptions
 
     given = {k: getattr(args, k) for k in ("clusters", "eps", "seed", "niter", "sample") if getattr(args, k) is not None}
-    if args.array is not None and args.array < 1:
-        raise ClipsimError(f"--array {args.array}: give the number of assignment tasks, at least 1")
     return DedupOptions(args.dataset, keep=args.keep, exact_global=args.exact_global, name=args.name,
                         overwrite=args.overwrite, precision=args.precision, device=args.device, **given)
 

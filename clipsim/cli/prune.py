@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from clipsim.cli.common import command, csv_list, tqdm_progress
+from clipsim.cli.common import NON_NEGATIVE, command, csv_list, name_type, tqdm_progress
 from clipsim.errors import ClipsimError
 from clipsim.prune import (
     RULES,
@@ -26,7 +26,7 @@ _CUT_OPTIONS = {"threshold": ("tau", "remove_fraction"), "similarity-gap": ("del
 
 def _prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rule", required=True, choices=RULES)
-    p.add_argument("--name", required=True, help="manifest name (saved under W/manifests/NAME)")
+    p.add_argument("--name", required=True, type=name_type("manifest"), help="manifest name (saved under W/manifests/NAME)")
     p.add_argument("--web", help="web train set (default: the only train set other than the reference)")
     p.add_argument("--reference", help="reference train set for similarity-gap (default: the workspace's reference)")
     p.add_argument("--tests", help="comma-separated test sets (default: all)")
@@ -34,10 +34,10 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     cut.add_argument("--tau", type=float, help="threshold: remove x if max_t cos(x, t) > TAU")
     cut.add_argument("--delta", type=float, help="similarity-gap: remove x if some cos(x, t) > s_ref(t) + DELTA (default 0)")
     cut.add_argument("--remove-fraction", type=float, help="threshold / similarity-gap: the cut removing closest to this share")
-    cut.add_argument("--keep", type=int, help="near / far / random: samples to keep")
+    cut.add_argument("--keep", type=NON_NEGATIVE, help="near / far / random: samples to keep")
     cut.add_argument("--keep-fraction", type=float, help="near / far / random: share of samples to keep, in (0, 1]")
     cut.add_argument("--like", help="random: keep as many samples as this manifest keeps")
-    p.add_argument("--seed", type=int, help="random: seed (default 0)")
+    p.add_argument("--seed", type=NON_NEGATIVE, help="random: seed (default 0)")
     p.add_argument("--base", help="prune only the samples this manifest keeps (e.g. a dedup manifest, as the study did)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing manifest of that name")
 

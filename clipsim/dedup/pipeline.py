@@ -83,6 +83,38 @@ class DedupOptions:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+JOB_KEYS = {"stop_after", "tasks", "task", "array_job", "shards"}  # besides DedupOptions: the job and array steps
+
+
+def check_dedup_params(ws, params: dict) -> DedupOptions:
+    """Validate the params of a dedup job (the fields of DedupOptions, plus stop_after and the array keys) before
+    anything runs: the set exists and is embedded, keep/clusters/eps are in range, a manifest name is free.
+
+    Returns:
+        The resolved options.
+
+    Raises:
+        ArgumentError: an unknown parameter or a value out of range (the message names it and the fix).
+    """
+    from clipsim.errors import ArgumentError
+    from clipsim.names import check_name
+
+    unknown = sorted(set(params) - {f.name for f in fields(DedupOptions)} - JOB_KEYS)
+    if unknown or "web" not in params:
+        raise ArgumentError(f"dedup job: unknown parameter(s) {', '.join(unknown) or 'none'} or no params['web']; "
+                            f"known: {', '.join(sorted({f.name for f in fields(DedupOptions)} | JOB_KEYS))}")
+    try:
+        opts = DedupOptions.from_params(params).resolved(ws)
+    except (ValueError, TypeError) as err:
+        raise ArgumentError(f"dedup job: {err}") from err
+    if opts.name is not None:
+        check_name(opts.name, "manifest")
+        if not opts.overwrite and ws.path("manifests", opts.name, "summary.json").exists():
+            raise ArgumentError(f"manifest {opts.name!r} already exists in {ws.path('manifests')}; pick another name "
+                                "or set overwrite")
+    return opts
+
+
 def clustering(ws, opts: DedupOptions, progress=None) -> Clustering:
     """Train (or reuse) the centroids, assign every shard not yet assigned, and commit; a fresh committed
     clustering made from the same centroids is returned as is."""

@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from clipsim import fileio
 from clipsim.errors import ClipsimError
+from clipsim.names import check_name
 
 if TYPE_CHECKING:
     from clipsim.jobs.worker import JobContext
@@ -38,10 +40,24 @@ KINDS: dict[str, str] = {
 ARRAY_TASKS: dict[str, str] = {"search-array": "search-part", "embed-array": "embed-part", "dedup-array": "dedup-part"}
 
 
-def register_kind(name: str, target: str) -> None:
-    """Register (or replace) a kind: `target` is "package.module:function"."""
+def register_kind(name: str, target: str, check: Callable | None = None) -> None:
+    """Register (or replace) a kind: `target` is "package.module:function".
+
+    Args:
+        name: the kind's name (the one name rule: clipsim.names.check_name).
+        target: "package.module:function" run by the worker.
+        check: optional `check(ws, params, launch)` run at launch (see clipsim.jobs.checks).
+
+    Raises:
+        ClipsimError: a bad name or target.
+    """
+    from clipsim.jobs.checks import register_check
+
+    check_name(name, "job kind")
     if ":" not in target:
         raise ClipsimError(f"job kind target {target!r} for {name!r} must look like 'package.module:function'")
+    if check is not None:
+        register_check(name, check)
     KINDS[name] = target
 
 
@@ -136,7 +152,9 @@ def sleep_job(ws, params: dict, ctx: JobContext) -> dict:
     """A test kind: sleeps `seconds` in `steps` steps, reporting progress and checking for cancellation.
 
     params: seconds (1.0), steps (10), fail_at (step at which to raise; `fail: true` = halfway),
-    ignore_term (ignore SIGTERM/SIGINT and never check for cancellation: a stuck worker).
+    ignore_term (ignore SIGTERM/SIGINT and never check for cancellation: a stuck worker), children (0: how many
+    child processes to start first, each with a grandchild in its own session, like torchrun and its ranks; their
+    pids go to children.json), tag (a label that only tells otherwise identical jobs apart).
 
     Returns:
         {"slept_s", "steps"}.
@@ -150,6 +168,8 @@ def sleep_job(ws, params: dict, ctx: JobContext) -> dict:
     if stuck:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if params.get("children"):
+        _start_children(ctx, int(params["children"]))
     for step in range(steps):
         ctx.progress(step, steps, f"sleeping, step {step + 1} of {steps}")
         if fail_at is not None and step >= int(fail_at):
@@ -161,3 +181,20 @@ def sleep_job(ws, params: dict, ctx: JobContext) -> dict:
     ctx.result_path("slept.txt").write_text(f"{seconds}\n")
     ctx.log.info("slept %.2f s in %d steps", seconds, steps)
     return {"slept_s": seconds, "steps": steps}
+
+
+_CHILD = ("import subprocess, sys, time; g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)'], "
+          "start_new_session=True); print(g.pid, flush=True); time.sleep(3600)")  # a process tree that outlives us
+
+
+def _start_children(ctx: JobContext, count: int) -> None:
+    """Start `count` long-sleeping children, each with a grandchild in a new session; record their pids."""
+    import subprocess
+    import sys
+
+    tree = {"children": [], "grandchildren": []}
+    for _ in range(count):
+        child = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, text=True)
+        tree["children"].append(child.pid)
+        tree["grandchildren"].append(int(child.stdout.readline()))
+    fileio.write_json(ctx.result_path("children.json"), tree)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 import zlib
 from collections.abc import Callable
@@ -225,7 +224,7 @@ def _write(ws, name: str, config: dict, ids: dict[str, np.ndarray], model, total
     """Write coords.parquet and config.json into a temporary sibling folder and rename it into place."""
     root = ws.path(MAPS)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+    tmp = fileio.make_temp_dir(root, f".{name}.", ".tmp")
     try:
         schema = pa.schema([("dataset", pa.string()), ("key", pa.string()), ("row", pa.int64()), ("x", pa.float32()),
                             ("y", pa.float32()), ("fitted", pa.bool_())])

@@ -4,7 +4,6 @@ swapped into place atomically. `clipsim.mapping` computes them and re-exports th
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +80,7 @@ def swap_into_place(root: Path, name: str, tmp: Path) -> None:
     """Rename the finished folder `tmp` to root/name, replacing an older map of that name (never half-written)."""
     final = root / name
     if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=root))
+        old = fileio.make_temp_dir(root, f".{name}.", ".old")
         final.rename(old / name)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)

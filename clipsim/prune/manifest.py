@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,7 +262,7 @@ def _post_prune_medians(ws, rule, params, stats, removed, progress) -> dict:
 
 def _write_atomically(root: Path, name: str, keys: dict[str, np.ndarray], summary: dict, overwrite: bool) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+    tmp = fileio.make_temp_dir(root, f".{name}.", ".tmp")
     try:
         for part, values in keys.items():
             fileio.write_parquet(tmp / f"{part}.parquet", pd.DataFrame({"key": pd.Series(values, dtype=str)}))
@@ -272,7 +271,7 @@ def _write_atomically(root: Path, name: str, keys: dict[str, np.ndarray], summar
         if final.exists():
             if not overwrite:
                 raise WorkspaceError(f"manifest {name!r} appeared at {final} while writing; pick another name")
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=root))
+            old = fileio.make_temp_dir(root, f".{name}.", ".old")
             final.rename(old / name)
             tmp.rename(final)
             shutil.rmtree(old, ignore_errors=True)

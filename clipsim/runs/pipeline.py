@@ -7,6 +7,7 @@ Launches are deduplicated by the job system, so a double click queues one chain.
 from __future__ import annotations
 
 from clipsim.errors import WorkspaceError
+from clipsim.names import check_name
 from clipsim.runs.data import FULL
 from clipsim.runs.presets import get_preset
 
@@ -85,36 +86,60 @@ def queue_pipeline(ws, manifest: str | None = None, rule: str | None = None, rul
 
     Raises:
         WorkspaceError: neither a manifest nor a rule, or the manifest is missing and no rule makes it.
+        ClipsimError: a parameter of one of the jobs is refused (clipsim.jobs.checks); nothing is queued then.
         ReadOnlyError: the workspace is served read-only.
     """
-    from clipsim import jobs
-    from clipsim.prune.manifest import MANIFESTS
-
     web = web or default_web(ws)
     if manifest is None and rule is None and not include_full:
         raise WorkspaceError("nothing to train: pick a manifest, a pruning rule, or the full web set")
-    queued, prune_job = [], None
-    if rule is not None or manifest is not None:
-        manifest = manifest or manifest_name(rule, rule_params, tests, base)
-        if not (ws.path(MANIFESTS, manifest) / "summary.json").exists():
-            if rule is None:
-                raise WorkspaceError(f"manifest {manifest!r} does not exist in {ws.path(MANIFESTS)}; pick a rule to "
-                                     "make it or an existing manifest")
-            params = {"name": manifest, "rule": rule, "web": web, **(rule_params or {}), **({"base": base} if base else {})}
-            if tests:
-                params["tests"] = list(tests)
-            prune_job = jobs.launch(ws, "prune", params, backend="local")
-            queued.append(prune_job)
-    resources = train_resources(ws, preset, overrides)
-    if manifest is not None and prune_job is None:
+    manifest, plan = _prune_step(ws, manifest, rule, rule_params, tests, web, base)
+    if manifest is not None and not plan:
         manifest = train_manifest(ws, manifest, base)
+    resources = train_resources(ws, preset, overrides)
     variants = ([{"manifest": base or FULL}] if include_full else []) + \
         ([{"manifest": manifest}] if manifest else []) + \
         ([{"manifest": manifest, "control": "random"}] if manifest and random_control else [])
     for variant in variants:
-        params = {**variant, "web": web, "preset": preset, "overrides": dict(overrides or {})}
-        after = prune_job.id if prune_job is not None and variant["manifest"] == manifest else None
-        train_job = jobs.launch(ws, "train", params, backend=backend, depends_on=after, resources=resources)
-        evaluate = {"run": train_job.id, **({"tests": list(eval_tests)} if eval_tests else {})}
-        queued += [train_job, jobs.launch(ws, "evaluate", evaluate, backend=backend, depends_on=train_job.id)]
+        after = 0 if plan and plan[0][0] == "prune" and variant["manifest"] == manifest else None
+        plan.append(("train", {**variant, "web": web, "preset": preset, "overrides": dict(overrides or {})}, after,
+                     resources))
+        plan.append(("evaluate", {"run": f"train-job-{len(plan)}", **({"tests": list(eval_tests)} if eval_tests else {})},
+                     len(plan) - 1, None))
+    return _launch_plan(ws, plan, backend)
+
+
+Plan = list[tuple[str, dict, "int | None", "dict | None"]]  # (kind, params, index of the job it waits for, resources)
+
+
+def _prune_step(ws, manifest: str | None, rule: str | None, rule_params: dict | None, tests: list[str] | None,
+                web: str, base: str | None = None) -> tuple[str | None, Plan]:
+    """The manifest to train on (checked name) and the prune job that makes it, unless it exists or none is asked."""
+    from clipsim.prune.manifest import MANIFESTS
+
+    if rule is None and manifest is None:
+        return None, []
+    manifest = check_name(manifest or manifest_name(rule, rule_params, tests, base), "manifest")
+    if (ws.path(MANIFESTS, manifest) / "summary.json").exists():
+        return manifest, []
+    if rule is None:
+        raise WorkspaceError(f"manifest {manifest!r} does not exist in {ws.path(MANIFESTS)}; pick a rule to make it "
+                             "or an existing manifest")
+    params = {"name": manifest, "rule": rule, "web": web, **(rule_params or {}), **({"tests": list(tests)} if tests else {}),
+              **({"base": base} if base else {})}
+    return manifest, [("prune", params, None, None)]
+
+
+def _launch_plan(ws, plan: Plan, backend: str | None) -> list:
+    """Check every job of the plan, then queue them in order (prune jobs run locally: they only read and write files)."""
+    from clipsim import jobs
+
+    chosen = backend or ws.settings.get("jobs", {}).get("backend", "local")
+    for kind, params, after, _ in plan:  # nothing is queued unless every job passes
+        jobs.check_params(ws, kind, params, jobs.Launch("local" if kind == "prune" else chosen, after is not None))
+    queued = []
+    for kind, params, after, resources in plan:
+        if kind == "evaluate":
+            params = {**params, "run": queued[after].id}
+        queued.append(jobs.launch(ws, kind, params, backend="local" if kind == "prune" else backend,
+                                  depends_on=queued[after].id if after is not None else None, resources=resources))
     return queued

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from clipsim import fileio
 from clipsim.errors import ClipsimError, WorkspaceError
+from clipsim.names import check_writable
 from clipsim.runs.data import FULL, TrainData, materialise
 from clipsim.runs.log import checkpoints, parse_train_log, read_training_progress, summarise
 from clipsim.runs.presets import get_preset, launch_command, trainer_argv
 
-__all__ = ["random_control", "read_training_progress", "resolve_checkpoint", "train", "train_job"]
+__all__ = ["control_name", "random_control", "read_training_progress", "resolve_checkpoint", "train", "train_job"]
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
 POLL_S = 2.0  # how often the trainer's log is read for progress
@@ -43,7 +44,7 @@ def random_control(ws, manifest: str, web: str = "web", seed: int = 0) -> str:
     if manifest == FULL:
         raise WorkspaceError("a random control needs a pruned manifest to match in size, not 'full'")
     base = prune.load_manifest(ws, manifest)
-    name = f"{manifest}-random" + (f"{seed}" if seed else "")
+    name = control_name(manifest, seed)
     try:
         old = prune.load_manifest(ws, name)
         params = old.summary.get("params", {})
@@ -56,6 +57,11 @@ def random_control(ws, manifest: str, web: str = "web", seed: int = 0) -> str:
     prune.save_manifest(ws, name, "random", {"keep": int(base.kept_count), "seed": seed, "like": manifest}, stats,
                         removed, overwrite=True)
     return name
+
+
+def control_name(manifest: str, seed: int = 0) -> str:
+    """The name of the random control manifest of `manifest`: '<manifest>-random' (seed 0) or '<manifest>-random<seed>'."""
+    return f"{manifest}-random" + (f"{seed}" if seed else "")
 
 
 def _manifest_info(ws, manifest: str, web: str) -> dict:
@@ -186,7 +192,9 @@ def train(ws, manifest: str = FULL, web: str = "web", preset: str = "demo", over
 
     Raises:
         WorkspaceError: unknown manifest, preset or web set. ClipsimError: the trainer failed (log tail included).
+        ReadOnlyError: the workspace is served read-only (nothing is written).
     """
+    check_writable(f"train on manifest {manifest!r}")
     control_of = None
     if control == "random":
         control_of, manifest = manifest, random_control(ws, manifest, web, seed)

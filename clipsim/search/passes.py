@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from clipsim import fileio
+from clipsim.checks import check_search_args
 from clipsim.errors import WorkspaceError
+from clipsim.names import check_writable
 from clipsim.search.exact import default_precision, resolve_device
 from clipsim.search.result import SearchResult, digest, is_fresh
 from clipsim.search.scan import TILE_ELEMENTS, ExactScanner, Group
@@ -49,9 +51,15 @@ def search(
 
     Returns:
         {test: SearchResult} for every requested test set.
+
+    Raises:
+        ArgumentError: k or block_rows below 1, an unknown device or precision (nothing is written).
+        ReadOnlyError: a search is due but the workspace is read-only.
     """
+    check_search_args(k, block_rows, precision, device)
     todo = [t for t in tests if force or not is_fresh(ws, t, train, k, reference)]
     if todo:
+        check_writable(f"search {', '.join(todo)} against {train}")
         run_pass(SearchPass.prepare(ws, train, todo, k, reference), precision, device, block_rows, progress)
     return {t: SearchResult.load(ws, t, train) for t in tests}
 

@@ -10,6 +10,7 @@ Secrets are only readable inside Streamlit, so `apply_secrets` copies the flag i
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -46,7 +47,14 @@ def stop_while_building(root: Path) -> None:
 
 
 def no_workspace(root: Path, why: str) -> None:
-    """Say there is no workspace at `root` and how to make one (a button builds the demo unless read-only); stops."""
+    """Say there is no workspace at `root` and how to make one (a button builds the demo unless read-only); stops.
+
+    A registry that exists but does not load (malformed, a bad dataset name) is an error to fix, not a missing
+    workspace: the page shows the message, which names the file and the fix.
+    """
+    if (root / "clipsim.json").exists():
+        st.error(f"The workspace at `{root}` cannot be opened: {why}", icon=":material/error:")
+        st.stop()
     st.info(f"No clipsim workspace at `{root}` ({why}). Build the demo there, or create one and register datasets:",
             icon=":material/info:")
     st.code(f"python -m clipsim demo --workspace {root}\n# or: python -m clipsim init --workspace {root}",
@@ -82,6 +90,23 @@ def apply_secrets() -> None:
         return
     if flag is True or str(flag).strip().lower() in ("1", "true", "yes"):
         os.environ["CLIPSIM_READ_ONLY"] = "1"
+
+
+def page_failed(err: Exception) -> None:
+    """Show an unexpected error of a page as one message (its traceback goes to the server log), never a raw
+    traceback or a blank page. app.py calls this around the page it runs.
+
+    Raises:
+        Exception: `err` again when Streamlit already showed it (an error inside a fragment).
+    """
+    from streamlit.errors import FragmentHandledException
+
+    if isinstance(err, FragmentHandledException):
+        raise err
+    logging.getLogger("clipsim.ui").error("page failed", exc_info=err)
+    st.error(f"This page stopped on an unexpected error: {type(err).__name__}: {err}. Nothing was changed by it; "
+             "the full traceback is in the log of the server running the app. Please report it.",
+             icon=":material/error:")
 
 
 READ_ONLY_TEXT = ("Read-only presentation mode: launching jobs, saving manifests and computing maps are disabled; "
