@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from clipsim import store
+from clipsim import jobs, store
 from clipsim.cli import main as cli_main
 from clipsim.dedup import assign, kernel, within
 from clipsim.dedup.clusters import ClusterConfig, Clustering, train_centroids
@@ -174,3 +175,17 @@ def test_cli_dedup_json_and_bad_arguments(ws, capsys):
         assert "error:" in capsys.readouterr().err
     assert cli_main(["dedup", "--workspace", root, "--clusters", str(K), "--eps", "0.05", "--name", "dd"]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_array_jobs_give_what_one_process_gives(ws, tmp_path, capsys):
+    """--array 2 on the local backend: a centroids job, two assignment tasks over shard ranges, then the rest."""
+    ws.update_settings(jobs={"slots": 2})
+    other = Workspace.open(shutil.copytree(ws.root, tmp_path / "other"))
+    args = ["dedup", "--clusters", str(K), "--eps", "0.05", "--name", "dd", "--json"]
+    assert cli_main([*args, "--workspace", str(ws.root), "--array", "2", "--backend", "local", "--wait"]) == 0
+    arrayed = json.loads(capsys.readouterr().out)
+    assert cli_main([*args, "--workspace", str(other.root)]) == 0
+    assert json.loads(capsys.readouterr().out) == arrayed
+    assert np.array_equal(load_manifest(ws, "dd").kept_keys(), load_manifest(other, "dd").kept_keys())
+    parts = [j for j in jobs.list_jobs(ws) if j.kind == "dedup-part"]
+    assert sorted(j.result["range"] for j in parts) == [[0, 2], [2, 4]] and all(j.state == "done" for j in parts)

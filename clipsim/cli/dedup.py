@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from clipsim.cli.common import DEVICE, NON_NEGATIVE, POSITIVE, command, name_type, tqdm_progress
 from clipsim.errors import ClipsimError
@@ -66,8 +67,9 @@ def cmd_dedup(args: argparse.Namespace) -> int:
             from clipsim import jobs
 
             launched = launch_dedup(ws, opts, args.array, args.backend)
-            for job in launched:
-                print(f"queued {job.kind} job {job.id}" + (f" after {job.depends_on}" if job.depends_on else ""))
+            for job in launched:  # with --json on stderr, so stdout is the JSON alone
+                print(f"queued {job.kind} job {job.id}" + (f" after {job.depends_on}" if job.depends_on else ""),
+                      file=sys.stderr if args.json else sys.stdout)
             if not args.wait:
                 return 0
             last = jobs.wait(ws, launched[-1].id)
