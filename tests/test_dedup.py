@@ -189,3 +189,24 @@ def test_array_jobs_give_what_one_process_gives(ws, tmp_path, capsys):
     assert np.array_equal(load_manifest(ws, "dd").kept_keys(), load_manifest(other, "dd").kept_keys())
     parts = [j for j in jobs.list_jobs(ws) if j.kind == "dedup-part"]
     assert sorted(j.result["range"] for j in parts) == [[0, 2], [2, 4]] and all(j.state == "done" for j in parts)
+
+
+def _benchmark(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dedup_benchmarks_run_small(one_thread):
+    latency = _benchmark("dedup_latency").main(["--n", "20000", "--clusters", "50", "--changes", "5"])
+    assert set(latency["counts_and_pairs_ms"]) == {"median", "p99"} and latency["build_seconds"] >= 0
+    report = _benchmark("dedup_throughput").main(["--n", "3000", "--dim", "16", "--clusters", "6", "--niter", "2"])
+    assert report["assign"]["clipsim_argmax_differs_from_canonical_of_20k"] == 0
+    assert report["pipeline"]["removed"] > 0 and set(report["pipeline"]["steps_seconds"]) == {
+        "k-means", "assign", "within-cluster"}
+    assert report["projection_h200_laion400m"]["PROJECTION"].startswith("no GPU was used")
