@@ -180,6 +180,36 @@ class Workspace:
             return open_imported(folder, ds.extra.get("columns"), allow_partial=not required)
         return EmbeddingSet(folder, allow_partial=not required)
 
+    # ----- study roles: the one place that decides the reference and the web sets -----------------------
+    @property
+    def reference(self) -> str | None:
+        """The reference train set (ImageNet-like, defines s_ref(t)): settings['reference'] when it names a
+        registered train set, else None."""
+        ref = self.settings.get("reference")
+        return ref if ref in self.dataset_names("train") else None
+
+    def web_sets(self) -> list[str]:
+        """The web train sets (the ones pruned and trained on): every train set but the reference, in registry order."""
+        return [n for n in self.dataset_names("train") if n != self.reference]
+
+    def web_set(self, web: str | None = None) -> str:
+        """The web set to use: `web` when given (checked), else the first web set in registry order.
+
+        Raises:
+            WorkspaceError: `web` is not a registered web set, or there is none (the message says what to register).
+        """
+        webs = self.web_sets()
+        if web is None and webs:
+            return webs[0]
+        if web in webs:
+            return web
+        if web is not None:
+            raise WorkspaceError(f"{web!r} is not a web train set of workspace {self.root} (web sets: "
+                                 f"{', '.join(webs) or 'none'}; the reference is {self.reference!r}); pass one of them")
+        raise WorkspaceError(f"workspace {self.root} has no web train set (a train set other than the reference "
+                             f"{self.reference!r}); register one: `python -m clipsim register --workspace {self.root} "
+                             "--name web --role train ...`")
+
     @property
     def settings(self) -> dict:
         """Workspace settings (SLURM partition, similarity model, ...)."""

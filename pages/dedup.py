@@ -8,19 +8,22 @@ from clipsim.dedup.view import cut_pairs, eps_range
 from clipsim.errors import ClipsimError
 from clipsim.plots import dedup as dedup_plots
 from clipsim.ui import dedup as cached
-from clipsim.ui import gallery, loaders, widgets
-from clipsim.ui.common import leave_legacy_pages_mode
+from clipsim.ui import gallery, loaders, share
+from clipsim.ui.common import can_write
 from clipsim.ui.jobs import job_monitor, launch_button
+from clipsim.ui.nav import page_setup
+from clipsim.ui.pruning import threshold_input
 from clipsim.ui.state import BIND
 
 PAIRS, PAIR_THUMB = 6, 80  # pairs each side of the cut, their thumbnail px
 
-leave_legacy_pages_mode()
+page_setup(__file__)
 st.title("Dedup")
 st.caption("SemDeDup, as the study used it before any pruning: spherical k-means (faiss), then inside each cluster a "
            "sample is removed when its cosine similarity to an earlier member (farthest from the centroid first) "
            "exceeds 1 − ε. Every similarity is exact; the counts follow ε live.")
 ws = loaders.workspace()
+share.report_button(ws)
 if not ws.dataset_names("train"):
     st.info("Register a web train set first (or build the demo):", icon=":material/info:")
     st.code(f"python -m clipsim register --workspace {ws.root} --name web --role train --kind wds --source DIR",
@@ -50,7 +53,7 @@ except ClipsimError as err:
     st.error(str(err))
     st.stop()
 lo, hi = eps_range(stats)
-eps = widgets.threshold_input("ε (remove when similarity to an earlier member > 1 − ε)", "eps",
+eps = threshold_input("ε (remove when similarity to an earlier member > 1 − ε)", "eps",
                               min(max(default_eps(ws), lo), hi), lo, hi, step=0.001)
 s = stats.summary(eps)
 m = st.columns(4)
@@ -69,7 +72,7 @@ for col, side, pairs, text in zip(st.columns(2), ("above", "below"), (above, bel
                                    "kept: the closest earlier member is not close enough")):
     col.markdown(f"**Just {side} the cut** · {text}")
     with col:
-        gallery.show(gallery.pairs_html(pairs, PAIR_THUMB, side))
+        gallery.show(gallery.pairs_html(pairs, PAIR_THUMB, side, train="earlier member", first="sample"))
 
 st.subheader("Cluster sizes")
 st.caption(f"{s['clusters']:,} non-empty clusters; largest {s['largest']:,} samples, {s['singletons']:,} singletons. "
@@ -77,7 +80,7 @@ st.caption(f"{s['clusters']:,} non-empty clusters; largest {s['largest']:,} samp
 st.plotly_chart(dedup_plots.cluster_sizes(stats.sizes), width="stretch", key="dedup_sizes")
 
 st.subheader("Save as a dedup manifest")
-if widgets.can_write("saving dedup manifests"):
+if can_write("saving dedup manifests"):
     name = st.text_input("Manifest name", default_manifest_name(eps, stats.clusters, stats.keep))
     overwrite = st.checkbox("Overwrite a manifest of that name", key="dedup_overwrite")
     exact = st.checkbox("Also count the exact global ε-pairs the clustering split (O(n²))", key="dedup_global")

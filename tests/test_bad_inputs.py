@@ -21,6 +21,7 @@ from clipsim import jobs
 from clipsim.cli import main
 from clipsim.errors import ClipsimError
 from clipsim.jobs import list_jobs
+from clipsim.prune.rules import RuleSpec
 from clipsim.runs.pipeline import queue_pipeline
 from clipsim.workspace import Workspace
 
@@ -130,8 +131,9 @@ ARG_CASES = {
     "metadata --ids 1,abc": (["metadata", "--dataset", "web", "--ids", "1,abc"], r"'abc' is not an integer"),
     "metadata --ids -1": (["metadata", "--dataset", "web", "--ids=-1"], r"-1 is out of range"),
     "metadata --limit 0": (["metadata", "--dataset", "web", "--search", "a", "--limit", "0"], r"--limit: value = 0"),
-    "prune near with --tau": (["prune", "--rule", "near", "--tau", "0.5", "--name", "x"], r"--tau does not apply"),
-    "prune threshold without tau": (["prune", "--rule", "threshold", "--name", "x"], r"needs --tau"),
+    "prune near with --tau": (["prune", "--rule", "near", "--tau", "0.5", "--name", "x"],
+                              r"tau does not apply to rule 'near'; it takes keep"),
+    "prune threshold without tau": (["prune", "--rule", "threshold", "--name", "x"], r"needs tau \(CLI --tau\)"),
     "prune keep fraction 1.5": (["prune", "--rule", "near", "--keep-fraction", "1.5", "--name", "x"], r"1\.5"),
     "prune tau nan": (["prune", "--rule", "threshold", "--tau", "nan", "--name", "x"], r"NaN"),
     "prune --web nope": (["prune", "--rule", "near", "--keep", "5", "--name", "x", "--web", "nope"], r"'nope'"),
@@ -155,7 +157,7 @@ ARG_CASES = {
     "run-job search k 0": (["run-job", "--kind", "search", "--params", '{"k": 0}'], r"k \(neighbours"),
     "run-job search device banana": (["run-job", "--kind", "search", "--params", '{"device": "banana"}'], r"banana"),
     "run-job prune rule banana": (["run-job", "--kind", "prune", "--params", '{"name": "x", "rule": "banana"}'],
-                                  r"'banana' is not a rule"),
+                                  r"unknown pruning rule 'banana'"),
     "run-job umap sample -1": (["run-job", "--kind", "umap", "--params", '{"sample": -1}'], r"-1 is out of range"),
     "run-job evaluate run empty": (["run-job", "--kind", "evaluate", "--params", '{"run": ""}'], r"must be a run id"),
     "run-job train control full": (["run-job", "--kind", "train", "--params", '{"control": "random"}'], r"not 'full'"),
@@ -277,15 +279,15 @@ def test_bad_settings_are_named(ws, capsys, case):
 
 
 # ----- job parameters through the API: the pipeline queues nothing unless every job passes --------------------
-PIPELINE_CASES = {
-    "manifest ../x": ({"manifest": "../x", "rule": "near", "rule_params": {"keep": 0.5}}, r"'\.\./x'"),
-    "manifest 300 chars": ({"manifest": LONG, "rule": "near", "rule_params": {"keep": 0.5}}, r"300 characters"),
-    "preset unknown": ({"rule": "near", "rule_params": {"keep": 0.5}, "preset": "nope"}, r"preset 'nope'"),
-    "keep fraction 2.0": ({"rule": "near", "rule_params": {"keep": 2.0}}, r"keep"),
-    "rule params for another rule": ({"rule": "near", "rule_params": {"tau": 0.5}}, r"takes keep"),
-    "control name too long": ({"manifest": "a" * 95, "rule": "near", "rule_params": {"keep": 0.5},
-                               "random_control": True}, r"random control manifest name"),
-    "eval tests unknown": ({"rule": "near", "rule_params": {"keep": 0.5}, "eval_tests": ["nope"]}, r"'nope'"),
+PIPELINE_CASES = {  # (queue_pipeline arguments, the error); a rule's options are RuleSpec's to refuse (test_prune)
+    "manifest ../x": ({"manifest": "../x", "spec": RuleSpec("near", keep=0.5)}, r"'\.\./x'"),
+    "manifest 300 chars": ({"manifest": LONG, "spec": RuleSpec("near", keep=0.5)}, r"300 characters"),
+    "preset unknown": ({"spec": RuleSpec("near", keep=0.5), "preset": "nope"}, r"preset 'nope'"),
+    "keep fraction 2.0": ({"spec": RuleSpec("near", keep=2.0)}, r"keep"),
+    "web set unknown": ({"spec": RuleSpec("near", keep=0.5, web="nope")}, r"'nope' is not a web train set"),
+    "control name too long": ({"manifest": "a" * 95, "spec": RuleSpec("near", keep=0.5), "random_control": True},
+                              r"random control manifest name"),
+    "eval tests unknown": ({"spec": RuleSpec("near", keep=0.5), "eval_tests": ["nope"]}, r"'nope'"),
 }
 
 

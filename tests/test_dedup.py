@@ -16,7 +16,7 @@ from clipsim import jobs, store
 from clipsim.cli import main as cli_main
 from clipsim.dedup import assign, kernel, within
 from clipsim.dedup.clusters import ClusterConfig, Clustering, train_centroids
-from clipsim.dedup.pairs import cluster_recall, global_pairs
+from clipsim.dedup.pairs import cluster_recall, exact_pairs, global_pairs
 from clipsim.dedup.pipeline import DedupOptions, run_dedup
 from clipsim.dedup.stats import DedupStats, eps_cut
 from clipsim.prune import load_manifest
@@ -126,6 +126,7 @@ def test_global_pairs_and_recall_equal_brute_force(ws):
     run_dedup(ws, DedupOptions("web", clusters=K, eps=0.3))
     pairs = global_pairs(ws, "web", 0.3, query_rows=64)  # several query blocks
     i, j, s = pairs.arrays()
+    assert all(np.array_equal(a, b) for a, b in zip(exact_pairs(ws.embeddings("web"), 0.3, query_rows=100), (i, j, s)))
     c = brute_force(*(2 * [ws.embeddings("web").all()])).astype(np.float64)
     want_i, want_j = np.nonzero(np.triu(c > 1 - 0.3, k=1))
     assert np.array_equal(i, want_i) and np.array_equal(j, want_j) and np.array_equal(s, c[want_i, want_j].astype(np.float32))

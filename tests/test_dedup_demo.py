@@ -16,6 +16,7 @@ from clipsim.data.demo.draw import CLASSES
 from clipsim.dedup.clusters import default_clusters
 from clipsim.dedup.pipeline import default_eps
 from clipsim.dedup.stats import DedupStats, save_dedup_manifest
+from clipsim.prune.rules import RuleSpec
 from clipsim.runs.pipeline import queue_pipeline, train_manifest
 from clipsim.runs.train import random_control
 from clipsim.search.exact import brute_force
@@ -104,10 +105,10 @@ def test_runs_chain_starts_from_the_base(ws_copy):
     ws_copy.update_settings(jobs={"slots": 1})
     blocker = jobs.launch(ws_copy, "sleep", {"seconds": 120, "steps": 120})  # holds the slot: the chain stays queued
     try:
-        queued = queue_pipeline(ws_copy, rule="similarity-gap", rule_params={"delta": 0.0}, base="dd",
-                                random_control=True, include_full=True)
+        queued = queue_pipeline(ws_copy, spec=RuleSpec("similarity-gap"), base="dd", random_control=True,
+                                include_full=True)
         params = [(j.kind, j.params) for j in queued]
-        assert params[0][0] == "prune" and params[0][1]["base"] == "dd" and params[0][1]["name"].endswith("-on-dd")
+        assert params[0][0] == "prune" and params[0][1]["base"] == "dd" and params[0][1]["name"].endswith("_on-dd")
         trains = [p for kind, p in params if kind == "train"]
         assert [t["manifest"] for t in trains] == ["dd", params[0][1]["name"], params[0][1]["name"]]
         assert trains[2].get("control") == "random"

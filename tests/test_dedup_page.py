@@ -73,7 +73,7 @@ def test_dedup_counts_follow_eps_and_pairs_straddle_the_cut(served):
     sims = {side: [float(s) for s in re.findall(r'data-testid="cs-sim">([0-9.]+)<', part)]
             for side, part in zip(("above", "below"), page.split('data-testid="cs-pairs-below"'))}
     cut = float(eps_cut(0.02))
-    assert sims["above"] and min(sims["above"]) >= round(cut, 3) and max(sims["below"]) <= round(cut, 3)
+    assert sims["above"] and min(sims["above"]) >= round(cut, 4) and max(sims["below"]) <= round(cut, 4)
     assert len(at.get("plotly_chart")) == 2
 
 

@@ -28,7 +28,8 @@ def _wait_args(p: argparse.ArgumentParser) -> None:
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", default="full", type=name_type("manifest"),
                    help="manifest name, or 'full' for the whole web set")
-    p.add_argument("--web", default="web", type=name_type("dataset"), help="the web train set")
+    p.add_argument("--web", type=name_type("dataset"),
+                   help="the web train set (default: the first train set that is not the reference)")
     p.add_argument("--base", type=name_type("manifest"), help="start from this manifest (e.g. a dedup manifest): "
                    "--manifest full trains on it, other manifests must have been cut from it")
     p.add_argument("--preset", default="demo", help="training preset: demo, paper or one from settings.presets")
@@ -46,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     overrides = _overrides(args.set)
     manifest = train_manifest(ws, args.manifest, args.base)
-    params = {"manifest": manifest, "web": args.web, "preset": args.preset, "overrides": overrides}
+    params = {"manifest": manifest, "web": ws.web_set(args.web), "preset": args.preset, "overrides": overrides}
     if args.control:
         params.update(control=args.control, seed=args.seed)
     job = jobs.launch(ws, "train", params, backend=args.backend, resources=train_resources(ws, args.preset, overrides))

@@ -159,8 +159,12 @@ def _done(path: Path, signature: str) -> bool:
         return str(z["signature"]) == signature
 
 
-def _query_block(emb, a: int, query_rows: int, cut: np.float32, screen: Screen, path: Path, signature: str) -> None:
-    """Pairs of query rows a .. a + query_rows with themselves and every later row, saved as one part."""
+def query_block_pairs(emb, a: int, query_rows: int, cut: np.float32, screen: Screen) -> dict[str, np.ndarray]:
+    """Pairs (i, j) with i in query rows a .. a + query_rows, j > i anywhere after, and similarity > cut.
+
+    Returns:
+        {"i", "j": (p,) int64 global rows, "sim": (p,) float32}.
+    """
     b = min(emb.count, a + query_rows)
     q16 = torch.from_numpy(gather_sorted(emb, np.arange(a, b))).to(screen.device)
     out = {"i": [], "j": [], "sim": []}
@@ -171,7 +175,27 @@ def _query_block(emb, a: int, query_rows: int, cut: np.float32, screen: Screen, 
         out["i"].append(r.cpu().numpy() + a)
         out["j"].append(c.cpu().numpy() + x0)
         out["sim"].append(v.cpu().numpy().astype(np.float32))
-    write_npz(path, {k: np.concatenate(v) for k, v in out.items()} | {"signature": np.array(signature)})
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def exact_pairs(emb, eps: float, precision: str = "auto", device: str = "auto",
+                query_rows: int = QUERY_ROWS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The exact global eps-pairs of an EmbeddingSet in memory, nothing stored (small sets; see global_pairs).
+
+    Returns:
+        (i, j, sim) as GlobalPairs.arrays(), sorted by (i, j).
+    """
+    prec, dev = resolve_precision(precision, device)
+    screen, cut = Screen(prec, dev, emb.dim), floor32(1.0 - float(eps))
+    parts = [query_block_pairs(emb, a, query_rows, cut, screen) for a in range(0, emb.count, query_rows)]
+    i, j, sim = (np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in ("i", "j", "sim"))
+    order = np.lexsort((j, i))
+    return i[order].astype(np.int64), j[order].astype(np.int64), sim[order].astype(np.float32)
+
+
+def _query_block(emb, a: int, query_rows: int, cut: np.float32, screen: Screen, path: Path, signature: str) -> None:
+    """query_block_pairs of one query block, saved as one part."""
+    write_npz(path, query_block_pairs(emb, a, query_rows, cut, screen) | {"signature": np.array(signature)})
 
 
 def cluster_recall(pairs: tuple[np.ndarray, np.ndarray, np.ndarray], cluster: np.ndarray) -> dict:

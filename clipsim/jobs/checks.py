@@ -8,7 +8,7 @@ that does not exist yet, and a SLURM job may ask for a GPU this login node lacks
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from clipsim.checks import (
@@ -114,49 +114,40 @@ def check_embed_array(ws, params: dict, launch: Launch) -> None:
 
 
 # ----- prune, train, evaluate -------------------------------------------------------------------------------
-RULE_PARAMS = {"threshold": {"tau"}, "similarity-gap": {"delta"}, "near": {"keep"}, "far": {"keep"},
-               "random": {"keep", "seed"}}
-
-
 def check_prune(ws, params: dict, launch: Launch) -> None:
-    """prune: name, rule, web, tests, reference, the rule's tau | delta | keep | seed, base, overwrite."""
-    from clipsim.prune.manifest import MANIFESTS
-    from clipsim.prune.stats import RULES, canonical_rule
+    """prune: rule and its options as clipsim.prune.RuleSpec takes them (tau | delta | remove_fraction, keep (an int
+    count or a float fraction), like, seed, tests, web, reference, base), name (default from the rule), overwrite.
 
-    _only("prune", params, {"name", "rule", "web", "tests", "reference", "tau", "delta", "keep", "seed", "overwrite",
-                            "base"})
-    if params.get("base") is not None:  # a base made by a job this one waits for may not exist yet
-        base = check_name(params["base"], "manifest")
-        if not launch.waits and not (ws.path(MANIFESTS, base) / "summary.json").exists():
-            raise ArgumentError(f"prune job: params['base'] = {base!r} is not a saved manifest in {ws.path(MANIFESTS)}")
-    name = check_name(params.get("name"), "manifest")
+    The rule's own options are checked by RuleSpec (the one place that decides them, also for the CLI and the page).
+    """
+    from clipsim.prune.manifest import MANIFESTS
+    from clipsim.prune.rules import RuleSpec, default_name
+
+    _only("prune", params, {"name", "overwrite", *(f.name for f in fields(RuleSpec))})
     try:
-        rule = canonical_rule(params.get("rule"))
-    except ValueError as err:
-        raise ArgumentError(f"prune job: params['rule'] = {params.get('rule')!r} is not a rule; use one of "
-                            f"{', '.join(RULES)}") from err
-    given = {k for k in ("tau", "delta", "keep", "seed") if k in params}
-    if given - RULE_PARAMS[rule] or (rule in ("threshold", "near", "far", "random") and not
-                                     (RULE_PARAMS[rule] - {"seed"}) <= given):
-        raise ArgumentError(f"prune job: rule {rule!r} takes {', '.join(sorted(RULE_PARAMS[rule]))} (got "
-                            f"{', '.join(sorted(given)) or 'none'})")
+        spec = RuleSpec.from_params(params)
+    except (TypeError, ValueError) as err:
+        raise ArgumentError(f"prune job: {err}") from err
+    name = check_name(params.get("name") or default_name(spec), "manifest")
     _opt(params, "tau", check_float, -1.0, 1.0)
     _opt(params, "delta", check_float, -2.0, 2.0)
+    _opt(params, "remove_fraction", check_float, 0.0, 1.0)
     _opt(params, "seed", check_int, 0)
-    if isinstance(params.get("keep"), float):  # a float is a fraction, an int a count (prune.resolve_keep)
-        check_float(params["keep"], "params['keep'] (a fraction of the web set)", maximum=1.0, above=0.0)
-    elif "keep" in params:
-        check_int(params["keep"], "params['keep'] (samples kept)", minimum=0)
-    _datasets(ws, params, "web", "train")
+    if isinstance(spec.keep, float):  # a float is a fraction, an int a count (prune.resolve_keep)
+        check_float(spec.keep, "params['keep'] (a fraction of the web set)", maximum=1.0, above=0.0)
+    elif spec.keep is not None:
+        check_int(spec.keep, "params['keep'] (samples kept)", minimum=0)
     _datasets(ws, params, "tests", "test")
     _datasets(ws, params, "reference", "train")
-    reference = params.get("reference", ws.settings.get("reference"))
-    if rule == "similarity-gap" and reference is None:
+    ws.web_set(spec.web)  # the one rule for the web set: a registered train set other than the reference
+    if spec.rule == "similarity-gap" and (spec.reference or ws.reference) is None:
         raise ArgumentError("prune job: the similarity-gap rule needs a reference train set; set params['reference'] "
                             "or the workspace's reference setting")
-    if params.get("web") is None and not [t for t in ws.dataset_names("train") if t != reference]:
-        raise ArgumentError(f"prune job: workspace {ws.root} has no web train set besides the reference; register "
-                            "one or name it in params['web']")
+    for key in ("like", "base"):  # a manifest made by a job this one waits for may not exist yet
+        value = getattr(spec, key)
+        if value is not None and not launch.waits and not (ws.path(MANIFESTS, check_name(value, "manifest"))
+                                                           / "summary.json").exists():
+            raise ArgumentError(f"prune job: params[{key!r}] = {value!r}: no such manifest in {ws.path(MANIFESTS)}")
     overwrite = _opt(params, "overwrite", check_bool)
     if not overwrite and (ws.path(MANIFESTS, name) / "summary.json").exists():
         raise ArgumentError(f"manifest {name!r} already exists in {ws.path(MANIFESTS)}; pick another name or set "
@@ -172,9 +163,7 @@ def check_train(ws, params: dict, launch: Launch) -> None:
 
     _only("train", params, {"manifest", "web", "preset", "overrides", "control", "seed"})
     manifest = check_name(params.get("manifest", FULL), "manifest")
-    _datasets(ws, params, "web", "train")
-    if params.get("web") is None and "web" not in ws.dataset_names("train"):
-        raise ArgumentError(f"train job: no train set 'web' in {ws.root}; name the web set in params['web']")
+    ws.web_set(params.get("web"))  # the one rule for the web set (a registered train set, not the reference)
     overrides = params.get("overrides") or {}
     if not isinstance(overrides, dict):
         raise ArgumentError(f"train job: params['overrides'] = {overrides!r} must be an object, e.g. {{\"epochs\": 1}}")

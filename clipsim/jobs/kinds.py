@@ -107,31 +107,26 @@ def search_job(ws, params: dict, ctx: JobContext) -> dict:
 
 
 def prune_job(ws, params: dict, ctx: JobContext) -> dict:
-    """Apply a pruning rule and save a manifest. params: name, rule, web (default: the train set that is not
-    the reference), tests (default all), reference, the rule's tau | delta | keep | seed, base (a manifest whose
-    kept samples the rule prunes), overwrite.
+    """Apply a pruning rule and save its manifest (clipsim.prune.manifest.save_rule, as `python -m clipsim prune` does).
+
+    params: rule and its options as clipsim.prune.rules.RuleSpec takes them (tau | delta | remove_fraction,
+    keep (int count or float fraction), like, seed, tests, web, reference), name (default from the rule), overwrite.
 
     Returns:
         {"manifest", "rule", "params", "kept", "removed"}.
     """
-    from clipsim import prune
+    from clipsim.prune.manifest import save_rule
+    from clipsim.prune.rules import RuleSpec, default_name
 
-    rule = prune.canonical_rule(params["rule"])
-    reference = params.get("reference", ws.settings.get("reference"))
-    web = params.get("web") or next((n for n in ws.dataset_names("train") if n != reference), None)
-    tests = [] if rule == "random" else list(params.get("tests") or ws.dataset_names("test"))
-    stats = prune.PruneStats.load(ws, web, tests, reference if rule == "similarity-gap" else None,
-                                  base=params.get("base"))
-    rule_params = {k: params[k] for k in ("tau", "delta", "keep", "seed") if k in params}
-    if rule == "random":
-        removed = prune.rule_random(stats.n, rule_params["keep"], int(rule_params.get("seed", 0)))
-    else:
-        removed = getattr(prune, "rule_" + rule.replace("-", "_"))(stats, **rule_params)
-    ctx.log.info("rule %s %s removes %d of %d samples of %s", rule, rule_params, int(removed.sum()), stats.n, web)
-    manifest = prune.save_manifest(ws, params["name"], rule, rule_params, stats, removed,
-                                   overwrite=bool(params.get("overwrite", False)), progress=ctx.progress)
-    return {"manifest": params["name"], "rule": rule, "params": rule_params,
-            "kept": int(manifest.kept_count), "removed": int(removed.sum())}
+    spec = RuleSpec.from_params(params)
+    name = params.get("name") or default_name(spec)
+    ctx.log.info("pruning with %s into manifest %s", spec, name)
+    manifest, pruning = save_rule(ws, spec, name, overwrite=bool(params.get("overwrite", False)),
+                                  progress=ctx.progress)
+    ctx.log.info("rule %s %s removes %d of %d samples of %s", spec.rule, pruning.params, manifest.removed_count,
+                 pruning.stats.n, pruning.stats.web)
+    return {"manifest": manifest.name, "rule": spec.rule, "params": pruning.params,
+            "kept": manifest.kept_count, "removed": manifest.removed_count}
 
 
 def demo_job(ws, params: dict, ctx: JobContext) -> dict:

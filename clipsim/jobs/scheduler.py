@@ -99,8 +99,8 @@ def launch(ws, kind: str, params: dict | None = None, backend: str | None = None
         kind: a registered kind (clipsim.jobs.kinds.KINDS), e.g. 'search', 'train'.
         params: JSON-able parameters passed to the kind function.
         backend: 'local' or 'slurm' (default: settings.jobs.backend, else 'local').
-        depends_on: id of a job (or a list of ids) that must be done first; if one fails or is cancelled, this job
-            fails.
+        depends_on: id of a job (or a list of ids) that must be done first; if one fails this job fails, if one is
+            cancelled this job is cancelled (its error names the dependency).
         dedupe: return the queued or running job with identical (kind, params) instead of launching twice.
         resources: per-job overrides of settings.slurm (e.g. {"gpus": 8, "time_min": 2880}).
 
@@ -185,7 +185,7 @@ def _dependencies(job: Job) -> list[str]:
 
 
 def _claim_ready(ws, start_backends: tuple[str, ...] | None) -> list[Job]:
-    """In one transaction: fail jobs whose dependency failed, claim runnable ones (state -> running)."""
+    """In one transaction: end jobs whose dependency failed or was cancelled, claim runnable ones (-> running)."""
     now, root, claimed = time.time(), str(ws.root), []
     slots = slot_count(ws)
     with db.transaction(ws) as con:
@@ -193,10 +193,11 @@ def _claim_ready(ws, start_backends: tuple[str, ...] | None) -> list[Job]:
         for job in db.select(con, root, "state = 'queued'", order="created ASC, id ASC"):
             deps = {d: db.fetch(con, d, root) for d in _dependencies(job)}
             bad = next((d for d, dep in deps.items() if dep is None or dep.state in ("failed", "cancelled")), None)
-            if bad is not None:
-                why = {"failed": "failed", "cancelled": "was cancelled"}[deps[bad].state] if deps[bad] else "is missing"
-                db.update(con, job.id, only_if=("queued",), state="failed", finished=now,
-                          error=f"dependency {bad} {why}; this job was not run")
+            if bad is not None:  # a cancelled dependency cancels this job too; a failed or missing one fails it
+                gone = deps[bad].state if deps[bad] else "missing"
+                why = {"failed": "failed", "cancelled": "was cancelled", "missing": "is missing"}[gone]
+                db.update(con, job.id, only_if=("queued",), state="cancelled" if gone == "cancelled" else "failed",
+                          finished=now, error=f"dependency {bad} {why}; this job was not run")
                 continue
             if any(dep.state != "done" for dep in deps.values()):
                 continue

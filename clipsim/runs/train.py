@@ -29,7 +29,7 @@ STOP_GRACE_S = 10.0  # SIGTERM first, SIGKILL after this
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def random_control(ws, manifest: str, web: str = "web", seed: int = 0) -> str:
+def random_control(ws, manifest: str, web: str | None = None, seed: int = 0) -> str:
     """Save (or reuse) manifest `<manifest>-random`: a seeded uniform random subset as large as `manifest`'s kept set,
     drawn from the samples its base manifest keeps when it has one (else from the whole web set).
 
@@ -40,6 +40,8 @@ def random_control(ws, manifest: str, web: str = "web", seed: int = 0) -> str:
         WorkspaceError: `manifest` is 'full' or unknown.
     """
     from clipsim import prune
+    from clipsim.prune.manifest import save_rule
+    from clipsim.prune.rules import RuleSpec
 
     if manifest == FULL:
         raise WorkspaceError("a random control needs a pruned manifest to match in size, not 'full'")
@@ -52,10 +54,8 @@ def random_control(ws, manifest: str, web: str = "web", seed: int = 0) -> str:
             return name
     except WorkspaceError:
         pass
-    stats = prune.PruneStats.load(ws, web, [], base=(base.summary.get("base") or {}).get("name"))  # drawn from its base
-    removed = prune.rule_random(stats.n, int(base.kept_count), seed)
-    prune.save_manifest(ws, name, "random", {"keep": int(base.kept_count), "seed": seed, "like": manifest}, stats,
-                        removed, overwrite=True)
+    drawn_from = (base.summary.get("base") or {}).get("name")  # a manifest cut from a base: draw from the base too
+    save_rule(ws, RuleSpec("random", like=manifest, seed=seed, web=web, base=drawn_from), name, overwrite=True)
     return name
 
 
@@ -170,7 +170,7 @@ def _finish(run_dir: Path, info: dict, code: int) -> dict:
     return info
 
 
-def train(ws, manifest: str = FULL, web: str = "web", preset: str = "demo", overrides: dict | None = None,
+def train(ws, manifest: str = FULL, web: str | None = None, preset: str = "demo", overrides: dict | None = None,
           run_dir: str | Path | None = None, control: str | None = None, seed: int = 0,
           progress: Progress | None = None, check_cancelled: Callable[[], None] | None = None) -> dict:
     """Train CLIP from scratch on a manifest's kept samples with open_clip_train.
@@ -178,7 +178,7 @@ def train(ws, manifest: str = FULL, web: str = "web", preset: str = "demo", over
     Args:
         ws: the workspace.
         manifest: manifest name or 'full' (every sample of `web`).
-        web: the web train set.
+        web: the web train set (default: ws.web_set()).
         preset: 'demo', 'paper' or a workspace preset (clipsim.presets).
         overrides: per-run preset changes, e.g. {'epochs': 1}.
         run_dir: the run folder (default: runs/train-<time>); its name is the run id.
@@ -195,7 +195,7 @@ def train(ws, manifest: str = FULL, web: str = "web", preset: str = "demo", over
         ReadOnlyError: the workspace is served read-only (nothing is written).
     """
     check_writable(f"train on manifest {manifest!r}")
-    control_of = None
+    control_of, web = None, ws.web_set(web)
     if control == "random":
         control_of, manifest = manifest, random_control(ws, manifest, web, seed)
     elif control:
@@ -216,13 +216,13 @@ def train(ws, manifest: str = FULL, web: str = "web", preset: str = "demo", over
 
 
 def train_job(ws, params: dict, ctx) -> dict:
-    """Job kind 'train'. params: manifest ('full' or a name), web ('web'), preset ('demo'), overrides ({}),
+    """Job kind 'train'. params: manifest ('full' or a name), web (default ws.web_set()), preset ('demo'), overrides ({}),
     control (None | 'random'), seed (0).
 
     Returns:
         {"run", "manifest", "samples", "checkpoint", "seconds", "loss"}.
     """
-    info = train(ws, params.get("manifest", FULL), params.get("web", "web"), params.get("preset", "demo"),
+    info = train(ws, params.get("manifest", FULL), params.get("web"), params.get("preset", "demo"),
                  params.get("overrides"), run_dir=ctx.run_dir, control=params.get("control"),
                  seed=int(params.get("seed", 0)), progress=ctx.progress, check_cancelled=ctx.check_cancelled)
     return {"run": info["run"], "manifest": info["manifest"], "samples": info["samples"],

@@ -127,15 +127,10 @@ def read_only_notice() -> None:
         st.caption(f":orange-badge[:material/lock: Read-only] {READ_ONLY_TEXT}")
 
 
-def leave_legacy_pages_mode() -> None:
-    """Serve every page through app.py's navigation, also for a deep link on a freshly started server.
-
-    Streamlit treats a `pages/` folder beside the main script as its legacy multipage mode until some session
-    has run `st.navigation`; a shared link such as `/neighbours?test=sketch` opened first would then run the
-    page without app.py (no sidebar, default layout). Switching the flag and rerunning routes it through app.py.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
+def can_write(what: str) -> bool:
+    """False (and a notice saying so) when the app is served read-only."""
+    if read_only():
+        st.info(f"Read-only presentation mode (CLIPSIM_READ_ONLY=1): {what} is disabled here; use the CLI on a "
+                "writable copy of the workspace.", icon=":material/lock:")
+        return False
+    return True
