@@ -52,6 +52,10 @@ try:
 except ClipsimError as err:
     st.error(str(err))
     st.stop()
+if stats.stale_reasons():
+    st.warning(f"Stale dedup statistics, shown as stored: {'; '.join(stats.stale_reasons())}. Re-run "
+               f"`python -m clipsim dedup --workspace {ws.root} --dataset {stats.web} --clusters {stats.clusters} "
+               "--name NAME` to recompute them.", icon=":material/warning:")
 lo, hi = eps_range(stats)
 eps = threshold_input("ε (remove when similarity to an earlier member > 1 − ε)", "eps",
                               min(max(default_eps(ws), lo), hi), lo, hi, step=0.001)
@@ -84,8 +88,9 @@ if can_write("saving dedup manifests"):
     name = st.text_input("Manifest name", default_manifest_name(eps, stats.clusters, stats.keep))
     overwrite = st.checkbox("Overwrite a manifest of that name", key="dedup_overwrite")
     exact = st.checkbox("Also count the exact global ε-pairs the clustering split (O(n²))", key="dedup_global")
+    made = {k: stats.cluster_config[k] for k in ("seed", "niter", "sample") if k in stats.cluster_config}
     opts = DedupOptions(stats.web, stats.clusters, eps, stats.keep, name=name, overwrite=overwrite, exact_global=exact,
-                        **({"seed": stats.seed} if stats.seed is not None else {}))
+                        **made)  # the clustering's own settings: the job reuses it instead of training again
     launch_button(ws, "Save manifest (job)", "dedup", opts.params(), key="dedup_save",
                   help_text="a job reuses the stored statistics and writes W/manifests/NAME")
 job_monitor(ws, kinds=["dedup", "dedup-array", "dedup-part"], limit=5, key="dedup_jobs")

@@ -2,6 +2,7 @@
 launches a job that writes what the CLI writes, read-only and empty states) and of text search on Neighbours."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -78,12 +79,15 @@ def test_dedup_counts_follow_eps_and_pairs_straddle_the_cut(served):
 
 
 def test_saving_launches_a_job_that_writes_what_the_cli_writes(writable):
+    centroids = next(writable.path("dedup", "web").glob("k*/centroids.json"))
+    before = centroids.stat().st_mtime_ns
     at = run_page("dedup", eps="0.04")
     at.text_input[0].set_value("dd-page").run()
     next(b for b in at.button if b.label.startswith("Save manifest")).click().run()
     assert not at.exception
     job = jobs.list_jobs(writable, kind="dedup")[0]
     assert jobs.wait(writable, job.id, timeout=120).state == "done"
+    assert centroids.stat().st_mtime_ns == before  # the job reused the stored clustering
     assert cli_main(["dedup", "--workspace", str(writable.root), "--eps", "0.04", "--name", "dd-cli"]) == 0
     page, cli = prune.load_manifest(writable, "dd-page"), prune.load_manifest(writable, "dd-cli")
     assert np.array_equal(page.kept_keys(), cli.kept_keys()) and page.summary["params"] == cli.summary["params"]
@@ -117,3 +121,13 @@ def test_neighbours_text_box_shows_the_text_search(served):
     strip = html(at).split('data-testid="cs-text-hits"')[1].split('data-testid="cs-gallery"')[0]
     shown = re.findall(r'title="[^"]*\n([^"\n]+)"', strip)
     assert shown == list(want["key"])
+
+
+def test_stale_statistics_are_flagged(writable):
+    stats = stats_of(writable)
+    assert stats.cluster_config["seed"] == 1234 and not stats.stale_reasons()
+    shard = writable.embeddings("web").shards[0].emb
+    stamp = shard.stat().st_mtime_ns
+    os.utime(shard, ns=(stamp + 10**9, stamp + 10**9))  # rewritten embeddings: the fingerprint changes
+    at = run_page("dedup")
+    assert not at.exception and any("Stale dedup statistics" in w.value for w in at.warning)

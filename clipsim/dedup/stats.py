@@ -57,6 +57,7 @@ class DedupStats:
     fingerprints: dict = field(default_factory=dict)
     ws: object = None
     seed: int | None = None
+    cluster_config: dict = field(default_factory=dict)  # the k-means ClusterConfig (clusters, seed, niter, sample)
 
     @classmethod
     def load(cls, ws, web: str, clusters: int, keep: str = "hard", seed: int | None = None) -> DedupStats:
@@ -73,7 +74,15 @@ class DedupStats:
         a = within.arrays()
         return cls(web, clusters, keep, a["earlier_sim"], a["earlier_id"], a["any_sim"], clustering.sizes(),
                    {"web_embeddings": clustering.config["web_fingerprint"], "clustering": clustering.fingerprint,
-                    "within": within.fingerprint}, ws, within.config.get("seed"))
+                    "within": within.fingerprint}, ws, within.config.get("seed"), clustering.config["train"]["config"])
+
+    def stale_reasons(self) -> list[str]:
+        """Why these statistics no longer match the workspace (the web embeddings changed); [] when fresh."""
+        if self.ws is None:
+            return []
+        emb = self.ws.embeddings(self.web, required=False)
+        now = emb.fingerprint() if emb is not None and emb.count else None
+        return [] if now == self.fingerprints.get("web_embeddings") else [f"web set {self.web!r} embeddings changed"]
 
     @property
     def n(self) -> int:
@@ -184,8 +193,7 @@ def save_dedup_manifest(ws, name: str, stats: DedupStats, eps: float, overwrite:
     from clipsim.errors import WorkspaceError
     from clipsim.prune.manifest import write_manifest
 
-    emb = ws.embeddings(stats.web)
-    if emb.fingerprint() != stats.fingerprints.get("web_embeddings"):
+    if stats.stale_reasons():
         raise WorkspaceError(f"the embeddings of {stats.web!r} changed since these dedup statistics were computed; "
                              f"run `python -m clipsim dedup --workspace {ws.root} --dataset {stats.web}` again")
     removed = stats.removed(eps)
