@@ -211,3 +211,28 @@ def test_dedup_benchmarks_run_small(one_thread):
     assert report["pipeline"]["removed"] > 0 and set(report["pipeline"]["steps_seconds"]) == {
         "k-means", "assign", "within-cluster"}
     assert report["projection_h200_laion400m"]["PROJECTION"].startswith("no GPU was used")
+
+
+def test_a_killed_within_cluster_run_resumes_to_the_same_bits(ws, monkeypatch):
+    run_dedup(ws, DedupOptions("web", clusters=K, eps=0.05, keep="easy"))
+    clustering = Clustering.load(ws, "web", K)
+    want = within.WithinResult.load(clustering, "easy").arrays()
+    shutil.rmtree(clustering.folder / "within-easy")
+    monkeypatch.setattr(within, "ROWS_PER_PART", 1)  # one part per cluster: K parts
+    real, done = within._compute_part, []
+
+    def dies_after_two(*args):
+        if len(done) == 2:
+            raise KeyboardInterrupt("killed")
+        done.append(args[3])
+        real(*args)
+
+    monkeypatch.setattr(within, "_compute_part", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        within.within_cluster(clustering, "easy")
+    assert not (clustering.folder / "within-easy" / "config.json").exists()  # nothing half-written looks whole
+    monkeypatch.setattr(within, "_compute_part", lambda *args: (done.append(args[3]), real(*args)))
+    within.within_cluster(clustering, "easy")
+    assert len(done) == len(set(done)) == K  # the two finished parts were not computed again
+    got = within.WithinResult.load(clustering, "easy").arrays()
+    assert all(np.array_equal(got[k], want[k]) for k in want)

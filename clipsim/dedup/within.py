@@ -75,8 +75,10 @@ def cluster_order(cluster: np.ndarray, sim: np.ndarray, keep: str = "hard", seed
     return order, starts
 
 
-def part_ranges(starts: np.ndarray, rows_per_part: int = ROWS_PER_PART) -> list[tuple[int, int]]:
-    """Consecutive cluster ranges [c0, c1) holding about rows_per_part rows each (a larger cluster alone)."""
+def part_ranges(starts: np.ndarray, rows_per_part: int | None = None) -> list[tuple[int, int]]:
+    """Consecutive cluster ranges [c0, c1) holding about rows_per_part rows (default ROWS_PER_PART) each; a larger
+    cluster alone."""
+    rows_per_part = int(rows_per_part or ROWS_PER_PART)
     parts, c0 = [], 0
     k = len(starts) - 1
     while c0 < k:
