@@ -1,8 +1,8 @@
 """A stored exact search of one test set against one train set, its freshness, and the list of stored searches.
 
 `search/<train>/<test>/` holds `neighbours.npz` (top-k sims and global train ids per test image), per-shard
-train-side statistics `stats/shard_<i>.npz` and `config.json`, written last, which marks the result complete and
-fingerprints its inputs.
+train-side statistics `stats/shard_<i>.npz` and `config.json`, which fingerprints its inputs. The folder is
+built whole beside the old one and swapped in (clipsim.search.passes), so a folder with `config.json` is complete.
 """
 from __future__ import annotations
 
@@ -143,7 +143,8 @@ def search_status(ws) -> list[dict]:
     """Every stored search result with its k and freshness."""
     rows = []
     for train_dir in sorted(p for p in ws.path("search").glob("*") if p.is_dir()):
-        for test_dir in sorted(p for p in train_dir.glob("*") if (p / "config.json").exists()):
+        # `.x.tmp` folders are results being built, `_pass`/`_parts` checkpoints: neither is a committed result
+        for test_dir in sorted(p for p in train_dir.glob("[!._]*") if (p / "config.json").exists()):
             res = SearchResult.load(ws, test_dir.name, train_dir.name)
             rows.append({"test": res.test, "train": res.train, "k": res.config["k"], "stale": res.stale_reasons(),
                          "references": sorted(res.config.get("references", {})), "created": res.config["created"]})
