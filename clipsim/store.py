@@ -1,7 +1,10 @@
-"""Embedding shards in the clip-retrieval layout: atomic writes, counts from npy headers, block iteration.
+"""Embedding shards in the clip-retrieval layout: atomic writes, counts from validated npy headers, block
+iteration and the commit state of a set.
 
 Layout of one dataset folder: `img_emb/img_emb_<i>.npy` (float16, L2-normalised, rows x dim) and the
-row-aligned `metadata/metadata_<i>.parquet` (string column `key`; `caption`, `label` where known).
+row-aligned `metadata/metadata_<i>.parquet` (string column `key`; `caption`, `label` where known). A set that
+`clipsim embed` makes also holds `config.json` (written first) and `summary.json` (written last: the commit
+point); a folder with the first and not the second is an unfinished run and is never read as a dataset.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from clipsim.errors import DataError
 
 EMB_DIR = "img_emb"
 META_DIR = "metadata"
+CONFIG = "config.json"
+SUMMARY = "summary.json"
 NORM_TOLERANCE = 1e-2  # float16 storage keeps norms within ~1e-3 of 1; 1e-2 flags unnormalised input
 _SHARD_RE = re.compile(r"img_emb_(\d+)\.npy$")
 
@@ -35,18 +40,28 @@ def meta_path(root: Path, index: int) -> Path:
 
 
 def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """Read shape and dtype of a .npy file from its header only.
+    """Read shape and dtype of a .npy file from its header, and check that the file holds all the rows it declares.
 
     Raises:
-        DataError: the file is not a readable .npy file.
+        DataError: the file is not a readable .npy file, or is shorter (truncated) or longer than its header says.
     """
     try:
-        with open(path, "rb") as f:
+        with fileio.open_regular(path, 1 << 62, "embedding shard") as (f, size):
             version = np.lib.format.read_magic(f)
             read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[version]
             shape, _, dtype = read(f)
+            start = f.tell()
     except (OSError, ValueError, KeyError) as err:
         raise DataError(f"{path} is not a readable .npy file ({err}); re-create it with `clipsim embed`") from err
+    want = start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size != want:
+        rows = (size - start) // max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+        state = f"is truncated: it holds {size:,} bytes" if size < want else f"has {size - want:,} bytes too many"
+        raise DataError(
+            f"{path} {state}, but its header declares {shape[0]:,} rows of {shape[1:]} {dtype} ({want:,} bytes; "
+            f"about {max(rows, 0):,} whole rows are there); the copy or write was cut short: restore the file, or "
+            "delete it and run `python -m clipsim embed` again (it redoes missing shards)"
+        )
     return shape, dtype
 
 
@@ -241,6 +256,77 @@ class EmbeddingSet:
     def keys(self) -> np.ndarray:
         """All keys as an object array (n,), row-aligned."""
         return self.metadata(["key"])["key"].to_numpy()
+
+
+@dataclass(frozen=True)
+class SetState:
+    """Where an embedding folder stands.
+
+    Attributes:
+        state: 'complete' (committed by summary.json, or written by another tool without config.json),
+            'incomplete' (an embed run started: config.json without summary.json) or 'not embedded'.
+        shards_done: shards with both files.
+        shards_total: shards the run will write (None when unknown).
+        lost: images the committed run could not embed, and stretches of a damaged tar it could not index
+            (skipped.parquet lists them).
+    """
+
+    state: str
+    shards_done: int
+    shards_total: int | None
+    lost: int = 0
+
+    @property
+    def label(self) -> str:
+        """'complete', 'complete with 3 losses (see skipped.parquet)', 'incomplete (1 of 4 shards)', ..."""
+        if self.state == "incomplete":
+            total = "?" if self.shards_total is None else self.shards_total
+            return f"incomplete ({self.shards_done} of {total} shards)"
+        if self.state == "complete" and self.lost:
+            return f"complete with {self.lost:,} losses (see skipped.parquet)"
+        return self.state
+
+
+def done_shards(root: Path) -> list[int]:
+    """Indices of the shards of a folder that have both their npy and their metadata file (existence only)."""
+    emb_dir = Path(root) / EMB_DIR
+    found = [int(m.group(1)) for p in emb_dir.iterdir() if (m := _SHARD_RE.search(p.name))] if emb_dir.is_dir() else []
+    return sorted(i for i in found if meta_path(root, i).exists())
+
+
+def set_state(root: Path) -> SetState:
+    """The commit state of an embedding folder, from config.json, summary.json and which shard files exist."""
+    root = Path(root)
+    if (root / SUMMARY).exists():
+        summary = fileio.read_json(root / SUMMARY)
+        return SetState("complete", int(summary.get("shards", 0)), int(summary.get("shards", 0)),
+                        int(summary.get("skipped", 0)))
+    done = len(done_shards(root))
+    if (root / CONFIG).exists():
+        total = fileio.read_json(root / CONFIG).get("shards")
+        return SetState("incomplete", done, int(total) if total is not None else None)
+    return SetState("complete", done, done) if done else SetState("not embedded", 0, None)
+
+
+def check_commit(emb: EmbeddingSet) -> None:
+    """Check that a committed set still holds exactly the shards its summary.json recorded.
+
+    Raises:
+        DataError: a shard was added, removed or rewritten with other rows after the set was committed.
+    """
+    path = emb.root / SUMMARY
+    if not path.exists():
+        return
+    summary = fileio.read_json(path)
+    have = {str(s.index): s.rows for s in emb.shards}
+    want = summary.get("shard_rows")
+    same = have == want if want is not None else (emb.count, len(emb.shards)) == (summary["rows"], summary["shards"])
+    if not same:
+        raise DataError(
+            f"{emb.root} changed after its embedding run committed it: {path} records {summary['rows']:,} rows in "
+            f"{summary['shards']} shards, the folder holds {emb.count:,} rows in {len(emb.shards)}; a shard was "
+            "added, removed or replaced by hand: restore it, or re-embed with `python -m clipsim embed --force`"
+        )
 
 
 @lru_cache(maxsize=16)  # a LAION metadata shard with captions is ~100 MB
