@@ -325,7 +325,8 @@ def check_commit(emb: EmbeddingSet) -> None:
         raise DataError(
             f"{emb.root} changed after its embedding run committed it: {path} records {summary['rows']:,} rows in "
             f"{summary['shards']} shards, the folder holds {emb.count:,} rows in {len(emb.shards)}; a shard was "
-            "added, removed or replaced by hand: restore it, or re-embed with `python -m clipsim embed --force`"
+            "added, removed or replaced by hand: restore it, or run `python -m clipsim embed` for this dataset again (it "
+            "redoes missing shards; --force re-embeds all)"
         )
 
 

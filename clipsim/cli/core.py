@@ -4,9 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from clipsim import fileio
 from clipsim.cli.common import command, csv_list, tqdm_progress
 from clipsim.status import workspace_status
 from clipsim.workspace import Workspace
+
+CLASSES_FILE_BYTES = 16 << 20  # 21k ImageNet class names take ~0.5 MB
 
 
 def _no_args(p: argparse.ArgumentParser) -> None:
@@ -53,7 +56,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     ws = Workspace.create(args.workspace)
     classes = None
     if args.classes:
-        classes = [line.strip() for line in Path(args.classes).read_text().splitlines() if line.strip()]
+        text = fileio.read_bounded(args.classes, CLASSES_FILE_BYTES, "classes file").decode("utf-8", "replace")
+        classes = [line.strip() for line in text.splitlines() if line.strip()]
     elif args.kind == "folder":
         classes = open_source("folder", args.source).classes or None
     ds = ws.register_dataset(args.name, args.role, Path(args.source).resolve(), args.kind, classes=classes)
@@ -91,7 +95,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     for name in csv_list(args.datasets) or ws.dataset_names():
         emb = embed_dataset(ws, name, model=model, pretrained=pretrained, batch_size=args.batch_size,
                             workers=args.workers, device=args.device, progress=tqdm_progress(), force=args.force)
-        print(f"{name}: {emb.count} embeddings of dimension {emb.dim}")
+        print(f"{name}: {emb.count} embeddings of dimension {emb.dim} ({ws.embedding_state(name).label})")
     return 0
 
 

@@ -76,9 +76,9 @@ def check_unique_keys(emb, where: str) -> None:
 
 
 def describe(hits: list[tuple[str, int, int]], shard_name: Callable[[int], str] = lambda i: f"shard {i}") -> str:
-    """'key 'a' in shard 0 and shard 3; ...' for the message of a refusal."""
-    return "; ".join(f"{k!r} in {shard_name(a)} and {shard_name(b)}" if a != b else f"{k!r} twice in {shard_name(a)}"
-                     for k, a, b in hits)
+    """"key 'a' occurs in shard 0 and in shard 3; ..." for the message of a refusal."""
+    return "; ".join(f"key {k!r} occurs in {shard_name(a)} and in {shard_name(b)}" if a != b
+                     else f"key {k!r} occurs twice in {shard_name(a)}" for k, a, b in hits)
 
 
 def check_listing(records: pd.DataFrame, where: str) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from clipsim.data.keys import check_unique_keys
 from clipsim.store import EMB_DIR, META_DIR, EmbeddingSet
 
 log = logging.getLogger(__name__)
@@ -135,3 +136,22 @@ def open_imported(folder: str | Path, mapping: dict[str, str] | None, allow_part
     if not mapping:
         return EmbeddingSet(Path(folder), allow_partial=allow_partial)
     return MappedEmbeddingSet(Path(folder), mapping, allow_partial=allow_partial)
+
+
+def check_imported(folder: str | Path, mapping: dict[str, str] | None, name: str) -> EmbeddingSet:
+    """Open an imported folder (headers, row alignment, dimensions) and refuse it when keys repeat.
+
+    Args:
+        folder: the clip-retrieval folder.
+        mapping: its column mapping (None: detected now).
+        name: the dataset name, for the message.
+
+    Returns:
+        The folder's EmbeddingSet.
+
+    Raises:
+        DataError: the folder is malformed, or a key occurs twice (the first repeated keys are named).
+    """
+    emb = open_imported(folder, mapping)
+    check_unique_keys(emb, f"imported embeddings {name!r} ({folder})")
+    return emb

@@ -52,9 +52,7 @@ class SearchResult:
         """Why this result no longer matches its inputs (empty when fresh)."""
         reasons = []
         for role, name in (("train", self.train), ("test", self.test)):
-            emb = self.ws.embeddings(name, required=False)
-            now = emb.fingerprint() if emb is not None and emb.count else None
-            if now != self.config["inputs"][role]:
+            if self.ws.embeddings_fingerprint(name) != self.config["inputs"][role]:
                 reasons.append(f"{role} set {name!r} embeddings changed")
         for ref, fp in self.config.get("references", {}).items():
             try:
