@@ -116,13 +116,15 @@ def read_image(locator: Locator, crop_border: int = 0) -> Image.Image:
             image too small for the crop.
     """
     data = read_image_bytes(locator)
+    buffer = io.BytesIO(data)
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(buffer) as image:
             rgb = to_rgb(image)
     except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
         path, offset, _ = split_locator(locator)
         where = f"{path} at offset {offset}" if offset >= 0 else path
-        raise DataError(f"image {where} does not decode ({type(err).__name__}: {err}); the file is corrupt") from err
+        why = str(err).replace(repr(buffer), "its bytes")  # no memory address: the skipped list is reproducible
+        raise DataError(f"image {where} does not decode ({type(err).__name__}: {why}); the file is corrupt") from err
     if crop_border <= 0:
         return rgb
     width, height = rgb.size
