@@ -108,8 +108,9 @@ def check_embed_args(batch_size: int, workers: int, shard_size: int, precision: 
         raise DataError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}; nothing was changed")
 
 
-def _prepare_folder(root: Path, config: dict, restart: bool) -> None:
-    """Check an existing embedding folder against this run's config (`restart`: wipe it instead); write config.json.
+def _check_folder(root: Path, config: dict, restart: bool) -> bool:
+    """Check an existing embedding folder against this run's config; True when it must be wiped first (`restart`:
+    a forced rebuild made differently). Nothing is written here.
 
     Raises:
         DataError: the folder holds shards made differently, or shards without a config (unless `restart`).
@@ -118,50 +119,45 @@ def _prepare_folder(root: Path, config: dict, restart: bool) -> None:
     old = fileio.read_json(old_path) if old_path.exists() else None
     diff = [f"{k}: {old.get(k)!r} -> {config[k]!r}" for k in IDENTITY if old.get(k) != config[k]] if old else []
     unknown = old is None and (root / store.EMB_DIR).is_dir() and any((root / store.EMB_DIR).iterdir())
-    if restart and (diff or unknown):
-        fileio.remove_tree(root)
-    elif diff:
+    if restart:
+        return bool(diff or unknown or (root / store.SUMMARY).exists())  # a summary: an old set swapped out
+    if diff:
         raise DataError(
             f"{root} holds embeddings made differently ({'; '.join(diff)}); delete that folder or re-run with "
             "--force (force=True) to re-embed from scratch, or keep the old model/pretrained/shard size"
         )
-    elif unknown:
+    if unknown:
         raise DataError(f"{root} holds embedding shards but no config.json (unknown model); delete the folder or "
                         "re-run with --force")
-    if (root / store.SUMMARY).exists():
-        fileio.remove_tree(root / store.SUMMARY)  # the set is open again until this run commits it
-    fileio.write_json(old_path, config)
+    return False
 
 
 def _shard_done(root: Path, index: int) -> bool:
     return store.emb_path(root, index).exists() and store.meta_path(root, index).exists()
 
 
-def _build_folder(root: Path, config: dict, force: bool, shards: tuple[int, int] | None) -> Path | None:
-    """The folder this run writes: `root` itself (resuming it), or with `force` a hidden sibling that replaces
-    `root` only when complete. None when `root` is a committed set made by this config that still holds every
-    shard (nothing to do)."""
+def _build_folder(root: Path, config: dict, force: bool, shards: tuple[int, int] | None) -> tuple[Path | None, bool]:
+    """(the folder this run writes, whether to wipe it first): `root` itself (resuming it), or with `force` a hidden
+    sibling that replaces `root` only when complete (a forced run killed earlier resumes there). (None, False) when
+    `root` is a committed set made by this config that still holds every shard: nothing to do."""
     if not force:
         old = fileio.read_json(root / store.CONFIG) if (root / store.CONFIG).exists() else {}
         same = all(old.get(k) == config[k] for k in IDENTITY)
         whole = store.done_shards(root) == list(range(config["shards"]))
         if shards is None and same and whole and store.set_state(root).state == "complete":
-            return None
-        _prepare_folder(root, config, restart=False)
-        return root
+            return None, False
+        return root, _check_folder(root, config, restart=False)
     build = root.parent / f".{root.name}.force"
-    if (build / store.SUMMARY).exists():  # an old set swapped out by a run killed before deleting it
-        fileio.remove_tree(build)
-    _prepare_folder(build, config, restart=True)  # a forced run killed earlier resumes here
-    return build
+    return build, _check_folder(build, config, restart=True)
 
 
 class _Run:
     """Counters, skipped list and progress of one embed_dataset call."""
 
     def __init__(self, root: Path, source: Source, progress: Progress | None, label: str,
-                 shards: list[SourceShard] | None = None):
+                 shards: list[SourceShard] | None = None, config: dict | None = None, wipe: bool = False):
         self.root, self.source, self.progress, self.label = root, source, progress, label
+        self.config, self.wipe = config, wipe  # written by open(), at the first write: a failure before it leaves no trace
         self.partial = shards is not None  # a shard range: per-shard skipped lists, no summary
         self.shards = source.shards if shards is None else shards
         self.done, self.embedded, self.started = 0, 0, time.perf_counter()
@@ -187,6 +183,22 @@ class _Run:
         if self.progress is not None:
             self.progress(self.done, max(self.total(), self.done),
                           f"{self.label}: shard {shard.index + 1}/{len(self.source.shards)}")
+
+    def has_shard(self, index: int) -> bool:
+        """True when shard `index` is on disk from an earlier run (never in a folder about to be wiped)."""
+        return not self.wipe and _shard_done(self.root, index)
+
+    def open(self) -> None:
+        """Before the run's first write: wipe the folder if asked, reopen a committed set, write config.json."""
+        if self.config is None:
+            return
+        if self.wipe:
+            fileio.remove_tree(self.root)
+            self.skipped, self.wipe = no_skipped(), False
+        if (self.root / store.SUMMARY).exists():
+            fileio.remove_tree(self.root / store.SUMMARY)  # the set is open again until this run commits it
+        fileio.write_json(self.root / store.CONFIG, self.config)
+        self.config = None
 
     def finish_shard(self, shard: SourceShard, records: pd.DataFrame, rows: np.ndarray, failed: list,
                      losses: pd.DataFrame) -> None:
@@ -244,18 +256,19 @@ def embed_dataset(
               "source_fingerprint": source.fingerprint(), "shards": len(source.shards),
               "crop_border": source.crop_border,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    build = _build_folder(root, config, force, shards)
+    build, wipe = _build_folder(root, config, force, shards)
     if build is None:
         log.info("embeddings of %s are complete and current; nothing to do", name)
         return ws.embeddings(name)
-    run = _Run(build, source, progress, name, None if shards is None else chosen)
+    run = _Run(build, source, progress, name, None if shards is None else chosen, config, wipe)
     opts = {"batch_size": batch_size, "workers": workers, "precision": precision, "dim": info["dim"],
             "crop_border": source.crop_border}
     for shard in chosen:
-        if _shard_done(build, shard.index):
+        if run.has_shard(shard.index):
             _resume_shard(run, shard)
         else:
             _embed_one(run, shard, (net, preprocess, dev), opts)
+    run.open()
     if shards is not None:
         (build / store.EMB_DIR).mkdir(parents=True, exist_ok=True)
         return store.EmbeddingSet(build, allow_partial=True)
@@ -274,6 +287,7 @@ def _embed_one(run: _Run, shard: SourceShard, model: tuple, opts: dict) -> None:
     if len(records) >= SYSTEMATIC_FAILURE_ROWS and not len(rows):
         raise DataError(f"all {len(records)} images of shard {shard.index} ({shard.description}) failed, e.g. "
                         f"{records['path'].iat[0]}: {failed[0][1]}; check the source path and that it is mounted")
+    run.open()
     run.finish_shard(shard, records, rows, failed, losses)
     store.write_shard(run.root, shard.index, emb, records.iloc[rows])
     if run.source.kind == "wds":

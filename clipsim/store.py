@@ -65,6 +65,21 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     return shape, dtype
 
 
+def parquet_file(path: Path) -> pq.ParquetFile:
+    """Open a metadata parquet file (footer only).
+
+    Raises:
+        DataError: the file is missing, not a regular file, or not valid parquet (names it and the fix).
+    """
+    with fileio.open_regular(path, 1 << 62, "metadata file"):
+        pass  # devices and pipes are refused before pyarrow reads them
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError
+        raise DataError(f"metadata file {path} is not valid parquet ({err}); restore it, or re-create the "
+                        "dataset's embeddings (`python -m clipsim embed --force`)") from err
+
+
 def check_rows(path: Path, emb: np.ndarray, first_row: int = 0) -> None:
     """Reject non-finite or unnormalised embedding rows, naming the file and the first bad row.
 
@@ -174,7 +189,7 @@ class EmbeddingSet:
                     "must come from the same model: re-embed this shard or move it to its own dataset"
                 )
             dim = shape[1]
-            meta_rows = pq.ParquetFile(meta).metadata.num_rows
+            meta_rows = parquet_file(meta).metadata.num_rows
             if meta_rows != shape[0]:
                 raise DataError(
                     f"{meta} has {meta_rows} rows but {emb} has {shape[0]}; metadata must be row-aligned "
@@ -183,7 +198,8 @@ class EmbeddingSet:
             shards.append(Shard(index, emb, meta, shape[0], start))
             start += shape[0]
         if not shards and not allow_partial:
-            raise DataError(f"{emb_dir} holds no complete shard (img_emb_<i>.npy + metadata_<i>.parquet)")
+            raise DataError(f"{emb_dir} holds no complete shard (img_emb_<i>.npy + metadata_<i>.parquet); run "
+                            "`python -m clipsim embed` for this dataset, or point it at a folder that holds shards")
         return shards
 
     def fingerprint(self) -> str:
@@ -235,7 +251,7 @@ class EmbeddingSet:
 
     def columns(self) -> list[str]:
         """Metadata column names (from the first shard's schema)."""
-        return list(pq.ParquetFile(self.shards[0].meta).schema_arrow.names) if self.shards else ["key"]
+        return list(parquet_file(self.shards[0].meta).schema_arrow.names) if self.shards else ["key"]
 
     def metadata_at(self, ids: np.ndarray, columns: list[str] | None = None) -> pd.DataFrame:
         """Metadata rows for global ids, in the order given."""
@@ -332,7 +348,11 @@ def check_commit(emb: EmbeddingSet) -> None:
 
 @lru_cache(maxsize=16)  # a LAION metadata shard with captions is ~100 MB
 def _read_meta_cached(path: str, mtime_ns: int, columns: tuple[str, ...] | None) -> pd.DataFrame:
-    return pd.read_parquet(path, columns=list(columns) if columns else None)
+    try:
+        return pd.read_parquet(path, columns=list(columns) if columns else None)
+    except (OSError, ValueError, KeyError) as err:  # pyarrow: ArrowInvalid (a ValueError), ArrowIOError, ...
+        raise DataError(f"metadata file {path} cannot be read ({err}); restore it, or re-create the dataset's "
+                        "embeddings (`python -m clipsim embed --force`)") from err
 
 
 def _read_meta(path: Path, columns: tuple[str, ...] | None) -> pd.DataFrame:

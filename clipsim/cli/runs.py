@@ -41,6 +41,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from clipsim.runs.pipeline import train_resources
 
     ws = Workspace.open(args.workspace)
+    ws.embeddings(args.web)  # an incomplete or unreadable web set is refused here, before a job is queued
     overrides = _overrides(args.set)
     params = {"manifest": args.manifest, "web": args.web, "preset": args.preset, "overrides": overrides}
     if args.control:

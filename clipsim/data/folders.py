@@ -32,8 +32,9 @@ def list_folder(root: str | Path, label_map: dict[str, int] | None = None,
     Args:
         root: the folder.
         label_map: class folder -> label, or None (sorted class folders get 0, 1, ...).
-        notes: a list that receives one line per directory or link left out (loops, second links, broken
-            links, unreadable folders); they are logged as warnings too.
+        notes: a list that receives one line per directory left out (loops, second links to a folder,
+            unreadable folders); they are logged as warnings too. Entries named like images are always listed,
+            even when they are not readable files (a broken link, a device): embedding counts them as losses.
 
     Returns:
         (records with RECORD_COLUMNS sorted by key, class folder names: in label order, or sorted with a label_map).
@@ -108,11 +109,8 @@ class _Walk:
                 if entry.is_dir():
                     if recursive and self.enter(Path(entry.path)):
                         stack.append((f"{prefix}{entry.name}/", Path(entry.path)))
-                elif entry.is_file():
-                    if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
-                        found.append(prefix + entry.name)
-                elif entry.is_symlink() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
-                    self.notes.append(f"{entry.path} is a broken link (to {os.readlink(entry.path)}); skipped")
+                elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                    found.append(prefix + entry.name)  # broken links and devices too: unreadable, counted at embed
         return sorted(found)
 
     def _entries(self, folder: Path) -> list[os.DirEntry]:

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from clipsim.data.keys import check_unique_keys
-from clipsim.store import EMB_DIR, META_DIR, EmbeddingSet
+from clipsim.store import EMB_DIR, META_DIR, EmbeddingSet, parquet_file
 
 log = logging.getLogger(__name__)
 ROW = "#row"  # mapping value: the key is the global row number
@@ -32,7 +31,7 @@ def _first_meta(folder: Path) -> Path | None:
 
 @lru_cache(maxsize=64)
 def _detect(meta: str, mtime_ns: int) -> tuple[tuple[str, str], ...]:
-    file = pq.ParquetFile(meta)
+    file = parquet_file(Path(meta))
     names = list(file.schema_arrow.names)
     mapping: dict[str, str] = {}
     if "key" not in names:

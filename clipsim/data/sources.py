@@ -161,8 +161,11 @@ def read_table(table: str | Path) -> pd.DataFrame:
         DataError: missing or unreadable file, no `path` column, bad labels, duplicate keys, no path found.
     """
     table = Path(table)
-    if not table.is_file():
+    if not table.exists():
         raise DataError(f"table {table} does not exist; fix the dataset source (a .csv or .parquet file)")
+    if not table.is_file():
+        raise DataError(f"table {table} is not a regular file (a folder, device or pipe); point to a .csv or "
+                        ".parquet file")
     frame = _read_frame(table)
     if "path" not in frame.columns:
         hint = next((c for c in frame.columns if str(c).lower() in _PATH_HINTS), None)

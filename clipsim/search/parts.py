@@ -17,7 +17,7 @@ import torch
 from clipsim import fileio
 from clipsim.errors import WorkspaceError
 from clipsim.search.checkpoint import read_meta, read_state, resume_checkpoint, staged_stats
-from clipsim.search.passes import DEFAULT_BLOCK_ROWS, Progress, SearchPass, resolve_precision
+from clipsim.search.passes import DEFAULT_BLOCK_ROWS, Progress, SearchPass, check_search_args, resolve_precision
 from clipsim.search.result import SearchResult
 from clipsim.search.scan import ExactScanner
 from clipsim.shard_ranges import check_range, index_runs
@@ -52,6 +52,7 @@ def search_part(
         WorkspaceError: a bad range, a stale reference search, or a part of another split overlapping this one.
     """
     lo, hi = check_range(shards)
+    check_search_args(k, block_rows)
     spec = SearchPass.prepare(ws, train, list(tests), k, reference)
     chosen = [s for s in spec.train_set.shards if lo <= s.index < hi]
     signature = spec.signature

@@ -53,11 +53,28 @@ def search(
 
     Returns:
         {test: SearchResult} for every requested test set.
+
+    Raises:
+        WorkspaceError: k or block_rows below 1 (checked before anything is read or written), a test set of
+            another dimension, a missing or stale reference search.
+        DataError: embeddings that are incomplete, truncated or malformed.
     """
+    check_search_args(k, block_rows)
     todo = [t for t in tests if force or not is_fresh(ws, t, train, k, reference)]
     if todo:
         run_pass(SearchPass.prepare(ws, train, todo, k, reference), precision, device, block_rows, progress)
     return {t: SearchResult.load(ws, t, train) for t in tests}
+
+
+def check_search_args(k: int, block_rows: int) -> None:
+    """Refuse k or block_rows below 1 before anything is read or written.
+
+    Raises:
+        WorkspaceError: the value and the fix.
+    """
+    for flag, value in (("--k", k), ("--block-rows", block_rows)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise WorkspaceError(f"{flag} {value!r} is not allowed: it must be an integer >= 1; nothing was changed")
 
 
 @dataclass
