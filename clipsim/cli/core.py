@@ -152,6 +152,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for s in status["searches"]:
         flag = "STALE: " + "; ".join(s["stale"]) if s["stale"] else "fresh"
         print(f"search {s['test']} vs {s['train']} (k={s['k']}): {flag}")
+    for s in status["searches_interrupted"]:
+        print(f"search {','.join(s['tests'])} vs {s['train']} (k={s['k']}): {s['state']}; run the same search to resume")
     for m in status["manifests"]:
         print(f"manifest {m['name']} ({m['rule']}): kept {m['kept']:,}, removed {m['removed']:,}"
               + (" STALE" if m["stale"] else ""))

@@ -228,7 +228,8 @@ def run_pass(spec: SearchPass, precision: str, device: str, block_rows: int, pro
     done = resume_checkpoint(pass_dir, spec.signature, scanner)["done"]
     t0 = time.time()
     spec.scan_shards(scanner, spec.train_set.shards, done, block_rows, progress, pass_dir,
-                     lambda: {"signature": spec.signature, "done": done})
+                     lambda: {"signature": spec.signature, "done": done, "tests": spec.tests, "k": spec.k,
+                              "shards": [s.index for s in spec.train_set.shards]})
     spec.commit(scanner, precision, dev, time.time() - t0, [pass_dir])
     fileio.remove_tree(pass_dir)
 

@@ -138,7 +138,7 @@ def is_fresh(ws, test: str, train: str, k: int, reference: str | None) -> bool:
 
 
 def search_status(ws) -> list[dict]:
-    """Every stored search result with its k and freshness."""
+    """Every stored (committed) search result with its k and freshness."""
     rows = []
     for train_dir in sorted(p for p in ws.path("search").glob("*") if p.is_dir()):
         # `.x.tmp` folders are results being built, `_pass`/`_parts` checkpoints: neither is a committed result
@@ -146,4 +146,20 @@ def search_status(ws) -> list[dict]:
             res = SearchResult.load(ws, test_dir.name, train_dir.name)
             rows.append({"test": res.test, "train": res.train, "k": res.config["k"], "stale": res.stale_reasons(),
                          "references": sorted(res.config.get("references", {})), "created": res.config["created"]})
+    return rows
+
+
+def interrupted_searches(ws) -> list[dict]:
+    """Every search pass or part that was interrupted: train, tests, k and `state` 'incomplete (k of n shards)'.
+    Its checkpoint resumes when the same search (or part) runs again; its result is not readable until then."""
+    from clipsim.search.checkpoint import read_meta
+
+    rows = []
+    for train_dir in sorted(p for p in ws.path("search").glob("*") if p.is_dir()):
+        for folder in [train_dir / "_pass", *sorted((train_dir / "_parts").glob("*-*"))]:
+            meta = read_meta(folder) if folder.is_dir() else None
+            if meta is not None and "shards" in meta:
+                part = "" if folder.name == "_pass" else f" (part {folder.name})"
+                rows.append({"train": train_dir.name, "tests": list(meta.get("tests", [])), "k": meta.get("k"),
+                             "state": f"incomplete ({len(meta['done'])} of {len(meta['shards'])} shards){part}"})
     return rows
