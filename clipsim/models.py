@@ -7,6 +7,7 @@ runs, so nothing is ever downloaded and a missing file fails at once with instru
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import logging
@@ -161,6 +162,11 @@ def _missing_weights_message(name: str, tag: str, cfg: dict, cache_dir: str | No
             f"(HF_HOME / --cache-dir), or pass --pretrained /path/to/checkpoint.pt")
 
 
+@functools.lru_cache(maxsize=8)  # building the BPE tokenizer takes ~0.4 s; it holds no per-model weights
+def _tokenizer(name: str, cache_dir: str | None) -> Callable:
+    return open_clip.get_tokenizer(name, cache_dir=cache_dir)
+
+
 def load_model(
     model: str | Path, pretrained: str | Path | None, device: str | torch.device = "cpu", cache_dir: str | None = None
 ) -> tuple[torch.nn.Module, Callable, Callable, dict]:
@@ -194,7 +200,7 @@ def load_model(
             image_interpolation=tag_cfg.get("interpolation"), image_resize_mode=tag_cfg.get("resize_mode"),
             pretrained_text=False,  # never fetch base text-tower weights from the hub
         )
-        tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
+        tokenizer = _tokenizer(name, cache_dir)
     except Exception as err:  # open_clip raises RuntimeError, KeyError, OSError, hub errors...
         what = f"checkpoint {checkpoint}" if checkpoint else f"model {name}"
         raise ModelError(f"cannot load {what} ({type(err).__name__}: {err}); check that the checkpoint was saved "
