@@ -158,7 +158,6 @@ class _Run:
                  shards: list[SourceShard] | None = None, config: dict | None = None, wipe: bool = False):
         self.root, self.source, self.progress, self.label = root, source, progress, label
         self.config, self.wipe = config, wipe  # written by open(), at the first write: a failure before it leaves no trace
-        self.partial = shards is not None  # a shard range: per-shard skipped lists, no summary
         self.shards = source.shards if shards is None else shards
         self.done, self.embedded, self.started = 0, 0, time.perf_counter()
         self.hashes: dict[int, np.ndarray] = {}
