@@ -20,11 +20,13 @@ import pandas as pd
 import torch
 
 from clipsim import fileio, store
+from clipsim.checks import check_choice, check_embed_args
 from clipsim.data.keys import check_unique_keys, describe, key_hashes, repeated_keys
 from clipsim.data.sources import DEFAULT_SHARD_SIZE, Source, SourceShard, open_source, read_image
 from clipsim.embed_summary import load_skipped, no_skipped, shard_skipped, write_shard_skipped, write_summary
 from clipsim.errors import DataError
 from clipsim.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, embed_images, encode_pixels, encode_texts, load_model
+from clipsim.names import check_writable
 from clipsim.search.exact import resolve_device
 from clipsim.shard_ranges import check_range, index_runs
 
@@ -91,21 +93,6 @@ def _embed_shard(model, preprocess, records: pd.DataFrame, device: torch.device,
     dim = opts["dim"]
     emb = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
     return emb, np.asarray(rows, dtype=np.int64), failed
-
-
-def check_embed_args(batch_size: int, workers: int, shard_size: int, precision: str) -> None:
-    """Validate embed_dataset's numeric arguments before anything is read or written.
-
-    Raises:
-        DataError: a value out of range (the message names it and the fix).
-    """
-    checks = [("batch size", batch_size, 1, "--batch-size"), ("workers", workers, 0, "--workers"),
-              ("shard size", shard_size, 1, "shard_size")]
-    for what, value, least, flag in checks:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-            raise DataError(f"{what} {value!r} is not allowed: {flag} must be an integer >= {least}; nothing was changed")
-    if precision not in PRECISIONS:
-        raise DataError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}; nothing was changed")
 
 
 def _check_folder(root: Path, config: dict, restart: bool) -> bool:
@@ -237,15 +224,18 @@ def embed_dataset(
         The dataset's EmbeddingSet (for a range: the shards complete so far).
 
     Raises:
-        DataError: a bad argument (checked before anything is written), bad source, existing embeddings from
-            another model/source (without force), a key repeated across tars or in an imported folder, a shard
-            whose images all fail, or force together with a shard range.
+        DataError: bad source, existing embeddings from another model/source (without force), a key repeated
+            across tars or in an imported folder, a shard whose images all fail, or force together with a shard
+            range.
         ModelError: the model or its weights cannot be loaded offline.
+        ArgumentError, ReadOnlyError: a bad argument, or a read-only workspace (nothing is touched).
     """
-    check_embed_args(batch_size, workers, shard_size, precision)
+    check_embed_args(batch_size, workers, device, shard_size)
+    check_choice(precision, "precision", PRECISIONS)
     ds = ws.dataset(name)
     if ds.kind == "embeddings":
         return validate_imported(ws, name)
+    check_writable(f"embed {name}")
     source = open_source(ds.kind, ds.source, shard_size, options=ds.extra)
     root = ws.path("embeddings", name)
     chosen = _chosen_shards(source, shards, force, root)
@@ -329,10 +319,12 @@ def finalize_embeddings(ws, name: str) -> store.EmbeddingSet:
     Raises:
         DataError: nothing embedded yet, the source changed since, or shards missing (the message names the
             ranges and the command that embeds them).
+        ReadOnlyError: the workspace is read-only (nothing is written).
     """
     ds = ws.dataset(name)
     if ds.kind == "embeddings":
         return ws.embeddings(name)
+    check_writable(f"finalize the embeddings of {name}")
     root = ws.path("embeddings", name)
     again = f"python -m clipsim embed --workspace {ws.root} --datasets {name}"
     if not (root / "config.json").exists():

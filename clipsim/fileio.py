@@ -5,6 +5,10 @@ Every durable step (a temporary file complete, a rename into place, a folder swa
 `commit_step`, the one fault-injection point: `CLIPSIM_KILL_AT=N` in the environment (or `kill_at_step(N)` in a
 forked test process) makes the process SIGKILL itself right after its Nth step, so tests can interrupt a pipeline
 at every commit point and check that a re-run gives the same bits. Unarmed, a step costs one integer compare.
+
+Files and folders made here get the permissions of the user's umask (0644 / 0755 under the usual 022), as `open`
+and `mkdir` would give them, so collaborators on a shared filesystem can read what a study wrote. In read-only
+mode (clipsim.names.read_only) a write inside a workspace folder is refused, whatever called it.
 """
 from __future__ import annotations
 
@@ -63,17 +67,63 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write: callable that writes the complete file at the given temporary path.
     """
     path = Path(path)
+    refuse_read_only(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~current_umask())  # what open() would have given the file
         commit_step(f"{path.name} written aside")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     commit_step(f"{path.name} in place")
+
+
+def current_umask() -> int:
+    """This process's umask (read from /proc on Linux, so no thread ever sees it changed)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def make_temp_dir(parent: Path, prefix: str, suffix: str) -> Path:
+    """A new uniquely named folder inside `parent` with the umask's permissions (mkdtemp alone gives 0700), to
+    build a multi-file artifact in before it is renamed into place.
+
+    Raises:
+        ReadOnlyError: `parent` lies inside a workspace served read-only.
+    """
+    refuse_read_only(Path(parent) / prefix)
+    folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    os.chmod(folder, 0o777 & ~current_umask())
+    return folder
+
+
+def refuse_read_only(path: Path) -> None:
+    """In read-only mode, refuse a write to `path` when it lies inside a workspace (a folder with clipsim.json).
+
+    Writes outside any workspace (a report saved with --out elsewhere, a download) stay allowed.
+
+    Raises:
+        ReadOnlyError: read-only mode and `path` is inside a workspace.
+    """
+    from clipsim.names import check_writable, read_only
+
+    if not read_only():
+        return
+    for folder in Path(os.path.abspath(path)).parents:
+        if (folder / "clipsim.json").is_file():
+            check_writable(f"write {path}")
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -102,6 +152,7 @@ def swap_dir(tmp: Path, final: Path) -> None:
         final: where it goes.
     """
     tmp, final = Path(tmp), Path(final)
+    refuse_read_only(final)
     if not final.exists():
         os.rename(tmp, final)
         commit_step(f"{final.name} renamed into place")
@@ -135,6 +186,7 @@ def glob_escape(text: str) -> str:
 def remove_tree(path: Path) -> None:
     """Delete a folder (or file) if it exists, as one counted step."""
     path = Path(path)
+    refuse_read_only(path)
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():

@@ -38,3 +38,37 @@ def workspace_status(ws) -> dict:
         "maps": [{"name": n, "stale": bool(load_map(ws, n).stale_reasons())} for n in list_maps(ws)],
         "settings": ws.settings,
     }
+
+
+STEPS = [  # (step, what it needs done, the pages to open, the command line)
+    ("Register and embed the datasets", "datasets", [],
+     "python -m clipsim demo --workspace {root}   # or: register --role train|test ..., then embed"),
+    ("Search: exact nearest neighbours of every test image", "searches", ["Neighbours", "Similarity"],
+     "python -m clipsim search --workspace {root} --reference curated"),
+    ("Prune the web set with a rule and save a manifest", "manifests", ["Prune"],
+     "python -m clipsim prune --workspace {root} --rule similarity-gap"),
+    ("Retrain CLIP on the pruned set and evaluate it zero-shot", "results", ["Runs"],
+     "python -m clipsim train --workspace {root} --manifest NAME --wait"),
+    ("Compare accuracy: pruned vs random control vs full", "results", ["Results"], ""),
+]
+
+
+def study_steps(status: dict) -> list[dict]:
+    """The study's steps in order, each with whether it is done, so a newcomer sees where to start.
+
+    Args:
+        status: workspace_status(ws).
+
+    Returns:
+        One dict per step: step, done (bool), count (what exists), pages (page titles to open), command, next
+        (True for the first step not done).
+    """
+    counts = {"datasets": sum(1 for d in status["datasets"] if d["count"]), "searches": len(status["searches"]),
+              "manifests": len(status["manifests"]), "results": len(status["results"])}
+    out, first = [], True
+    for step, need, pages, command in STEPS:
+        done = counts[need] > 0
+        out.append({"step": step, "done": done, "count": counts[need], "pages": pages,
+                    "command": command.format(root=status["workspace"]), "next": not done and first})
+        first = first and done
+    return out

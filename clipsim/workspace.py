@@ -64,7 +64,7 @@ class Workspace:
                 f"`python -m clipsim demo --workspace {root}` or create an empty one with "
                 f"`python -m clipsim init --workspace {root}`"
             )
-        return cls(root, fileio.read_json(reg))
+        return cls(root, check_registry(fileio.read_json(reg), reg))
 
     @classmethod
     def create(cls, root: str | Path, exist_ok: bool = True) -> Workspace:
@@ -84,7 +84,7 @@ class Workspace:
 
     def reload(self) -> None:
         """Re-read the registry (another process may have changed it)."""
-        self._registry = fileio.read_json(self.root / REGISTRY)
+        self._registry = check_registry(fileio.read_json(self.root / REGISTRY), self.root / REGISTRY)
 
     # ----- datasets --------------------------------------------------------------------------------
     def register_dataset(
@@ -225,6 +225,36 @@ class Workspace:
             return None
         return emb.fingerprint() if emb is not None and emb.count else None
 
+    # ----- study roles: the one place that decides the reference and the web sets -----------------------
+    @property
+    def reference(self) -> str | None:
+        """The reference train set (ImageNet-like, defines s_ref(t)): settings['reference'] when it names a
+        registered train set, else None."""
+        ref = self.settings.get("reference")
+        return ref if ref in self.dataset_names("train") else None
+
+    def web_sets(self) -> list[str]:
+        """The web train sets (the ones pruned and trained on): every train set but the reference, in registry order."""
+        return [n for n in self.dataset_names("train") if n != self.reference]
+
+    def web_set(self, web: str | None = None) -> str:
+        """The web set to use: `web` when given (checked), else the first web set in registry order.
+
+        Raises:
+            WorkspaceError: `web` is not a registered web set, or there is none (the message says what to register).
+        """
+        webs = self.web_sets()
+        if web is None and webs:
+            return webs[0]
+        if web in webs:
+            return web
+        if web is not None:
+            raise WorkspaceError(f"{web!r} is not a web train set of workspace {self.root} (web sets: "
+                                 f"{', '.join(webs) or 'none'}; the reference is {self.reference!r}); pass one of them")
+        raise WorkspaceError(f"workspace {self.root} has no web train set (a train set other than the reference "
+                             f"{self.reference!r}); register one: `python -m clipsim register --workspace {self.root} "
+                             "--name web --role train ...`")
+
     @property
     def settings(self) -> dict:
         """Workspace settings (SLURM partition, similarity model, ...)."""
@@ -262,6 +292,51 @@ class Workspace:
     def keys(self, name: str) -> np.ndarray:
         """All keys of a dataset, row-aligned with its embeddings."""
         return self.embeddings(name).keys()
+
+
+def check_registry(registry: object, path: Path) -> dict:
+    """Validate a registry read from `path`: an object whose 'datasets' maps valid names to entries with a known role,
+    kind and a source path, and whose 'settings' (if any) is an object.
+
+    Returns:
+        The registry, unchanged.
+
+    Raises:
+        WorkspaceError: the first problem found, naming the file, the key and the fix.
+    """
+    fix = f"fix {path} by hand (or move it aside and register the datasets again)"
+    if not isinstance(registry, dict):
+        raise WorkspaceError(f"{path} must hold a JSON object, not {type(registry).__name__}; {fix}")
+    datasets = registry.get("datasets")
+    if not isinstance(datasets, dict):
+        raise WorkspaceError(f"{path} has no \"datasets\" object (got {datasets!r:.60}); a workspace registry lists its "
+                             f"datasets there, e.g. \"datasets\": {{}}; {fix}")
+    settings = registry.get("settings", {})
+    if not isinstance(settings, dict):
+        raise WorkspaceError(f"\"settings\" in {path} must be a JSON object; {fix}")
+    bad = [k for k in ("jobs", "slurm", "presets", "similarity_model") if not isinstance(settings.get(k, {}), dict)]
+    if bad or not isinstance(settings.get("reference", ""), (str, type(None))):
+        raise WorkspaceError(f"settings.{(bad or ['reference'])[0]} in {path} has the wrong type "
+                             f"({settings.get((bad or ['reference'])[0])!r:.40}): jobs, slurm, presets and "
+                             f"similarity_model are objects, reference a dataset name; {fix}")
+    for name, entry in datasets.items():
+        try:
+            check_name(name)
+        except WorkspaceError as err:
+            raise WorkspaceError(f"{path}: {err}; rename that dataset in the file") from err
+        if not isinstance(entry, dict):
+            raise WorkspaceError(f"dataset {name!r} in {path} must be a JSON object; {fix}")
+        bad = next((key for key, allowed in (("role", ROLES), ("kind", KINDS)) if entry.get(key) not in allowed), None)
+        if bad is not None:
+            allowed = ROLES if bad == "role" else KINDS
+            raise WorkspaceError(f"dataset {name!r} in {path} has {bad} {entry.get(bad)!r}; use one of {allowed}")
+        if not isinstance(entry.get("source"), str) or not entry["source"]:
+            raise WorkspaceError(f"dataset {name!r} in {path} has no \"source\" path; {fix}")
+        unknown = set(entry) - {"role", "kind", "source", "classes", "extra"}
+        if unknown or not isinstance(entry.get("classes") or [], list) or not isinstance(entry.get("extra", {}), dict):
+            raise WorkspaceError(f"dataset {name!r} in {path} has unknown keys {sorted(unknown)} or a malformed "
+                                 f"\"classes\" list / \"extra\" object; {fix}")
+    return registry
 
 
 def _check_imported(folder: Path, mapping: dict[str, str] | None, name: str) -> None:

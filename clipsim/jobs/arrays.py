@@ -135,7 +135,8 @@ def embed_part_job(ws, params: dict, ctx: JobContext) -> dict:
     """One task of an embed array: embed_dataset over this task's source shard range.
 
     Returns:
-        {"dataset", "range": [lo, hi], "shards" (embedded so far, all ranges)}.
+        {"dataset", "range": [lo, hi], "shards" (embedded shards in this range; a count over all ranges would depend
+        on how far the other tasks got)}.
     """
     from clipsim.data.sources import open_source
     from clipsim.embed import embed_dataset
@@ -148,7 +149,7 @@ def embed_part_job(ws, params: dict, ctx: JobContext) -> dict:
     lo, hi = task_range(params, [s.index for s in source.shards])
     ctx.log.info("embedding shards %d:%d of %s", lo, hi, name)
     emb = embed_dataset(ws, name, shards=(lo, hi), progress=ctx.progress, **opts)
-    return {"dataset": name, "range": [lo, hi], "shards": len(emb.shards)}
+    return {"dataset": name, "range": [lo, hi], "shards": sum(lo <= s.index < hi for s in emb.shards)}
 
 
 def embed_array_job(ws, params: dict, ctx: JobContext) -> dict:

@@ -1,7 +1,8 @@
 """The job worker: `python -m clipsim.jobs.worker <workspace> <job_id>` runs one job's kind and records the outcome.
 
 It marks the job started (pid, host), beats a heartbeat, turns SIGTERM/SIGINT into `JobCancelled`, stores
-the result or the log tail, and finally calls `reconcile` so queued jobs start without a daemon.
+the result or the log tail, and finally calls `reconcile` so queued jobs start without a daemon. Everything it starts
+carries CLIPSIM_JOB_ID=<id> (clipsim.jobs.procs); whatever of it still runs when the kind returns is killed.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from clipsim import fileio
 from clipsim.jobs import db
 from clipsim.jobs.backends import hostname
+from clipsim.jobs.procs import JOB_ENV, kill_job_processes
 from clipsim.workspace import Workspace
 
 HEARTBEAT_S = 15  # how often a running worker stamps its record (other hosts judge liveness by it)
@@ -39,6 +41,7 @@ class JobContext:
         self.run_dir: Path = job.run_dir
         self.log = logger
         self.cancelled = False  # set by the signal handler
+        self.stopped_by: str | None = None  # the signal's name, e.g. 'SIGTERM'
         self.interruptible = False  # while True a signal raises JobCancelled at once
         self._first: tuple[float, int] | None = None
         self._last_write = 0.0
@@ -121,6 +124,7 @@ def _heartbeat(ws: Workspace, job_id: str, stop: threading.Event) -> None:
 def _install_signals(ctx: JobContext) -> None:
     def handler(signum, frame):
         ctx.cancelled = True
+        ctx.stopped_by = signal.Signals(signum).name
         if ctx.interruptible:
             raise JobCancelled(f"{ctx.job_id}: signal {signal.Signals(signum).name}")
 
@@ -168,14 +172,22 @@ def _claim_start(ws: Workspace, job_id: str) -> db.Job | None:
         return db.fetch(con, job_id, str(ws.root))
 
 
-def _finish(ws: Workspace, job: db.Job, state: str, code: int, result: dict | None) -> None:
+def _finish(ws: Workspace, job: db.Job, state: str, code: int, result: dict | None, stopped_by: str | None) -> None:
+    """Record the outcome. A signal no clipsim cancel asked for (SLURM's time limit, a node failure, preemption, a
+    kill from outside) makes the job failed, not cancelled."""
     from clipsim.jobs.status import tail_log
 
     with db.transaction(ws) as con:
         current = db.fetch(con, job.id, str(ws.root))
-        if state == "failed" and current is not None and current.cancel_requested:
+        asked = current is not None and current.cancel_requested is not None
+        if state == "failed" and asked:
             state = "cancelled"  # the cancel signal interrupted it mid-step
         error = tail_log(job, lines=40) if state == "failed" else None
+        if state == "cancelled" and not asked and stopped_by:
+            where = f"`sacct -j {current.backend_id}`" if job.backend == "slurm" and current else "who sent it"
+            state, error = "failed", (f"stopped by {stopped_by}, which no clipsim cancel sent (on SLURM: a time limit, "
+                                      f"node failure or preemption; see {where}). Last lines of the log:\n"
+                                      f"{tail_log(job, lines=40)}")
         db.update(con, job.id, only_if=("running",), state=state, finished=time.time(), exit_code=code,
                   result=result, error=error)
 
@@ -192,6 +204,7 @@ def run_job(root: str, job_id: str) -> int:
     """
     from clipsim.jobs.scheduler import reconcile
 
+    os.environ[JOB_ENV] = job_id  # inherited by the trainer, torchrun and its ranks, loader workers
     ws = Workspace.open(root)
     job = _claim_start(ws, job_id)
     if job is None:
@@ -206,9 +219,14 @@ def run_job(root: str, job_id: str) -> int:
     try:
         state, code, result = _execute(ws, job, ctx)
         ctx.flush_progress()
-        _finish(ws, job, state, code, result)
+        leftover = kill_job_processes(job_id)  # a child that outlived the kind (the kind should have waited for it)
+        if leftover:
+            ctx.log.warning("job %s: killed %d process(es) still running after it ended: %s", job_id, len(leftover),
+                            leftover)
+        _finish(ws, job, state, code, result, ctx.stopped_by)
     finally:
         stop.set()
+        os.environ.pop(JOB_ENV, None)  # jobs started from here on (reconcile below) are not this job's
         logging.getLogger().removeHandler(handler)
         handler.close()
     try:  # start what waited for this slot or this result; a SLURM task only submits further SLURM jobs

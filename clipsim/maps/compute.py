@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 import zlib
 from collections.abc import Callable
@@ -231,7 +230,7 @@ def _write(ws, name: str, config: dict, ids: dict[str, np.ndarray], model, total
     root = ws.path(MAPS)
     root.mkdir(parents=True, exist_ok=True)
     fileio.clear_leftovers(root, name)  # folders of a run killed before its swap
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+    tmp = fileio.make_temp_dir(root, f".{name}.", ".tmp")
     try:
         schema = pa.schema([("dataset", pa.string()), ("key", pa.string()), ("row", pa.int64()), ("x", pa.float32()),
                             ("y", pa.float32()), ("fitted", pa.bool_())])

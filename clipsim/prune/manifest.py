@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from clipsim import fileio
 from clipsim.data.keys import key_hashes, repeated_keys
 from clipsim.errors import ReadOnlyError, WorkspaceError
 from clipsim.names import check_name, read_only
+from clipsim.prune.rules import RuleSpec, apply_rule, default_name, rule_stats
 from clipsim.prune.stats import PruneStats, canonical_rule, resolve_keep
 
 MANIFESTS = "manifests"
@@ -105,10 +105,7 @@ def save_manifest(ws, name: str, rule: str, params: dict, stats: PruneStats, rem
     """
     if read_only():
         raise ReadOnlyError(f"this workspace is served read-only (CLIPSIM_READ_ONLY=1); manifest {name!r} was not saved")
-    check_name(name, "manifest")
-    folder = ws.path(MANIFESTS, name)
-    if folder.exists() and not overwrite:
-        raise WorkspaceError(f"manifest {name!r} exists at {folder}; pick another name or pass overwrite=True (CLI: --overwrite)")
+    check_new_manifest(ws, name, overwrite)
     rule, params = canonical_rule(rule), dict(params)
     if rule == "similarity-gap":
         params.setdefault("delta", 0.0)
@@ -124,6 +121,41 @@ def save_manifest(ws, name: str, rule: str, params: dict, stats: PruneStats, rem
     check_partition(keys, removed, stats.web)
     _write_atomically(ws.path(MANIFESTS), name, {"removed": keys[removed], "kept": keys[~removed]}, summary, overwrite)
     return load_manifest(ws, name)
+
+
+def save_rule(ws, spec: RuleSpec, name: str | None = None, overwrite: bool = False, progress=None):
+    """Apply a rule to freshly loaded statistics and save its manifest (what the CLI and the `prune` job run).
+
+    Args:
+        ws: the workspace.
+        spec: the rule.
+        name: manifest name (default: default_name(spec)).
+        overwrite: replace a manifest of that name.
+        progress: optional callable(done, total, description) for the exact post-pruning scan.
+
+    Returns:
+        (the saved Manifest, the Pruning it came from).
+
+    Raises:
+        WorkspaceError, ReadOnlyError, ValueError: see rule_stats, apply_rule and save_manifest.
+    """
+    pruning = apply_rule(rule_stats(ws, spec), spec)
+    manifest = save_manifest(ws, name or default_name(spec), spec.rule, pruning.params, pruning.stats,
+                             pruning.removed, overwrite=overwrite, progress=progress)
+    return manifest, pruning
+
+
+def check_new_manifest(ws, name: str, overwrite: bool = False) -> None:
+    """Check that a manifest can be saved under `name` (before any work is done).
+
+    Raises:
+        WorkspaceError: a bad name, or a manifest of that name exists and overwrite is False.
+    """
+    check_name(name, "manifest")
+    folder = ws.path(MANIFESTS, name)
+    if folder.exists() and not overwrite:
+        raise WorkspaceError(f"manifest {name!r} exists at {folder}; pick another name or pass overwrite=True "
+                             "(CLI: --overwrite; the Prune page: 'Overwrite')")
 
 
 def load_manifest(ws, name: str) -> Manifest:
@@ -233,7 +265,7 @@ def _post_prune_medians(ws, rule, params, stats, removed, progress) -> dict:
 def _write_atomically(root: Path, name: str, keys: dict[str, np.ndarray], summary: dict, overwrite: bool) -> None:
     root.mkdir(parents=True, exist_ok=True)
     fileio.clear_leftovers(root, name)  # folders of a save killed before its swap
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+    tmp = fileio.make_temp_dir(root, f".{name}.", ".tmp")
     try:
         for part, values in keys.items():
             fileio.write_parquet(tmp / f"{part}.parquet", pd.DataFrame({"key": pd.Series(values, dtype=str)}))

@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 
 from clipsim import fileio
+from clipsim.checks import check_int, check_search_args
 from clipsim.errors import WorkspaceError
+from clipsim.names import check_writable
 from clipsim.search.checkpoint import read_meta, read_state, resume_checkpoint, staged_stats
-from clipsim.search.passes import DEFAULT_BLOCK_ROWS, Progress, SearchPass, check_search_args, resolve_precision
+from clipsim.search.passes import DEFAULT_BLOCK_ROWS, Progress, SearchPass, resolve_precision
 from clipsim.search.result import SearchResult
 from clipsim.search.scan import ExactScanner
 from clipsim.shard_ranges import check_range, index_runs
@@ -50,9 +52,11 @@ def search_part(
 
     Raises:
         WorkspaceError: a bad range, a stale reference search, or a part of another split overlapping this one.
+        ArgumentError, ReadOnlyError: a bad argument, or a read-only workspace (nothing is written).
     """
+    check_search_args(k, block_rows, precision, device)
     lo, hi = check_range(shards)
-    check_search_args(k, block_rows)
+    check_writable(f"search part {lo}:{hi} of {train}")
     spec = SearchPass.prepare(ws, train, list(tests), k, reference)
     chosen = [s for s in spec.train_set.shards if lo <= s.index < hi]
     signature = spec.signature
@@ -121,7 +125,10 @@ def merge_search_parts(ws, train: str, tests: list[str], k: int = 10, reference:
     Raises:
         WorkspaceError: no parts, a part made from other inputs, overlapping or unfinished parts, or shards that
             no part covers (the message names the ranges and the command that runs them).
+        ArgumentError, ReadOnlyError: a bad k, or a read-only workspace (nothing is written).
     """
+    check_int(k, "k (neighbours per test image)", minimum=1)
+    check_writable(f"merge the search parts of {train}")
     spec = SearchPass.prepare(ws, train, list(tests), k, reference)
     parts = [p for p in _read_parts(ws, train) if p[0][0] < p[0][1]]
     _check_parts(spec, parts)

@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from clipsim import fileio
+from clipsim.checks import check_search_args
 from clipsim.errors import WorkspaceError
+from clipsim.names import check_writable
 from clipsim.search.checkpoint import link_or_copy, resume_checkpoint, staged_stats, write_checkpoint, write_npz
 from clipsim.search.exact import default_precision, resolve_device
 from clipsim.search.result import SearchResult, digest, is_fresh
@@ -55,26 +57,17 @@ def search(
         {test: SearchResult} for every requested test set.
 
     Raises:
-        WorkspaceError: k or block_rows below 1 (checked before anything is read or written), a test set of
-            another dimension, a missing or stale reference search.
+        ArgumentError: k or block_rows below 1, an unknown device or precision (nothing is written).
+        ReadOnlyError: a search is due but the workspace is read-only.
+        WorkspaceError: a test set of another dimension, a missing or stale reference search.
         DataError: embeddings that are incomplete, truncated or malformed.
     """
-    check_search_args(k, block_rows)
+    check_search_args(k, block_rows, precision, device)
     todo = [t for t in tests if force or not is_fresh(ws, t, train, k, reference)]
     if todo:
+        check_writable(f"search {', '.join(todo)} against {train}")
         run_pass(SearchPass.prepare(ws, train, todo, k, reference), precision, device, block_rows, progress)
     return {t: SearchResult.load(ws, t, train) for t in tests}
-
-
-def check_search_args(k: int, block_rows: int) -> None:
-    """Refuse k or block_rows below 1 before anything is read or written.
-
-    Raises:
-        WorkspaceError: the value and the fix.
-    """
-    for flag, value in (("--k", k), ("--block-rows", block_rows)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise WorkspaceError(f"{flag} {value!r} is not allowed: it must be an integer >= 1; nothing was changed")
 
 
 @dataclass

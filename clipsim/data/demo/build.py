@@ -16,6 +16,7 @@ from clipsim.data.demo import model as demo_model
 from clipsim.data.demo import world
 from clipsim.data.demo.draw import CLASSES
 from clipsim.errors import WorkspaceError
+from clipsim.names import check_writable
 from clipsim.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ def build_demo(root: str | Path, seed: int = 0, size: str = "full", workers: int
             f"{ws.root} already holds a demo built with seed {info.get('seed')} size {info.get('size')}; "
             "use another --workspace folder or delete this one"
         )
+    check_writable("build the demo")
     timings: dict[str, float] = {}
     t = time.time()
     items = world.plan(seed, world.PRESETS[size])
