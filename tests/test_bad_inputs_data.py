@@ -24,6 +24,8 @@ from PIL import Image
 from clipsim import Workspace, store
 from clipsim.cli import main
 from clipsim.data.imageio import MAX_IMAGE_BYTES, read_image
+from clipsim.embed import embed_dataset
+from clipsim.errors import ClipsimError
 from tests.conftest import draw_image
 from tests.helpers import unit16
 
@@ -568,12 +570,25 @@ def test_incomplete_set_is_shown_and_refused(capsys, ws, argv):
 @pytest.mark.parametrize("flag", [["--batch-size", "0"], ["--workers", "-1"]], ids=["batch0", "workers-1"])
 def test_embed_force_with_a_bad_argument_keeps_the_embeddings(capsys, ws, flag, tiny_model_config, tiny_checkpoint):
     expect_error(capsys, ws, ["embed", "--workspace", ws, "--datasets", "web", "--force", "--model", tiny_model_config,
-                              "--pretrained", tiny_checkpoint, "--device", "cpu", *flag], flag[1], "nothing was changed")
+                              "--pretrained", tiny_checkpoint, "--device", "cpu", *flag], *flag)
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"workers": -1}, {"precision": "fp8"}, {"shard_size": 0}],
+                         ids=["batch0", "workers-1", "precision", "shard0"])
+def test_embed_force_through_the_api_with_a_bad_argument_keeps_the_embeddings(ws, kwargs, tiny_model_config,
+                                                                              tiny_checkpoint):
+    before = files(ws)
+    args = {"model": str(tiny_model_config), "pretrained": str(tiny_checkpoint), "device": "cpu", "force": True,
+            **kwargs}
+    with pytest.raises(ClipsimError, match=next(iter(kwargs))):
+        embed_dataset(Workspace.open(ws), "web", **args)
+    assert files(ws) == before
+    TALLY["clear errors"] += 1
 
 
 def test_search_force_with_a_bad_argument_keeps_the_result(capsys, ws):
     expect_error(capsys, ws, ["search", "--workspace", ws, "--train", "web", "--tests", "val", "--device", "cpu",
-                              "--force", "--block-rows", "0"], "--block-rows 0")
+                              "--force", "--block-rows", "0"], "--block-rows", "0")
 
 
 def test_report_with_an_image_path_at_dev_zero_is_bounded(capsys, ws, tmp_path):
