@@ -191,7 +191,7 @@ def save_dedup_manifest(ws, name: str, stats: DedupStats, eps: float, overwrite:
         ReadOnlyError: the workspace is served read-only.
     """
     from clipsim.errors import WorkspaceError
-    from clipsim.prune.manifest import write_manifest
+    from clipsim.prune.manifest import check_partition, write_manifest
 
     if stats.stale_reasons():
         raise WorkspaceError(f"the embeddings of {stats.web!r} changed since these dedup statistics were computed; "
@@ -207,4 +207,5 @@ def save_dedup_manifest(ws, name: str, stats: DedupStats, eps: float, overwrite:
                "dedup": {**stats.summary(eps), "cut": float(eps_cut(eps))}, **(extra or {}),
                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     keys = np.asarray(stats.keys)
+    check_partition(keys, removed, stats.web)
     return write_manifest(ws, name, keys[removed], keys[~removed], summary, overwrite)
