@@ -1,4 +1,6 @@
 """Prune: choose a rule and its parameters, see what it removes per test set, save it as a named manifest (a job)."""
+from dataclasses import replace
+
 import numpy as np
 import streamlit as st
 
@@ -34,10 +36,18 @@ if rule == "similarity-gap" and not margins:
             "Search the reference first, then the web set with it:", icon=":material/info:")
     st.code(f"python -m clipsim search --workspace {ws.root} --reference {ref or 'curated'} --force", language="bash")
     st.stop()
-stats, stats_key = loaders.keyed_prune_stats(ws, web, tests, ref if margins else None)
 manifests = loaders.manifests(ws)
+bases = [n for n, w in zip(manifests["name"], manifests["web"]) if w == web]
+base = st.selectbox("Start from", [None, *bases], key="base", bind=BIND,
+                    format_func=lambda b: f"the whole {web} set" if b is None else f"manifest {b} (its kept samples)",
+                    help="Prune a deduplicated set, as the study did: pick the dedup manifest here.")
+try:
+    stats, stats_key = loaders.keyed_prune_stats(ws, web, tests, ref if margins else None, base)
+except ClipsimError as err:
+    st.error(str(err))
+    st.stop()
 
-spec = pruning.rule_spec_input(rule, stats.n, tests, list(manifests["name"]), web)
+spec = replace(pruning.rule_spec_input(rule, stats.n, tests, list(manifests["name"]), web), base=base)
 key = pruning.rule_key(ws, stats_key, spec)
 try:
     applied = pruning.apply(key, stats, spec)
@@ -48,7 +58,8 @@ table = applied.counts()
 total = table.iloc[-1]
 m = st.columns(3)
 m[0].metric("Web samples removed", f"{int(total['removed']):,}", help="combined over the chosen test sets")
-m[1].metric("Web samples kept", f"{int(total['kept']):,}", help=f"of {stats.n:,} {web} samples")
+m[1].metric("Web samples kept", f"{int(total['kept']):,}",
+            help=f"of {stats.n:,} {web} samples" + (f" that manifest {base} keeps" if base else ""))
 m[2].metric("Share of web removed", f"{total['share_of_web']:.2%}")
 if "remove_fraction" in applied.params:
     st.caption(f"Cut at {'τ' if rule == 'threshold' else 'δ'} = "

@@ -32,6 +32,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="manifest name, or 'full' for the whole web set")
     p.add_argument("--web", type=name_type("dataset"),
                    help="the web train set (default: the first train set that is not the reference)")
+    p.add_argument("--base", type=name_type("manifest"), help="start from this manifest (e.g. a dedup manifest): "
+                   "--manifest full trains on it, other manifests must have been cut from it")
     p.add_argument("--preset", default="demo", help="training preset: demo, paper or one from settings.presets")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="preset override, e.g. --set epochs=1")
     p.add_argument("--control", choices=["random"], help="train on a random subset as large as the manifest")
@@ -44,13 +46,15 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 @command("train", "train CLIP (open_clip_train) on a manifest's kept samples, as a job", _train_args)
 def cmd_train(args: argparse.Namespace) -> int:
     from clipsim import jobs
-    from clipsim.runs.pipeline import seed_overrides, train_resources
+    from clipsim.runs.pipeline import seed_overrides, train_manifest, train_resources
 
     ws = Workspace.open(args.workspace)
+    web = ws.web_set(args.web)
+    ws.embeddings(web)  # an incomplete or unreadable web set is refused here, before a job is queued
+    manifest = train_manifest(ws, args.manifest, args.base)
     queued = []
     for overrides in seed_overrides(ws, args.preset, _overrides(args.set), args.seeds):
-        params = {"manifest": args.manifest, "web": ws.web_set(args.web), "preset": args.preset,
-                  "overrides": overrides}
+        params = {"manifest": manifest, "web": web, "preset": args.preset, "overrides": overrides}
         if args.control:
             params.update(control=args.control, seed=args.seed)
         queued.append(jobs.launch(ws, "train", params, backend=args.backend,
@@ -63,6 +67,8 @@ def _chain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", type=name_type("manifest"), help="manifest to train on (made by the rule when missing)")
     p.add_argument("--web", help="web train set (default: the first train set that is not the reference)")
     p.add_argument("--reference", help="reference train set for similarity-gap (default: the workspace's)")
+    p.add_argument("--base", type=name_type("manifest"), help="start from this manifest (e.g. a dedup manifest): the "
+                   "rule prunes what it keeps, the control is drawn from it, --full trains on it")
     p.add_argument("--tests", help="comma-separated test sets the rule looks at (default: all)")
     for flag, kind in (("--tau", float), ("--delta", float), ("--remove-fraction", float), ("--keep", NON_NEGATIVE),
                        ("--keep-fraction", float)):
@@ -89,7 +95,7 @@ def cmd_chain(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     queued = queue_pipeline(ws, manifest=args.name, spec=rule_spec(args), preset=args.preset,
                             overrides=_overrides(args.set), random_control=args.control, include_full=args.full,
-                            web=args.web, backend=args.backend, seeds=args.seeds)
+                            web=args.web, backend=args.backend, base=args.base, seeds=args.seeds)
     for job in queued:
         print(f"{job.kind} job {job.id}: {job.state}" + (f" (after {job.depends_on})" if job.depends_on else ""))
     if not args.wait:

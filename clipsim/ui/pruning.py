@@ -154,7 +154,7 @@ def _post(key: tuple, spec: RuleSpec, test: str, _ws: Workspace, _pruning: Pruni
     from clipsim.prune.post import post_prune_nn_similarity
 
     stats = _pruning.stats
-    return post_prune_nn_similarity(_ws, test, stats.web, _pruning.removed, _pruning.rule, _pruning.params,
+    return post_prune_nn_similarity(_ws, test, stats.web, stats.full_removed(_pruning.removed), _pruning.rule, _pruning.params,
                                     stats.tests if _pruning.rule != "random" else None, stats.reference)
 
 
