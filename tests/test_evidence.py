@@ -14,6 +14,7 @@ from clipsim.runs.predictions import write_predictions
 from clipsim.runs.results import add_results, result_row, results_frame, seed_summary
 from clipsim.runs.stats import bootstrap_interval, paired_bootstrap
 from clipsim.workspace import Workspace
+from tests.helpers import chart_spec
 
 
 def reference_interval(values: np.ndarray, n_boot: int, seed: int = 1) -> tuple[float, float]:
@@ -130,28 +131,14 @@ def test_accuracy_by_similarity_and_right_wrong(results_ws):
     assert table["s_web"].is_monotonic_decreasing
 
 
-def decode(value):
-    """Plotly JSON with its base64 typed arrays decoded into lists."""
-    import base64
-
-    if isinstance(value, dict) and "bdata" in value and "dtype" in value:
-        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).tolist()
-    if isinstance(value, dict):
-        return {k: decode(v) for k, v in value.items()}
-    return [decode(v) for v in value] if isinstance(value, list) else value
-
-
 def test_results_page_shows_intervals_seeds_chance_and_comparisons(results_ws, monkeypatch):
-    import json
-
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("CLIPSIM_WORKSPACE", str(results_ws.root))
     monkeypatch.delenv("CLIPSIM_READ_ONLY", raising=False)
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "results.py"), default_timeout=120).run()
     assert not at.exception
-    charts = {spec["layout"]["title"]["text"]: spec for spec in (decode(json.loads(c.proto.spec))
-                                                                  for c in at.get("plotly_chart"))}
+    charts = {spec["layout"]["title"]["text"]: spec for spec in (chart_spec(c) for c in at.get("plotly_chart"))}
     bars = charts["Zero-shot top-1 accuracy per test set"]
     frame = results_frame(results_ws)
     summary = compare.arm_intervals(results_ws, frame).set_index("model")

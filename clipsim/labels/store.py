@@ -102,16 +102,25 @@ def upsert_labels(ws, rows: pd.DataFrame) -> int:
     return len(records)
 
 
+def where_equal(filters: dict[str, str | None]) -> tuple[str, list]:
+    """A SQL ' WHERE a = ? AND b = ?' clause (empty without filters) and its arguments, for the filters not None.
+
+    Args:
+        filters: {column: value}; the column names come from this module's callers, never from users.
+
+    Returns:
+        (clause, arguments) to append to a SELECT and pass as its parameters.
+    """
+    used = {column: value for column, value in filters.items() if value is not None}
+    return (" WHERE " + " AND ".join(f"{column} = ?" for column in used) if used else ""), list(used.values())
+
+
 def read_labels(ws, test: str | None = None, train: str | None = None) -> pd.DataFrame:
     """Stored labels (LABEL_COLUMNS), optionally of one test and train set, oldest first."""
-    where, args = [], []
-    for column, value in (("test", test), ("train", train)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            args.append(value)
-    query = f"SELECT {', '.join(LABEL_COLUMNS)} FROM labels" + (f" WHERE {' AND '.join(where)}" if where else "")
+    where, args = where_equal({"test": test, "train": train})
     with connect(ws) as con:
-        frame = pd.read_sql_query(query + " ORDER BY created, test_key", con, params=args)
+        frame = pd.read_sql_query(f"SELECT {', '.join(LABEL_COLUMNS)} FROM labels{where} ORDER BY created, test_key",
+                                  con, params=args)
     return frame.astype({"simulated": bool})
 
 

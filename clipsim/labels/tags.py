@@ -12,7 +12,7 @@ import pandas as pd
 
 from clipsim import fileio
 from clipsim.errors import WorkspaceError
-from clipsim.labels.store import connect
+from clipsim.labels.store import connect, where_equal
 
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TAG_COLUMNS = ["dataset", "key", "tag", "created"]
@@ -65,14 +65,10 @@ def remove_tags(ws, dataset: str, keys, tag: str) -> int:
 
 def read_tags(ws, tag: str | None = None, dataset: str | None = None) -> pd.DataFrame:
     """Tagged images (TAG_COLUMNS), optionally of one tag and dataset, in tagging order."""
-    where, args = [], []
-    for column, value in (("tag", tag), ("dataset", dataset)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            args.append(value)
-    query = "SELECT dataset, key, tag, created FROM tags" + (f" WHERE {' AND '.join(where)}" if where else "")
+    where, args = where_equal({"tag": tag, "dataset": dataset})
     with connect(ws) as con:
-        return pd.read_sql_query(query + " ORDER BY created, dataset, key", con, params=args)
+        return pd.read_sql_query(f"SELECT dataset, key, tag, created FROM tags{where} ORDER BY created, dataset, key",
+                                 con, params=args)
 
 
 def tag_names(ws) -> list[str]:
