@@ -24,6 +24,7 @@ from clipsim.names import check_writable
 from clipsim.search.exact import default_precision, resolve_device
 from clipsim.search.result import SearchResult, digest, is_fresh
 from clipsim.search.scan import TILE_ELEMENTS, ExactScanner, Group
+from clipsim.search.sorted import write_search_sorted
 from clipsim.store import EmbeddingSet
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,8 @@ class SearchPass:
             fileio.write_json(state_dir / "pass.json", meta())
 
     def commit(self, scanner: ExactScanner, precision: str, device: str, seconds: float) -> None:
-        """Write every test set's `neighbours.npz`, then its `config.json` (the commit point of its result)."""
+        """Write every test set's `neighbours.npz` and sorted statistics (`sorted/`, clipsim.search.sorted), then its
+        `config.json` (the commit point of its result)."""
         state = scanner.state()
         for g in self.groups:
             folder = self.ws.path("search", self.train, g.name)
@@ -162,6 +164,9 @@ class SearchPass:
             }
             config["fingerprint"] = digest({k_: v for k_, v in config.items()
                                             if k_ not in ("seconds", "created", "device", "precision")})
+            shard_files = [folder / "stats" / f"shard_{i}.npz" for i in config["shards"]]
+            names = ["max_sim"] + [f"margin/{r}" for r in config["references"]]
+            write_search_sorted(folder, config["fingerprint"], shard_files, names, self.train_set.count)
             fileio.write_json(folder / "config.json", config)
             _prune_stale_stats(folder, config["shards"])
 
