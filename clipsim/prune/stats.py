@@ -281,6 +281,14 @@ class PruneStats:
             out[lo : lo + len(chunk)] = cut.removed(chunk, rows)
         return out
 
+    def removal_curves(self, kind: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{test: (edges, how many values are > each edge)} per loaded test set, and 'combined' when ready: the
+        stored cumulative histograms (clipsim.plots.removal_curve draws them)."""
+        curves = {t: self.column(kind, t).hist() for t in self.tests}
+        if len(self.tests) > 1 and self.combined_ready(kind):
+            curves["combined"] = self.column(kind).hist()
+        return curves
+
     def check_tests(self, tests: list[str] | str) -> list[str]:
         """The test names as a list; raises WorkspaceError naming any not loaded."""
         tests = _as_list(tests)

@@ -119,19 +119,46 @@ def build_sorted_stats(ws, web: str, tests: list[str], reference: str | None = N
     return {"written": written, "combined": str(folder), "combined_written": not fresh}
 
 
-def sort_stats_job(ws, params: dict, ctx: JobContext) -> dict:
-    """The `sort-stats` job: build_sorted_stats. params: web (default: the workspace's web set), tests (default: every
-    searched test set), reference (default: the workspace's, when every search stored its margins).
+def sort_stats(ws, web: str | None = None, tests: list[str] | None = None, reference: str | None = "auto",
+               progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """build_sorted_stats with the workspace's defaults: what `python -m clipsim sort-stats` and the job run.
+
+    Args:
+        ws: the workspace.
+        web: the web set (None: Workspace.web_set).
+        tests: test sets (None: every test set with a completed search against `web`).
+        reference: the margins' reference ('auto': the workspace's, when every search stored margins over it).
+        progress: optional callable(done, total, description).
 
     Returns:
         build_sorted_stats's answer plus web, tests, reference.
-    """
-    from clipsim.search.result import has_margins, searched_tests
 
-    web = ws.web_set(params.get("web"))
-    tests = list(params.get("tests") or searched_tests(ws))
-    reference = params.get("reference", ws.reference)
-    reference = reference if reference and has_margins(ws, web, tests, reference) else None
-    ctx.log.info("sorting the statistics of %s against %s (margins over %s)", web, tests, reference)
-    out = build_sorted_stats(ws, web, tests, reference, progress=ctx.progress)
-    return {**out, "web": web, "tests": tests, "reference": reference}
+    Raises:
+        WorkspaceError: an unknown set or a missing search.
+    """
+    from clipsim.search.result import completed_searches, has_margins
+
+    web = ws.web_set(web)
+    tests = list(tests or [t for t in ws.dataset_names("test") if web in completed_searches(ws, t)])
+    if reference == "auto":
+        reference = ws.reference if has_margins(ws, web, tests, ws.reference) else None
+    return {**build_sorted_stats(ws, web, tests, reference, progress), "web": web, "tests": tests,
+            "reference": reference}
+
+
+def store_after_search(ws, train: str) -> None:
+    """After a search of `train` commits: when it is a web set, store the combination of every test set searched
+    against it (what the pages read first), so no page waits for it. Reference sets need none."""
+    if train in ws.web_sets():
+        sort_stats(ws, train)
+
+
+def sort_stats_job(ws, params: dict, ctx: JobContext) -> dict:
+    """The `sort-stats` job (a light one): sort_stats. params: web, tests, reference (see sort_stats).
+
+    Returns:
+        sort_stats's answer.
+    """
+    ctx.log.info("sorting the statistics of %s against %s", params.get("web") or "the web set",
+                 params.get("tests") or "every searched test set")
+    return sort_stats(ws, params.get("web"), params.get("tests"), params.get("reference", "auto"), ctx.progress)

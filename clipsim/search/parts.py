@@ -20,7 +20,14 @@ from clipsim import fileio
 from clipsim.checks import check_int, check_search_args
 from clipsim.errors import WorkspaceError
 from clipsim.names import check_writable
-from clipsim.search.passes import DEFAULT_BLOCK_ROWS, Progress, SearchPass, resolve_precision, resume_checkpoint
+from clipsim.search.passes import (
+    DEFAULT_BLOCK_ROWS,
+    Progress,
+    SearchPass,
+    resolve_precision,
+    resume_checkpoint,
+    store_combined_stats,
+)
 from clipsim.search.result import SearchResult
 from clipsim.search.scan import ExactScanner
 from clipsim.shard_ranges import check_range, index_runs
@@ -144,6 +151,7 @@ def merge_search_parts(ws, train: str, tests: list[str], k: int = 10, reference:
         precisions.add(meta["precision"])
         devices.add(meta["device"])
     spec.commit(merger, ",".join(sorted(precisions)), ",".join(sorted(devices)), seconds)
+    store_combined_stats(ws, train)
     log.info("merged %d search parts of %s (%d shards)", len(parts), train, len(spec.train_set.shards))
     if not keep_parts:
         shutil.rmtree(ws.path("search", train, PARTS_DIR), ignore_errors=True)

@@ -62,7 +62,16 @@ def search(
     if todo:
         check_writable(f"search {', '.join(todo)} against {train}")
         run_pass(SearchPass.prepare(ws, train, todo, k, reference), precision, device, block_rows, progress)
+        store_combined_stats(ws, train)
     return {t: SearchResult.load(ws, t, train) for t in tests}
+
+
+def store_combined_stats(ws, train: str) -> None:
+    """Once a search of a web set commits, store the elementwise maximum of its statistics over every test set
+    searched against it (clipsim.prune.stored.store_after_search), so the pages find it."""
+    from clipsim.prune.stored import store_after_search  # prune reads what search writes: imported on use
+
+    store_after_search(ws, train)
 
 
 @dataclass

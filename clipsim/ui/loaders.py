@@ -198,7 +198,7 @@ def similarity_summary(nns: dict[str, views.TestNeighbours], reference: str | No
 def _prune_stats(root: str, web: str, tests: tuple, reference: str | None, fingerprints: tuple, _ws: Workspace):
     from clipsim.prune import PruneStats
 
-    return PruneStats.load(_ws, web, list(tests), reference)
+    return PruneStats.load(_ws, web, list(tests), reference, combined="stored")
 
 
 def file_stamp(path) -> tuple:
@@ -220,16 +220,21 @@ def embeddings_stamp(ws: Workspace, name: str) -> tuple:
 def stats_key(ws: Workspace, web: str, tests: list[str], reference: str | None) -> tuple:
     """Identity of PruneStats inputs: workspace, sets, the web embeddings' stamp and the fingerprint of every search
     read (from each search's config.json, parsed once per write): a handful of `stat` calls."""
+    from clipsim.search.sorted import SORTED
+
     fps = [embeddings_stamp(ws, web)]
     for test in tests:
         done = searches.completed_searches(ws, test)
-        fps.append((done.get(web), done.get(reference) if reference else None))
+        sorted_stamp = file_stamp(ws.path("search", web, test, SORTED, "config.json"))  # written later for old searches
+        fps.append((done.get(web), done.get(reference) if reference else None, sorted_stamp))
     return str(ws.root.resolve()), web, tuple(tests), reference, tuple(fps)
 
 
 def prune_stats(ws: Workspace, web: str, tests: list[str], reference: str | None):
     """PruneStats of `web` against `tests` (with similarity-gap margins when `reference` is given), cached by the
     fingerprints of the web embeddings and of every search read; a re-run search or re-embedding reloads them.
+    Stored sorted statistics are memory-mapped, never loaded; a combination of test sets not stored yet is never
+    computed here (combined='stored': see clipsim.ui.pruning.combined_notice).
 
     Raises:
         WorkspaceError: a search or the reference margins are missing (the message names the command).
