@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clipsim.search.sorted import CHUNK_ROWS, cumulative_hist, read_chunks, stem
+from clipsim import sorted_stats as sorted_store
+from clipsim.sorted_stats import cumulative_hist, read_chunks, stem
 
 
 class Column:
@@ -51,8 +52,9 @@ class Column:
         """Values at some rows (any shape of int indices)."""
         return self.values[rows]
 
-    def chunks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, values) in row order."""
+    def chunks(self, chunk_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, values) in row order, chunk_rows (default clipsim.sorted_stats.CHUNK_ROWS) at a time."""
+        chunk_rows = chunk_rows or sorted_store.CHUNK_ROWS
         for lo in range(0, self.n, chunk_rows):
             yield lo, self.values[lo : lo + chunk_rows]
 
@@ -61,12 +63,12 @@ class Column:
         return None
 
     def hist(self) -> tuple[np.ndarray, np.ndarray]:
-        """(edges, how many values are > each edge): the cumulative histogram of clipsim.search.sorted."""
+        """(edges, how many values are > each edge): the cumulative histogram of clipsim.sorted_stats."""
         return cumulative_hist(self.name, self.sorted)
 
 
 class DiskColumn(Column):
-    """A statistic of a committed statistics folder (clipsim.search.sorted): maps its sorted copy and row order."""
+    """A statistic of a committed statistics folder (clipsim.sorted_stats): maps its sorted copy and row order."""
 
     on_disk = True
 
@@ -102,7 +104,7 @@ class DiskColumn(Column):
         del mapped
         return out.reshape(rows.shape)
 
-    def chunks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+    def chunks(self, chunk_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, values) in row order, read with plain reads."""
         return read_chunks(Path(f"{self.base}.values.npy"), chunk_rows)
 

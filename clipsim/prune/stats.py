@@ -80,7 +80,7 @@ class PruneStats:
     """Per-web-sample statistics of one web set against test sets, sorted once for O(log n) counting.
 
     Each statistic is a Column: memory-mapped from the search's stored sorted statistics when they are current
-    (clipsim.search.sorted), else read from the search's shards and sorted in memory. Both give the same bits.
+    (clipsim.sorted_stats), else read from the search's shards and sorted in memory. Both give the same bits.
 
     Attributes:
         web: web (train) set name.

@@ -1,4 +1,4 @@
-"""The stored sorted statistics (clipsim.search.sorted) from the pruning side: open a search's, open or build the
+"""The stored sorted statistics (clipsim.sorted_stats) from the pruning side: open a search's, open or build the
 elementwise maximum over a combination of test sets, and the `sort-stats` job that writes what is missing.
 
 A search's `sorted/` folder is trusted only under that search's current fingerprint; a combination only while every
@@ -6,6 +6,7 @@ search it was made from still has the fingerprint it recorded. Anything else is 
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +15,7 @@ import numpy as np
 
 from clipsim.errors import WorkspaceError
 from clipsim.prune.columns import DiskColumn
-from clipsim.search.sorted import COMBINED, SORTED, read_chunks, read_config, stem, write_folder, write_search_sorted
+from clipsim.sorted_stats import COMBINED, SORTED, read_chunks, read_config, stem, write_folder, write_search_sorted
 
 if TYPE_CHECKING:
     from clipsim.jobs.worker import JobContext
@@ -38,10 +39,9 @@ def open_search_stats(res, names: list[str]) -> dict[str, DiskColumn] | None:
 
 def combined_folder(ws, web: str, tests: list[str]) -> Path:
     """`search/<web>/_combined/<t1>+<t2>...` (test names sorted, so any order names one folder)."""
-    from clipsim.search.result import digest
-
     key = "+".join(sorted(tests))
-    return ws.path("search", web, COMBINED, key if len(key) <= NAME_LIMIT else f"tests-{digest(sorted(tests))}")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return ws.path("search", web, COMBINED, key if len(key) <= NAME_LIMIT else f"tests-{digest}")
 
 
 def open_combined(ws, web: str, fingerprints: dict[str, str], name: str) -> DiskColumn | None:

@@ -24,7 +24,7 @@ from clipsim.names import check_writable
 from clipsim.search.exact import default_precision, resolve_device
 from clipsim.search.result import SearchResult, digest, is_fresh
 from clipsim.search.scan import TILE_ELEMENTS, ExactScanner, Group
-from clipsim.search.sorted import write_search_sorted
+from clipsim.sorted_stats import write_search_sorted
 from clipsim.store import EmbeddingSet
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class SearchPass:
             fileio.write_json(state_dir / "pass.json", meta())
 
     def commit(self, scanner: ExactScanner, precision: str, device: str, seconds: float) -> None:
-        """Write every test set's `neighbours.npz` and sorted statistics (`sorted/`, clipsim.search.sorted), then its
+        """Write every test set's `neighbours.npz` and sorted statistics (`sorted/`, clipsim.sorted_stats), then its
         `config.json` (the commit point of its result)."""
         state = scanner.state()
         for g in self.groups:

@@ -220,7 +220,7 @@ def embeddings_stamp(ws: Workspace, name: str) -> tuple:
 def stats_key(ws: Workspace, web: str, tests: list[str], reference: str | None) -> tuple:
     """Identity of PruneStats inputs: workspace, sets, the web embeddings' stamp and the fingerprint of every search
     read (from each search's config.json, parsed once per write): a handful of `stat` calls."""
-    from clipsim.search.sorted import SORTED
+    from clipsim.sorted_stats import SORTED
 
     fps = [embeddings_stamp(ws, web)]
     for test in tests:

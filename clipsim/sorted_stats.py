@@ -123,8 +123,10 @@ def _write_npy(path: Path, dtype, n: int, chunks: Iterable[np.ndarray]) -> int:
     return done
 
 
-def read_chunks(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, chunk) of a 1-D .npy, read with plain reads (memory bounded by one chunk, nothing stays mapped)."""
+def read_chunks(path: Path, chunk_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, chunk) of a 1-D .npy, read with plain reads (memory bounded by one chunk, nothing stays mapped);
+    chunk_rows defaults to CHUNK_ROWS."""
+    chunk_rows = chunk_rows or CHUNK_ROWS
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
