@@ -174,30 +174,18 @@ def write_folder(folder: Path, config: dict, sources: dict[str, Callable[[], Ite
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with fileio.locked(folder.parent / f".{folder.name}.lock"):
-        for old in [*folder.parent.glob(f".{folder.name}.*.tmp"), *folder.parent.glob(f".{folder.name}.*.old")]:
-            shutil.rmtree(old, ignore_errors=True)
+    with fileio.locked(folder.parent / f".{folder.name}.lock"):  # so no writer clears another's folder in progress
+        fileio.clear_leftovers(folder.parent, folder.name)
         tmp = fileio.make_temp_dir(folder.parent, f".{folder.name}.", ".tmp")
         try:
             for name, chunks in sources.items():
                 _write_stat(tmp, name, chunks(), n)
             fileio.write_json(tmp / "config.json", {**config, "n": int(n), "stats": sorted(sources), "format": FORMAT,
                                                      "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-            replace_dir(tmp, folder)
+            fileio.swap_dir(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Put the complete folder `tmp` at `final`, replacing an older one: each step is one rename."""
-    if final.exists():
-        old = fileio.make_temp_dir(final.parent, f".{final.name}.", ".old")
-        final.rename(old / final.name)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
 
 
 def write_search_sorted(folder: Path, fingerprint: str, shard_files: list[Path], names: list[str], n: int) -> None:

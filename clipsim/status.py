@@ -5,12 +5,13 @@ from clipsim.jobs.scheduler import list_jobs
 from clipsim.maps.store import list_maps, load_map
 from clipsim.prune.manifest import list_manifests
 from clipsim.runs.results import results_frame
-from clipsim.search.result import search_status
+from clipsim.search.result import interrupted_searches, search_status
 
 
 def workspace_status(ws) -> dict:
-    """Datasets and artifacts with their freshness: searches, pruning manifests, jobs (counts by state and the
-    active ones), zero-shot result rows per run, maps and settings.
+    """Datasets (with their embedding state) and artifacts with their freshness: searches (and interrupted search
+    passes), pruning manifests, jobs (counts by state and the active ones), zero-shot result rows per run, maps
+    and settings.
 
     Args:
         ws: the workspace.
@@ -28,6 +29,7 @@ def workspace_status(ws) -> dict:
         "workspace": str(ws.root.resolve()),
         "datasets": ws.datasets().to_dict(orient="records"),
         "searches": search_status(ws),
+        "searches_interrupted": interrupted_searches(ws),
         "manifests": list_manifests(ws)[["name", "rule", "kept", "removed", "stale", "created"]]
         .to_dict(orient="records"),
         "jobs": {"counts": states, "active": [{"id": j.id, "kind": j.kind, "state": j.state}

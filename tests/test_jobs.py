@@ -281,7 +281,7 @@ def test_a_cancelled_dependency_cancels_and_the_monitor_says_why_a_job_waits(ws)
     assert waiting_for(ws, get_job(ws, after.id)) == f"waiting for job {long.id} (running)"
     _eta(ws, long.id)
     assert waiting_for(ws, get_job(ws, free.id)).startswith(
-        f"waiting for a free heavy slot (1 of 1 busy); 1st in the heavy lane, starts in about")
+        "waiting for a free heavy slot (1 of 1 busy); 1st in the heavy lane, starts in about")
     assert waiting_for(ws, get_job(ws, free.id)).endswith(f"(when job {long.id} ends)")
     control = Job("t1", "train", {"manifest": "gap", "control": "random", "web": "web"})
     assert describe_job(control) == "train on manifest gap (random control of the same size)"

@@ -4,11 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from clipsim import checks
+from clipsim import checks, fileio
 from clipsim.cli.common import DEVICE, NON_NEGATIVE, POSITIVE, command, csv_list, name_type, tqdm_progress
 from clipsim.names import check_writable
 from clipsim.status import workspace_status
 from clipsim.workspace import Workspace
+
+CLASSES_FILE_BYTES = 16 << 20  # 21k ImageNet class names take ~0.5 MB
 
 
 def _no_args(p: argparse.ArgumentParser) -> None:
@@ -56,7 +58,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     ws = Workspace.create(args.workspace)
     classes = None
     if args.classes:
-        classes = [line.strip() for line in Path(args.classes).read_text().splitlines() if line.strip()]
+        text = fileio.read_bounded(args.classes, CLASSES_FILE_BYTES, "classes file").decode("utf-8", "replace")
+        classes = [line.strip() for line in text.splitlines() if line.strip()]
     elif args.kind == "folder":
         classes = open_source("folder", args.source).classes or None
     ds = ws.register_dataset(args.name, args.role, Path(args.source).resolve(), args.kind, classes=classes)
@@ -97,7 +100,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     for name in names:
         emb = embed_dataset(ws, name, model=model, pretrained=pretrained, batch_size=args.batch_size,
                             workers=args.workers, device=args.device, progress=tqdm_progress(), force=args.force)
-        print(f"{name}: {emb.count} embeddings of dimension {emb.dim}")
+        print(f"{name}: {emb.count} embeddings of dimension {emb.dim} ({ws.embedding_state(name).label})")
     return 0
 
 
@@ -159,6 +162,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for s in status["searches"]:
         flag = "STALE: " + "; ".join(s["stale"]) if s["stale"] else "fresh"
         print(f"search {s['test']} vs {s['train']} (k={s['k']}): {flag}")
+    for s in status["searches_interrupted"]:
+        print(f"search {','.join(s['tests'])} vs {s['train']} (k={s['k']}): {s['state']}; run the same search to resume")
     for m in status["manifests"]:
         print(f"manifest {m['name']} ({m['rule']}): kept {m['kept']:,}, removed {m['removed']:,}"
               + (" STALE" if m["stale"] else ""))

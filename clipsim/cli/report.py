@@ -30,8 +30,10 @@ def _map_args(p: argparse.ArgumentParser) -> None:
 @command("map", "queue a UMAP map of test and train embeddings (the Map page's job)", _map_args)
 def cmd_map(args: argparse.Namespace) -> int:
     from clipsim import jobs
+    from clipsim.maps.compute import map_config
 
     ws = Workspace.open(args.workspace)
+    map_config(ws, csv_list(args.datasets), args.sample, args.seed)  # refuses missing or incomplete embeddings now
     params = map_params(csv_list(args.datasets), args.sample, args.seed, args.name, args.n_neighbors, args.min_dist,
                         not args.sample_only, args.force)
     return print_job(ws, jobs.launch(ws, "umap", params, backend=args.backend), args.wait, args.timeout)

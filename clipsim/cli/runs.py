@@ -43,8 +43,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from clipsim.runs.pipeline import train_resources
 
     ws = Workspace.open(args.workspace)
+    web = ws.web_set(args.web)
+    ws.embeddings(web)  # an incomplete or unreadable web set is refused here, before a job is queued
     overrides = _overrides(args.set)
-    params = {"manifest": args.manifest, "web": ws.web_set(args.web), "preset": args.preset, "overrides": overrides}
+    params = {"manifest": args.manifest, "web": web, "preset": args.preset, "overrides": overrides}
     if args.control:
         params.update(control=args.control, seed=args.seed)
     job = jobs.launch(ws, "train", params, backend=args.backend, resources=train_resources(ws, args.preset, overrides))

@@ -1,7 +1,7 @@
 """Pruning manifests: `manifests/<name>/` with removed/kept keys, the rule, its counts and input fingerprints.
 
-A manifest is written into a hidden temporary sibling folder and renamed into place, so no half-written
-manifest ever looks whole. It is stale when the web embeddings or a search it was cut from changed since.
+A manifest is written into a hidden temporary sibling folder and swapped into place (fileio.swap_dir), so no
+half-written manifest ever looks whole; its removed and kept keys are checked to be disjoint and to cover the set. It is stale when the web embeddings or a search it was cut from changed since.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from clipsim import fileio
+from clipsim.data.keys import key_hashes, repeated_keys
 from clipsim.errors import ReadOnlyError, WorkspaceError
 from clipsim.names import check_name, read_only
 from clipsim.prune.rules import RuleSpec, apply_rule, default_name, rule_stats
@@ -59,8 +60,7 @@ class Manifest:
     def stale_reasons(self) -> list[str]:
         """Why the manifest no longer matches its inputs (empty when fresh)."""
         inputs, web, reasons = self.summary["inputs"], self.summary["web"], []
-        emb = self.ws.embeddings(web, required=False)
-        if (emb.fingerprint() if emb is not None and emb.count else None) != inputs["web_embeddings"]:
+        if self.ws.embeddings_fingerprint(web) != inputs["web_embeddings"]:
             reasons.append(f"web set {web!r} embeddings changed")
         for test, fp in inputs["search"].items():
             try:
@@ -99,7 +99,8 @@ def save_manifest(ws, name: str, rule: str, params: dict, stats: PruneStats, rem
 
     Raises:
         ReadOnlyError: the workspace is served read-only.
-        WorkspaceError: the name exists (without overwrite), or the statistics no longer match the workspace.
+        WorkspaceError: the name exists (without overwrite), the statistics no longer match the workspace, or
+            the web set's keys repeat (removed and kept would not be disjoint).
         ValueError: missing parameters, or a mask that does not match the rule's counts.
     """
     if read_only():
@@ -117,6 +118,7 @@ def save_manifest(ws, name: str, rule: str, params: dict, stats: PruneStats, rem
     _check_inputs(ws, sel)
     summary = _summary(ws, rule, params, sel, removed, counts, progress)
     keys = np.asarray(stats.keys)
+    check_partition(keys, removed, stats.web)
     _write_atomically(ws.path(MANIFESTS), name, {"removed": keys[removed], "kept": keys[~removed]}, summary, overwrite)
     return load_manifest(ws, name)
 
@@ -262,24 +264,44 @@ def _post_prune_medians(ws, rule, params, stats, removed, progress) -> dict:
 
 def _write_atomically(root: Path, name: str, keys: dict[str, np.ndarray], summary: dict, overwrite: bool) -> None:
     root.mkdir(parents=True, exist_ok=True)
+    fileio.clear_leftovers(root, name)  # folders of a save killed before its swap
     tmp = fileio.make_temp_dir(root, f".{name}.", ".tmp")
     try:
         for part, values in keys.items():
             fileio.write_parquet(tmp / f"{part}.parquet", pd.DataFrame({"key": pd.Series(values, dtype=str)}))
         fileio.write_json(tmp / "summary.json", json.loads(json.dumps(summary, default=_jsonable)))
         final = root / name
-        if final.exists():
-            if not overwrite:
-                raise WorkspaceError(f"manifest {name!r} appeared at {final} while writing; pick another name")
-            old = fileio.make_temp_dir(root, f".{name}.", ".old")
-            final.rename(old / name)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
+        if final.exists() and not overwrite:
+            raise WorkspaceError(f"manifest {name!r} appeared at {final} while writing; pick another name")
+        fileio.swap_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_partition(keys: np.ndarray, removed: np.ndarray, web: str) -> None:
+    """Check that a manifest's removed and kept keys are disjoint and together are the web set, key for key.
+
+    Args:
+        keys: (n,) the web set's keys in row order.
+        removed: (n,) bool mask of removed rows.
+        web: the web set's name, for the message.
+
+    Raises:
+        WorkspaceError: a key repeats in the web set (it would be both removed and kept, and training would read
+            removed samples), or the mask does not cover the set.
+    """
+    keys = np.asarray(keys, dtype=object)
+    if len(removed) != len(keys):
+        raise WorkspaceError(f"the removed mask has {len(removed)} rows but web set {web!r} has {len(keys)} keys")
+    # removed = keys[mask] and kept = keys[~mask] cover the rows exactly once, so they are disjoint and cover the
+    # set as keys exactly when no key repeats (checked on 8-byte hashes, confirmed on the keys)
+    repeated = repeated_keys({0: key_hashes(keys)}, lambda _: pd.Series(keys))
+    if repeated:
+        raise WorkspaceError(
+            f"web set {web!r} repeats keys (e.g. {', '.join(repr(k) for k, _, _ in repeated)}), so a manifest would "
+            "list a key as removed and as kept and training would read removed samples; make the keys unique "
+            "(re-embed, or fix the imported metadata) before pruning")
 
 
 def _jsonable(value):

@@ -198,8 +198,7 @@ class PruneStats:
         """Why these statistics no longer match the workspace (web embeddings or a search changed); [] if fresh."""
         if self.ws is None:
             return []
-        emb = self.ws.embeddings(self.web, required=False)
-        now = emb.fingerprint() if emb is not None and emb.count else None
+        now = self.ws.embeddings_fingerprint(self.web)
         reasons = [] if now == self.web_fingerprint else [f"web set {self.web!r} embeddings changed"]
         for test in self.tests:
             try:

@@ -7,6 +7,7 @@ from clipsim.search.result import (
     SearchResult,
     completed_searches,
     has_margins,
+    interrupted_searches,
     is_fresh,
     search_status,
     searched_tests,
@@ -14,5 +15,5 @@ from clipsim.search.result import (
 )
 
 __all__ = ["DEFAULT_BLOCK_ROWS", "Progress", "SearchPass", "SearchResult", "completed_searches", "has_margins",
-           "is_fresh", "merge_search_parts", "part_dir", "search", "search_part", "search_status", "searched_tests",
-           "searched_web_sets"]
+           "interrupted_searches", "is_fresh", "merge_search_parts", "part_dir", "search", "search_part",
+           "search_status", "searched_tests", "searched_web_sets"]

@@ -1,9 +1,10 @@
 """A stored exact search of one test set against one train set, its freshness, and the list of stored searches.
 
 `search/<train>/<test>/` holds `neighbours.npz` (top-k sims and global train ids per test image), per-shard
-train-side statistics `stats/shard_<i>.npz` and `config.json`, written last, which marks the result complete and
-fingerprints its inputs. Which searches are complete is answered here (`completed_searches`, `searched_tests`,
-`searched_web_sets`, `has_margins`), reading each config.json once per write.
+train-side statistics `stats/shard_<i>.npz` and `config.json`, which fingerprints its inputs. The folder is
+built whole beside the old one and swapped in (clipsim.search.passes), so a folder with `config.json` is complete.
+Which searches are complete is answered here (`completed_searches`, `searched_tests`, `searched_web_sets`,
+`has_margins`), reading each config.json once per write; interrupted passes are listed by `interrupted_searches`.
 """
 from __future__ import annotations
 
@@ -75,9 +76,7 @@ class SearchResult:
         """Why this result no longer matches its inputs (empty when fresh)."""
         reasons = []
         for role, name in (("train", self.train), ("test", self.test)):
-            emb = self.ws.embeddings(name, required=False)
-            now = emb.fingerprint() if emb is not None and emb.count else None
-            if now != self.config["inputs"][role]:
+            if self.ws.embeddings_fingerprint(name) != self.config["inputs"][role]:
                 reasons.append(f"{role} set {name!r} embeddings changed")
         for ref, fp in self.config.get("references", {}).items():
             try:
@@ -195,11 +194,28 @@ def is_fresh(ws, test: str, train: str, k: int, reference: str | None) -> bool:
 
 
 def search_status(ws) -> list[dict]:
-    """Every stored search result with its k and freshness."""
+    """Every stored (committed) search result with its k and freshness."""
     rows = []
     for train_dir in sorted(p for p in ws.path("search").glob("*") if p.is_dir()):
-        for test_dir in sorted(p for p in train_dir.glob("*") if (p / "config.json").exists()):
+        # `.x.tmp` folders are results being built, `_pass`/`_parts` checkpoints: neither is a committed result
+        for test_dir in sorted(p for p in train_dir.glob("[!._]*") if (p / "config.json").exists()):
             res = SearchResult.load(ws, test_dir.name, train_dir.name)
             rows.append({"test": res.test, "train": res.train, "k": res.config["k"], "stale": res.stale_reasons(),
                          "references": sorted(res.config.get("references", {})), "created": res.config["created"]})
+    return rows
+
+
+def interrupted_searches(ws) -> list[dict]:
+    """Every search pass or part that was interrupted: train, tests, k and `state` 'incomplete (k of n shards)'.
+    Its checkpoint resumes when the same search (or part) runs again; its result is not readable until then."""
+    from clipsim.search.checkpoint import read_meta
+
+    rows = []
+    for train_dir in sorted(p for p in ws.path("search").glob("*") if p.is_dir()):
+        for folder in [train_dir / "_pass", *sorted((train_dir / "_parts").glob("*-*"))]:
+            meta = read_meta(folder) if folder.is_dir() else None
+            if meta is not None and "shards" in meta:
+                part = "" if folder.name == "_pass" else f" (part {folder.name})"
+                rows.append({"train": train_dir.name, "tests": list(meta.get("tests", [])), "k": meta.get("k"),
+                             "state": f"incomplete ({len(meta['done'])} of {len(meta['shards'])} shards){part}"})
     return rows

@@ -212,9 +212,10 @@ def file_stamp(path) -> tuple:
 
 def embeddings_stamp(ws: Workspace, name: str) -> tuple:
     """A cheap identity of a dataset's embeddings: the stamps of its img_emb/ and metadata/ folders, which change
-    whenever a shard is added, removed or rewritten (shards are written by atomic rename)."""
+    whenever a shard is added, removed or rewritten (shards are written by atomic rename), and of summary.json,
+    whose writing commits the set (until then it reads as not embedded)."""
     root = ws.embedding_dir(name)
-    return file_stamp(root / "img_emb"), file_stamp(root / "metadata")
+    return file_stamp(root / "img_emb"), file_stamp(root / "metadata"), file_stamp(root / "summary.json")
 
 
 def stats_key(ws: Workspace, web: str, tests: list[str], reference: str | None) -> tuple:
