@@ -207,6 +207,14 @@ def _neighbour_tiles(ws, nn: TestNeighbours, train: str, rows: np.ndarray, k: in
     return out
 
 
+def row_tiles(ws, dataset: str, rows: np.ndarray, size: int, sims: np.ndarray | None = None) -> list[Tile]:
+    """Tiles of some rows of a dataset (one metadata read), with similarities when given (dedup pairs, text hits)."""
+    frame = locator_frame(ws, dataset, np.asarray(rows, dtype=np.int64))
+    texts, thumbs = tile_texts(frame, ws.dataset(dataset).classes), frame_thumbs(frame, size)
+    values = [None] * len(frame) if sims is None else [float(s) for s in sims]
+    return [Tile(t, str(k), v, x) for t, k, v, x in zip(thumbs, frame["key"], values, texts)]
+
+
 def similarity_summary(nns: dict[str, TestNeighbours], reference: str | None) -> pd.DataFrame:
     """Per test set: images, median s_D(t) per train set D, and for every other D the share with s_D > s_ref.
 

@@ -3,7 +3,9 @@ import math
 
 import streamlit as st
 
-from clipsim import plots
+from clipsim import plots, views
+from clipsim.errors import ClipsimError
+from clipsim.ui import dedup as dedup_ui
 from clipsim.ui import gallery, loaders, state
 from clipsim.ui.nav import page_setup
 from clipsim.ui.state import BIND
@@ -48,7 +50,7 @@ page_size = c[2].selectbox("Per page", PAGE_SIZES, index=1, key="n", bind=BIND, 
 
 order = loaders.gallery_order(nn, sort_train, sort, [names.index(p) for p in picked],
                               None if tuple(sim_range) == (lo, hi) else tuple(sim_range))
-top, detail_slot, grid_slot, bottom = st.container(), st.container(), st.container(), st.container()
+text_slot, top, detail_slot, grid_slot, bottom = (st.container() for _ in range(5))
 with bottom:
     page = st.pagination(max(1, math.ceil(len(order) / page_size)), key="page", bind=BIND)
 rows = order[(page - 1) * page_size : page * page_size]
@@ -72,6 +74,22 @@ if image is not None:
         close.button("Close", icon=":material/close:", on_click=state.set_url_param, args=("image", None))
         row = loaders.gallery_rows(ws, nn, [nn.row_of(image)], k_max, DETAIL_THUMB, shown, DETAIL_TEST)[0]
         gallery.show(gallery.detail_html(row, DETAIL_THUMB, DETAIL_TEST, ref, colours))
+
+with text_slot, st.expander("Search by text", expanded=bool(st.query_params.get("q")), icon=":material/search:"):
+    t = st.columns([3, 1, 1], vertical_alignment="bottom")
+    query = t[0].text_input("Text prompt", key="q", bind=BIND, placeholder="a sketch of a star")
+    embedded = [n for n in ws.dataset_names() if loaders.dataset_count(ws, n)]
+    text_set = t[1].selectbox("In", embedded, index=embedded.index(sort_train) if sort_train in embedded else 0,
+                              key="q_in", bind=BIND)
+    text_k = t[2].number_input("Results", 1, 200, 24, key="q_k", bind=BIND)
+    if query and query.strip():
+        try:
+            hits = dedup_ui.text_results(ws, text_set, query, int(text_k))
+            st.caption(f"Exact top {len(hits)} of `{text_set}` for “{query}” (the similarity model's text tower)")
+            tiles = views.row_tiles(ws, text_set, hits["row"].to_numpy(), THUMB, hits["similarity"].to_numpy())
+            gallery.show(gallery.hits_html(tiles, THUMB))
+        except ClipsimError as err:
+            st.error(str(err))
 
 with grid_slot:
     page_rows = loaders.gallery_rows(ws, nn, rows, k, THUMB, shown, TEST_THUMB)

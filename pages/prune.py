@@ -1,4 +1,6 @@
 """Prune: choose a rule and its parameters, see what it removes per test set, save it as a named manifest (a job)."""
+from dataclasses import replace
+
 import streamlit as st
 
 from clipsim import plots
@@ -33,10 +35,18 @@ if rule == "similarity-gap" and not margins:
             "Search the reference first, then the web set with it:", icon=":material/info:")
     st.code(f"python -m clipsim search --workspace {ws.root} --reference {ref or 'curated'} --force", language="bash")
     st.stop()
-stats, stats_key = loaders.keyed_prune_stats(ws, web, tests, ref if margins else None)
 manifests = loaders.manifests(ws)
+bases = [n for n, w in zip(manifests["name"], manifests["web"]) if w == web]
+base = st.selectbox("Start from", [None, *bases], key="base", bind=BIND,
+                    format_func=lambda b: f"the whole {web} set" if b is None else f"manifest {b} (its kept samples)",
+                    help="Prune a deduplicated set, as the study did: pick the dedup manifest here.")
+try:
+    stats, stats_key = loaders.keyed_prune_stats(ws, web, tests, ref if margins else None, base)
+except ClipsimError as err:
+    st.error(str(err))
+    st.stop()
 
-spec = pruning.rule_spec_input(rule, stats.n, tests, list(manifests["name"]), web)
+spec = replace(pruning.rule_spec_input(rule, stats.n, tests, list(manifests["name"]), web), base=base)
 key = pruning.rule_key(ws, stats_key, spec)
 try:
     applied = pruning.apply(key, stats, spec)
@@ -48,7 +58,8 @@ total, bounds = table.iloc[-1], table.attrs.get("bounds")
 kept_bounds = (stats.n - bounds[1], stats.n - bounds[0]) if bounds else None
 m = st.columns(3)
 m[0].metric("Web samples removed", pruning.count_text(total["removed"], bounds), help="combined over the chosen test sets")
-m[1].metric("Web samples kept", pruning.count_text(total["kept"], kept_bounds), help=f"of {stats.n:,} {web} samples")
+m[1].metric("Web samples kept", pruning.count_text(total["kept"], kept_bounds), help=f"of {stats.n:,} {web} samples" +
+            (f" that manifest {base} keeps" if base else ""))
 m[2].metric("Share of web removed", f"{bounds[0] / stats.n:.2%} – {bounds[1] / stats.n:.2%}" if bounds else
             f"{total['share_of_web']:.2%}")
 kind = pruning.RULE_KIND.get(rule)

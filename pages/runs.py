@@ -1,4 +1,6 @@
 """Runs: queue prune -> train -> evaluate chains, watch the jobs and the live training loss."""
+from dataclasses import replace
+
 import streamlit as st
 
 from clipsim.errors import ClipsimError
@@ -33,6 +35,11 @@ else:
                                   bind=BIND,
                                   format_func={"rule": "a new pruning rule", "manifest": "an existing manifest"}.get)
     web = ws.web_set()
+    base = st.selectbox("Start from", [None, *manifests["name"]], key="runs_base", bind=BIND,
+                        format_func=lambda b: f"the whole {web} set" if b is None else f"manifest {b}",
+                        help="The study pruned and trained on the deduplicated web set: pick the dedup manifest. The "
+                             "rule then prunes its kept samples, the control is drawn from them, and the 'full' run "
+                             "trains on it.")
     spec, manifest, name_error = None, None, None
     if source == "manifest" and len(manifests):
         manifest = st.selectbox("Manifest", list(manifests["name"]), key="runs_manifest", bind=BIND)
@@ -42,8 +49,8 @@ else:
         rule = pruning.rule_input(prefix="runs_")
         st.caption(pruning.RULE_HELP[rule] + (f" Reference set: `{ws.reference or 'not set'}`."
                                               if rule == "similarity-gap" else ""))
-        spec = pruning.rule_spec_input(rule, loaders.dataset_count(ws, web), tests, list(manifests["name"]), web,
-                                       prefix="runs_")
+        spec = replace(pruning.rule_spec_input(rule, loaders.dataset_count(ws, web), tests, list(manifests["name"]),
+                                               web, prefix="runs_"), base=base)
         manifest = st.text_input("Manifest name", default_name(spec), key=f"runs_name_{default_name(spec)}")
         try:
             check_name(manifest, "manifest")
@@ -56,13 +63,14 @@ else:
     left, right = st.columns(2)
     control = left.checkbox("Also a random control of the same size", value=True, key="runs_control", bind=BIND,
                             disabled=spec is not None and spec.rule == "random")
-    full = right.checkbox("Also the full web set", value=True, key="runs_full", bind=BIND)
+    full = right.checkbox(f"Also {'the full web set' if base is None else f'all of {base}'}", value=True,
+                          key="runs_full", bind=BIND)
     if st.button("Queue prune → train → evaluate", type="primary", key="runs_launch",
                  disabled=bool(name_error) or (manifest is None and not full)):
         try:
             queued = pipeline.queue_pipeline(ws, manifest=manifest, spec=spec, preset=preset, overrides=overrides,
                                              random_control=control and (spec is None or spec.rule != "random"),
-                                             include_full=full, web=web)
+                                             include_full=full, web=web, base=base)
             st.success("Queued " + ", ".join(f"{j.kind} `{j.id}`" for j in queued))
         except (ClipsimError, ValueError) as err:
             st.error(str(err))

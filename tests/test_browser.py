@@ -340,6 +340,7 @@ DEEP_LINKS = {  # page title -> (link, a view element that must show, a query pa
     "Overview": ("/?", "Start here", None),
     "Neighbours": ("/neighbours?test=sketch&sort=Least+similar", "sorted by s_web(t)", "sort=Least"),
     "Similarity": ("/similarity?tau=0.85&pairs=sketch", "s_web(t) > 0.8500", "tau=0.85"),
+    "Dedup": ("/dedup?eps=0.04", "Samples removed", "eps=0.04"),
     "Prune": ("/prune?rule=Threshold&tau=0.85", "Remove web sample x if max_t cos(x, t) > τ", "rule=Threshold"),
     "Runs": ("/runs?runs_rule=Near", "Keep the N web samples least similar", "runs_rule=Near"),
     "Results": ("/results?results_id_test=v2", "No zero-shot results yet", None),

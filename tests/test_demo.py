@@ -2,6 +2,8 @@
 to a numpy brute force over the stored embeddings, and the paper's qualitative findings."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -31,7 +33,12 @@ def test_plan_is_deterministic_and_plants_the_share():
     per_set = truth.groupby("test_dataset").size()
     assert set(per_set.index) == set(world.TEST_SETS)
     assert (per_set == round(size.planted_share * size.test)).all()
-    assert sum(i.dataset == "web" for i in a) == size.web
+    copies = [i for i in a if i.copy_of is not None]  # the planted web duplicates come after the plain web samples
+    assert sum(i.dataset == "web" for i in a) == size.web + len(copies) and a[-len(copies):] == copies
+    assert len({i.copy_of for i in copies}) == size.dup_groups and size.web < size.web + len(copies) <= size.web_total
+    without = world.plan(7, dataclasses.replace(size, dup_groups=0))  # planting them changes no other sample
+    assert [(i.dataset, i.key, i.caption, i.scene) for i in without] == \
+        [(i.dataset, i.key, i.caption, i.scene) for i in a[: -len(copies)]]
     assert {i.scene.cls for i in a if i.dataset == "val"} == set(range(len(CLASSES)))
 
 
@@ -39,7 +46,8 @@ def test_small_demo_workspace(demo_ws):
     ds = demo_ws.datasets().set_index("name")
     assert list(ds.index) == ["web", "curated", "val", "v2", "sketch", "rendition", "hard"]
     size = world.PRESETS["small"]
-    assert ds.loc["web", "count"] == size.web and ds.loc["curated", "count"] == size.curated
+    copies = int((pd.read_parquet(demo_ws.path("demo", "web_duplicates.parquet"))["kind"] != "original").sum())
+    assert ds.loc["web", "count"] == size.web + copies and ds.loc["curated", "count"] == size.curated
     assert (ds.loc[list(world.TEST_SETS), "count"] == size.test).all()
     assert (ds["dim"] == 128).all()
     truth = pd.read_parquet(demo_ws.path("demo", "planted.parquet"))
@@ -98,4 +106,6 @@ def test_demo_quality_benchmark_measures_the_built_demo(demo_ws, capsys):
     margins = demo_ws.search_result("sketch", "web").train_stat("margin/curated")
     assert report["gap_removed"]["sketch"] == int((margins > 0).sum())
     assert report["gap_removed"]["sketch"] > report["gap_removed"]["val"]  # the paper's ordering, on the small demo
+    assert report["dedup"]["planted_groups"]["recall"] >= 0.95 and 0 < report["dedup"]["exact_global"]["recall"] <= 1
+    assert report["text_search"]["sketch_domain_at_50"] >= 0.8
     assert '"targets_met"' in capsys.readouterr().out

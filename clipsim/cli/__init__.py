@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from clipsim.cli import core, datasets, jobs, prune, report, runs  # noqa: F401  (each registers its commands)
+from clipsim.cli import core, datasets, dedup, jobs, prune, report, runs, text  # noqa: F401  (each registers its commands)
 from clipsim.cli.common import COMMANDS, OneLineParser, csv_list, print_job, save_traceback, tqdm_progress
 from clipsim.errors import ClipsimError
 from clipsim.workspace import default_root

@@ -28,6 +28,8 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     cut.add_argument("--keep-fraction", type=float, help="near / far / random: share of samples to keep, in (0, 1]")
     cut.add_argument("--like", help="random: keep as many samples as this manifest keeps")
     p.add_argument("--seed", type=NON_NEGATIVE, help="random: seed (default 0)")
+    p.add_argument("--base", type=name_type("manifest"),
+                   help="prune only the samples this manifest keeps (e.g. a dedup manifest, as the study did)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing manifest of that name")
 
 
@@ -41,7 +43,7 @@ def rule_spec(args: argparse.Namespace) -> RuleSpec:
     try:
         return RuleSpec(args.rule, tau=args.tau, delta=args.delta, remove_fraction=args.remove_fraction, keep=keep,
                         like=args.like, seed=args.seed, tests=csv_list(args.tests), web=args.web,
-                        reference=args.reference)
+                        reference=args.reference, base=args.base)
     except ValueError as err:
         raise ClipsimError(f"{err} (options: --tau, --delta, --remove-fraction, --keep, --keep-fraction, --like, "
                            "--seed)") from err

@@ -30,6 +30,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="manifest name, or 'full' for the whole web set")
     p.add_argument("--web", type=name_type("dataset"),
                    help="the web train set (default: the first train set that is not the reference)")
+    p.add_argument("--base", type=name_type("manifest"), help="start from this manifest (e.g. a dedup manifest): "
+                   "--manifest full trains on it, other manifests must have been cut from it")
     p.add_argument("--preset", default="demo", help="training preset: demo, paper or one from settings.presets")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="preset override, e.g. --set epochs=1")
     p.add_argument("--control", choices=["random"], help="train on a random subset as large as the manifest")
@@ -40,13 +42,14 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 @command("train", "train CLIP (open_clip_train) on a manifest's kept samples, as a job", _train_args)
 def cmd_train(args: argparse.Namespace) -> int:
     from clipsim import jobs
-    from clipsim.runs.pipeline import train_resources
+    from clipsim.runs.pipeline import train_manifest, train_resources
 
     ws = Workspace.open(args.workspace)
     web = ws.web_set(args.web)
     ws.embeddings(web)  # an incomplete or unreadable web set is refused here, before a job is queued
     overrides = _overrides(args.set)
-    params = {"manifest": args.manifest, "web": web, "preset": args.preset, "overrides": overrides}
+    manifest = train_manifest(ws, args.manifest, args.base)
+    params = {"manifest": manifest, "web": web, "preset": args.preset, "overrides": overrides}
     if args.control:
         params.update(control=args.control, seed=args.seed)
     job = jobs.launch(ws, "train", params, backend=args.backend, resources=train_resources(ws, args.preset, overrides))

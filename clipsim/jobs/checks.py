@@ -116,7 +116,7 @@ def check_embed_array(ws, params: dict, launch: Launch) -> None:
 # ----- prune, train, evaluate -------------------------------------------------------------------------------
 def check_prune(ws, params: dict, launch: Launch) -> None:
     """prune: rule and its options as clipsim.prune.RuleSpec takes them (tau | delta | remove_fraction, keep (an int
-    count or a float fraction), like, seed, tests, web, reference), name (default from the rule), overwrite.
+    count or a float fraction), like, seed, tests, web, reference, base), name (default from the rule), overwrite.
 
     The rule's own options are checked by RuleSpec (the one place that decides them, also for the CLI and the page).
     """
@@ -143,8 +143,11 @@ def check_prune(ws, params: dict, launch: Launch) -> None:
     if spec.rule == "similarity-gap" and (spec.reference or ws.reference) is None:
         raise ArgumentError("prune job: the similarity-gap rule needs a reference train set; set params['reference'] "
                             "or the workspace's reference setting")
-    if spec.like is not None and not launch.waits and not (ws.path(MANIFESTS, spec.like) / "summary.json").exists():
-        raise ArgumentError(f"prune job: params['like'] = {spec.like!r}: no such manifest in {ws.path(MANIFESTS)}")
+    for key in ("like", "base"):  # a manifest made by a job this one waits for may not exist yet
+        value = getattr(spec, key)
+        if value is not None and not launch.waits and not (ws.path(MANIFESTS, check_name(value, "manifest"))
+                                                           / "summary.json").exists():
+            raise ArgumentError(f"prune job: params[{key!r}] = {value!r}: no such manifest in {ws.path(MANIFESTS)}")
     overwrite = _opt(params, "overwrite", check_bool)
     if not overwrite and (ws.path(MANIFESTS, name) / "summary.json").exists():
         raise ArgumentError(f"manifest {name!r} already exists in {ws.path(MANIFESTS)}; pick another name or set "
@@ -298,6 +301,16 @@ def check_slots(value, where) -> dict[str, int]:
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ClipsimError(f"settings.jobs.slots.{lane} = {count!r} in {where} must be an integer >= 1")
     return dict(value)
+
+
+def check_dedup(ws, params: dict, launch: Launch) -> None:
+    """dedup, dedup-array, dedup-part: the fields of clipsim.dedup.pipeline.DedupOptions (checked there)."""
+    from clipsim.dedup.pipeline import check_dedup_params
+
+    check_dedup_params(ws, params)
+
+
+CHECKS.update({"dedup": check_dedup, "dedup-array": check_dedup, "dedup-part": check_dedup})
 
 
 def register_check(kind: str, check: Callable[[object, dict, Launch], None]) -> None:

@@ -32,10 +32,13 @@ KINDS: dict[str, str] = {
     "search-part": "clipsim.jobs.arrays:search_part_job",
     "embed-array": "clipsim.jobs.arrays:embed_array_job",  # finalizes after its embed-part tasks
     "embed-part": "clipsim.jobs.arrays:embed_part_job",
+    "dedup": "clipsim.dedup.pipeline:dedup_job",
+    "dedup-array": "clipsim.dedup.pipeline:dedup_array_job",  # commits the clustering after its dedup-part tasks
+    "dedup-part": "clipsim.dedup.pipeline:dedup_part_job",
 }
 # Array kinds: launching one also queues params["tasks"] jobs of its task kind (one per shard range; a SLURM array
 # on the slurm backend); the array job itself runs once all of them are done (clipsim.jobs.arrays).
-ARRAY_TASKS: dict[str, str] = {"search-array": "search-part", "embed-array": "embed-part"}
+ARRAY_TASKS: dict[str, str] = {"search-array": "search-part", "embed-array": "embed-part", "dedup-array": "dedup-part"}
 
 
 def register_kind(name: str, target: str, check: Callable | None = None, lane: str | None = None) -> None:

@@ -71,6 +71,10 @@ class Manifest:
             if res.fingerprint != fp:
                 reasons.append(f"search {test!r} vs {web!r} changed")
             reasons += [f"search {test!r} vs {web!r}: {r}" for r in res.stale_reasons()]
+        if self.summary.get("base"):
+            from clipsim.prune.base import base_changes
+
+            reasons += base_changes(self.ws, self.summary["base"])
         return reasons
 
     @property
@@ -117,9 +121,32 @@ def save_manifest(ws, name: str, rule: str, params: dict, stats: PruneStats, rem
     counts = _check_counts(sel, rule, params, removed)
     _check_inputs(ws, sel)
     summary = _summary(ws, rule, params, sel, removed, counts, progress)
-    keys = np.asarray(stats.keys)
+    keys = np.asarray(stats.keys)  # with a base: the base's kept keys, so removed lists what this rule removes
     check_partition(keys, removed, stats.web)
     _write_atomically(ws.path(MANIFESTS), name, {"removed": keys[removed], "kept": keys[~removed]}, summary, overwrite)
+    return load_manifest(ws, name)
+
+
+def write_manifest(ws, name: str, removed_keys: np.ndarray, kept_keys: np.ndarray, summary: dict,
+                   overwrite: bool = False) -> Manifest:
+    """Write manifest `name` made by another tool (e.g. clipsim.dedup), atomically, in the layout of `save_manifest`.
+
+    Args:
+        ws: the workspace.
+        name: manifest name.
+        removed_keys, kept_keys: keys of the removed and kept web samples, in web row order.
+        summary: summary.json; needs at least rule, params, web, tests, n, inputs (web_embeddings, search),
+            combined (removed, kept, share) and created, like a pruning manifest, and may record a `base`.
+        overwrite: replace an existing manifest of that name.
+
+    Raises:
+        ReadOnlyError: the workspace is served read-only.
+        WorkspaceError: a bad name, or the name exists (without overwrite).
+    """
+    if read_only():
+        raise ReadOnlyError(f"this workspace is served read-only (CLIPSIM_READ_ONLY=1); manifest {name!r} was not saved")
+    check_new_manifest(ws, name, overwrite)
+    _write_atomically(ws.path(MANIFESTS), name, {"removed": removed_keys, "kept": kept_keys}, summary, overwrite)
     return load_manifest(ws, name)
 
 
@@ -173,15 +200,17 @@ def load_manifest(ws, name: str) -> Manifest:
 
 
 def list_manifests(ws) -> pd.DataFrame:
-    """One row per saved manifest: name, rule, params (text), kept, removed, share, stale, created, web, tests."""
+    """One row per saved manifest: name, rule, params (text), kept, removed, share, stale, created, web, tests, base
+    (the manifest it was cut from, '' for the whole web set)."""
     rows = []
     for name in _names(ws):
         m = load_manifest(ws, name)
         c = m.summary["combined"]
         rows.append({"name": name, "rule": m.rule, "params": describe_params(m.summary["params"]),
                      "kept": c["kept"], "removed": c["removed"], "share": c["share"], "stale": m.stale,
-                     "created": m.summary["created"], "web": m.summary["web"], "tests": ",".join(m.summary["tests"])})
-    cols = ["name", "rule", "params", "kept", "removed", "share", "stale", "created", "web", "tests"]
+                     "created": m.summary["created"], "web": m.summary["web"], "tests": ",".join(m.summary["tests"]),
+                     "base": (m.summary.get("base") or {}).get("name", "")})
+    cols = ["name", "rule", "params", "kept", "removed", "share", "stale", "created", "web", "tests", "base"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -234,8 +263,10 @@ def _summary(ws, rule, params, stats, removed, counts, progress) -> dict:
                      "share": float(removed.sum() / stats.n) if stats.n else 0.0},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if stats.base is not None:  # counts and shares above are relative to the base's kept rows
+        summary["base"] = dict(stats.base)
     if rule in ("threshold", "similarity-gap"):
-        summary["post_prune"] = _post_prune_medians(ws, rule, params, stats, removed, progress)
+        summary["post_prune"] = _post_prune_medians(ws, rule, params, stats, stats.full_removed(removed), progress)
     return summary
 
 

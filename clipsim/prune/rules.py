@@ -94,6 +94,7 @@ class RuleSpec:
         tests: test sets the rule looks at (None: every registered test set; ignored by 'random').
         web: the web set (None: the workspace's first web set, Workspace.web_set).
         reference: the reference of 'similarity-gap' (None: the workspace's reference).
+        base: prune only the samples this saved manifest keeps (e.g. a dedup manifest, as the study did).
     """
 
     rule: str
@@ -106,6 +107,7 @@ class RuleSpec:
     tests: tuple[str, ...] | None = None
     web: str | None = None
     reference: str | None = None
+    base: str | None = None
 
     def __post_init__(self) -> None:
         rule = canonical_rule(self.rule)
@@ -214,7 +216,7 @@ def rule_stats(ws, spec: RuleSpec, tests: list[str] | None = None) -> PruneStats
         registered = ws.dataset_names("test")
         given = list(spec.tests or registered)
         tests = [t for t in registered if t in given] + [t for t in given if t not in registered]
-    return PruneStats.load(ws, web, tests, reference if spec.rule == "similarity-gap" else None)
+    return PruneStats.load(ws, web, tests, reference if spec.rule == "similarity-gap" else None, base=spec.base)
 
 
 def apply_rule(stats: PruneStats, spec: RuleSpec) -> Pruning:
@@ -261,7 +263,7 @@ def _kept_count(stats: PruneStats, like: str) -> int:
 
 def default_name(spec: RuleSpec) -> str:
     """The default manifest name of a rule, from its parameters as given: 'similarity-gap_d0', 'threshold_t0.85',
-    'threshold_rf0.1', 'near_keep0.5_sketch', 'random_keep0.5_s0', 'random_like-gap_s0'.
+    'threshold_rf0.1', 'near_keep0.5_sketch', 'random_keep0.5_s0', 'random_like-gap_s0', 'similarity-gap_d0_on-dedup'.
 
     Test sets are named only when the rule looks at a subset (spec.tests); the name fits the manifest name rule.
     """
@@ -274,6 +276,8 @@ def default_name(spec: RuleSpec) -> str:
         parts.append(f"s{given['seed']}")
     if spec.tests:
         parts.append("-".join(spec.tests))
+    if spec.base:
+        parts.append(f"on-{spec.base}")
     return re.sub(r"[^A-Za-z0-9_.-]", "-", "_".join(parts))[:80]
 
 

@@ -108,10 +108,13 @@ class PruneStats:
         self._combined: dict[str, Column] = {}
         if keys is not None:
             self.__dict__["keys"] = np.asarray(keys)
+        self.base: dict | None = None  # set by within_base: the base manifest whose kept rows these are
+        self.base_rows: np.ndarray | None = None  # those rows of the web set, increasing
 
     # ----- construction ------------------------------------------------------------------------------
     @classmethod
-    def load(cls, ws, web: str, tests: list[str], reference: str | None = None, combined: str = "compute") -> PruneStats:
+    def load(cls, ws, web: str, tests: list[str], reference: str | None = None, combined: str = "compute",
+             base: str | None = None) -> PruneStats:
         """Read m_T (and, with a reference, g_T) of every test set from the stored searches against `web`.
 
         Args:
@@ -120,6 +123,7 @@ class PruneStats:
             tests: test set names; [] loads no statistics (enough for the random rule).
             reference: reference train set whose margins were stored (`search --reference R`), or None.
             combined: 'compute' or 'stored' (see the class).
+            base: a manifest of `web` (e.g. a dedup manifest): only the rows it keeps are loaded (see within_base).
 
         Returns:
             The statistics: memory-mapped when stored sorted (nothing read), else read and sorted in memory.
@@ -146,7 +150,8 @@ class PruneStats:
                     raise WorkspaceError(
                         f"the search of {test!r} against {web!r} covers {col.n} web rows but {web!r} now has "
                         f"{emb.count}; re-run `python -m clipsim search --workspace {ws.root} --train {web}`")
-        return cls(web, emb.count, columns, tests, reference, fps, emb.fingerprint(), ws=ws, combined=combined)
+        stats = cls(web, emb.count, columns, tests, reference, fps, emb.fingerprint(), ws=ws, combined=combined)
+        return stats.within_base(base) if base else stats
 
     @classmethod
     def from_arrays(cls, max_sim: dict[str, np.ndarray], margins: dict[str, np.ndarray] | None = None,
@@ -174,6 +179,7 @@ class PruneStats:
                          self.web_fingerprint, ws=self.ws, combined=self.combined)
         if "keys" in self.__dict__:
             out.__dict__["keys"] = self.__dict__["keys"]
+        out.base, out.base_rows = self.base, self.base_rows
         return out
 
     def select(self, tests: list[str] | str | None) -> PruneStats:
@@ -186,6 +192,20 @@ class PruneStats:
             for test in [*self.tests, *([None] if self.tests else [])]:
                 self.column(kind, test).sorted  # noqa: B018  (a cached property: computed here, once)
         return self
+
+    def within_base(self, base: str) -> PruneStats:
+        """The statistics of the web rows that manifest `base` keeps (see clipsim.prune.base.restrict_to_base)."""
+        from clipsim.prune.base import restrict_to_base
+
+        return restrict_to_base(self, base)
+
+    def full_removed(self, removed: np.ndarray) -> np.ndarray:
+        """A removed mask over these rows as a mask over the whole web set (rows outside the base count as removed)."""
+        if self.base_rows is None:
+            return np.asarray(removed)
+        full = np.ones(self.base["web_rows"], dtype=bool)
+        full[self.base_rows] = np.asarray(removed)
+        return full
 
     @cached_property
     def keys(self) -> np.ndarray:
@@ -200,6 +220,10 @@ class PruneStats:
             return []
         now = self.ws.embeddings_fingerprint(self.web)
         reasons = [] if now == self.web_fingerprint else [f"web set {self.web!r} embeddings changed"]
+        if self.base is not None:
+            from clipsim.prune.base import base_changes
+
+            reasons += base_changes(self.ws, self.base)
         for test in self.tests:
             try:
                 res = self.ws.search_result(test, self.web)

@@ -21,9 +21,31 @@ def train_resources(ws, preset: str, overrides: dict | None = None) -> dict | No
     return {"gpus": merged["nproc"]} if merged["launcher"] == "torchrun" else None
 
 
+def train_manifest(ws, manifest: str, base: str | None) -> str:
+    """The manifest a run trains on when it starts from `base`: 'full' means the base itself; any other manifest
+    must have been cut from that base (clipsim.prune.base).
+
+    Raises:
+        WorkspaceError: unknown manifest, or one not cut from `base`.
+    """
+    if not base:
+        return manifest
+    from clipsim.prune.manifest import load_manifest
+
+    load_manifest(ws, base)
+    if manifest == FULL:
+        return base
+    found = (load_manifest(ws, manifest).summary.get("base") or {}).get("name")
+    if manifest != base and found != base:
+        raise WorkspaceError(f"manifest {manifest!r} was cut from {found or 'the whole web set'!r}, not from base "
+                             f"{base!r}; prune it again with --base {base}, or train without --base")
+    return manifest
+
+
 def queue_pipeline(ws, manifest: str | None = None, spec: RuleSpec | None = None, preset: str = "demo",
                    overrides: dict | None = None, random_control: bool = False, include_full: bool = False,
-                   web: str | None = None, eval_tests: list[str] | None = None, backend: str | None = None) -> list:
+                   web: str | None = None, eval_tests: list[str] | None = None, backend: str | None = None,
+                   base: str | None = None) -> list:
     """Queue a prune -> train -> evaluate chain.
 
     Args:
@@ -36,6 +58,8 @@ def queue_pipeline(ws, manifest: str | None = None, spec: RuleSpec | None = None
         web: the web train set (default: ws.web_set()).
         eval_tests: test sets to evaluate on (default: all).
         backend: job backend ('local', 'slurm'; default the workspace's).
+        base: start the chain from this manifest (e.g. a dedup manifest, as the study did): the rule prunes the
+            samples it keeps, the random control is drawn from them, and 'the full web set' means the base.
 
     Returns:
         The queued (or deduplicated) jobs in launch order.
@@ -48,13 +72,16 @@ def queue_pipeline(ws, manifest: str | None = None, spec: RuleSpec | None = None
     web = ws.web_set(web or (spec.web if spec else None))
     if manifest is None and spec is None and not include_full:
         raise WorkspaceError("nothing to train: pick a manifest, a pruning rule, or the full web set")
+    spec = replace(spec, base=base) if spec is not None and base else spec
     manifest, plan = _prune_step(ws, manifest, spec, web)
+    if manifest is not None and not plan:
+        manifest = train_manifest(ws, manifest, base)
     resources = train_resources(ws, preset, overrides)
-    variants = ([{"manifest": FULL}] if include_full else []) + \
+    variants = ([{"manifest": base or FULL}] if include_full else []) + \
         ([{"manifest": manifest}] if manifest else []) + \
         ([{"manifest": manifest, "control": "random"}] if manifest and random_control else [])
     for variant in variants:
-        after = 0 if plan and plan[0][0] == "prune" and variant["manifest"] != FULL else None
+        after = 0 if plan and plan[0][0] == "prune" and variant["manifest"] == manifest else None
         plan.append(("train", {**variant, "web": web, "preset": preset, "overrides": dict(overrides or {})}, after,
                      resources))
         plan.append(("evaluate", {"run": f"train-job-{len(plan)}", **({"tests": list(eval_tests)} if eval_tests else {})},

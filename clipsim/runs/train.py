@@ -30,7 +30,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def random_control(ws, manifest: str, web: str | None = None, seed: int = 0) -> str:
-    """Save (or reuse) manifest `<manifest>-random`: a seeded uniform random subset as large as `manifest`'s kept set.
+    """Save (or reuse) manifest `<manifest>-random`: a seeded uniform random subset as large as `manifest`'s kept set,
+    drawn from the samples its base manifest keeps when it has one (else from the whole web set).
 
     Returns:
         The control manifest's name.
@@ -53,7 +54,8 @@ def random_control(ws, manifest: str, web: str | None = None, seed: int = 0) -> 
             return name
     except WorkspaceError:
         pass
-    save_rule(ws, RuleSpec("random", like=manifest, seed=seed, web=web), name, overwrite=True)
+    drawn_from = (base.summary.get("base") or {}).get("name")  # a manifest cut from a base: draw from the base too
+    save_rule(ws, RuleSpec("random", like=manifest, seed=seed, web=web, base=drawn_from), name, overwrite=True)
     return name
 
 

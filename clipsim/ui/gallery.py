@@ -147,19 +147,26 @@ def detail_html(grow: GalleryRow, size: int, test_size: int, reference: str | No
             f'<div class="cs-sets" style="flex-direction:column">{sets}</div></div>')
 
 
-def pairs_html(pairs: list[tuple[Tile, Tile]], size: int, side: str, train: str = "train") -> str:
-    """Test image beside its nearest `train` neighbour, each labelled, with the similarity; side 'above' or 'below'
-    a threshold."""
+def pairs_html(pairs: list[tuple[Tile, Tile]], size: int, side: str, train: str = "train", first: str = "test") -> str:
+    """An image (of role `first`, e.g. 'test') beside its nearest `train` neighbour, each labelled, with the
+    similarity; side 'above' or 'below' a threshold."""
     if not pairs:
-        return f'<div class="cs-empty" data-testid="cs-pairs-{side}">no test image {side} the threshold</div>'
+        return f'<div class="cs-empty" data-testid="cs-pairs-{side}">no {escape(first)} image {side} the threshold</div>'
     items = "".join(
-        f'<div class="cs-pair cs-{side}" title="test {escape(t.key)} ↔ {escape(train)} {escape(n.key)}\n'
+        f'<div class="cs-pair cs-{side}" title="{escape(first)} {escape(t.key)} ↔ {escape(train)} {escape(n.key)}\n'
         f'{escape(n.text)}"><div class="cs-pair-imgs">'
-        f'<figure>{_img(t, size)}<span class="cs-role">test</span></figure>'
+        f'<figure>{_img(t, size)}<span class="cs-role">{escape(first)}</span></figure>'
         f'<figure>{_img(n, size)}<span class="cs-role">{escape(train)}</span></figure></div>'
         f'<div class="cs-sim" data-testid="cs-sim">{SIM_FORMAT.format(n.similarity)}</div></div>'
         for t, n in pairs)
     return CSS + f'<div class="cs-pairs" data-testid="cs-pairs-{side}">{items}</div>'
+
+
+def hits_html(tiles: list[Tile], size: int, testid: str = "cs-text-hits") -> str:
+    """A wrapped strip of tiles (text-search hits, best first) with their similarities and captions."""
+    if not tiles:
+        return f'<div class="cs-empty" data-testid="{testid}">no result</div>'
+    return CSS + f'<div class="cs-strip" data-testid="{testid}">{"".join(tile_html(t, size) for t in tiles)}</div>'
 
 
 def show(html: str) -> None:

@@ -195,10 +195,11 @@ def similarity_summary(nns: dict[str, views.TestNeighbours], reference: str | No
 
 
 @st.cache_resource(show_spinner="Loading pruning statistics…", max_entries=8)
-def _prune_stats(root: str, web: str, tests: tuple, reference: str | None, fingerprints: tuple, _ws: Workspace):
+def _prune_stats(root: str, web: str, tests: tuple, reference: str | None, fingerprints: tuple, base: str | None,
+                 _ws: Workspace):
     from clipsim.prune import PruneStats
 
-    return PruneStats.load(_ws, web, list(tests), reference, combined="stored")
+    return PruneStats.load(_ws, web, list(tests), reference, combined="stored", base=base)
 
 
 def file_stamp(path) -> tuple:
@@ -218,9 +219,10 @@ def embeddings_stamp(ws: Workspace, name: str) -> tuple:
     return file_stamp(root / "img_emb"), file_stamp(root / "metadata"), file_stamp(root / "summary.json")
 
 
-def stats_key(ws: Workspace, web: str, tests: list[str], reference: str | None) -> tuple:
+def stats_key(ws: Workspace, web: str, tests: list[str], reference: str | None, base: str | None = None) -> tuple:
     """Identity of PruneStats inputs: workspace, sets, the web embeddings' stamp and the fingerprint of every search
-    read (from each search's config.json, parsed once per write): a handful of `stat` calls."""
+    read (from each search's config.json, parsed once per write): a handful of `stat` calls; and the base manifest
+    (its name and the stamps of its kept keys and summary) when the statistics are restricted to one."""
     from clipsim.sorted_stats import SORTED
 
     fps = [embeddings_stamp(ws, web)]
@@ -228,7 +230,9 @@ def stats_key(ws: Workspace, web: str, tests: list[str], reference: str | None) 
         done = searches.completed_searches(ws, test)
         sorted_stamp = file_stamp(ws.path("search", web, test, SORTED, "config.json"))  # written later for old searches
         fps.append((done.get(web), done.get(reference) if reference else None, sorted_stamp))
-    return str(ws.root.resolve()), web, tuple(tests), reference, tuple(fps)
+    if base:
+        fps.append(tuple(file_stamp(ws.path("manifests", base, f)) for f in ("kept.parquet", "summary.json")))
+    return str(ws.root.resolve()), web, tuple(tests), reference, tuple(fps), base
 
 
 def prune_stats(ws: Workspace, web: str, tests: list[str], reference: str | None):
@@ -243,9 +247,11 @@ def prune_stats(ws: Workspace, web: str, tests: list[str], reference: str | None
     return keyed_prune_stats(ws, web, tests, reference)[0]
 
 
-def keyed_prune_stats(ws: Workspace, web: str, tests: list[str], reference: str | None) -> tuple:
-    """(prune_stats(...), its stats_key): the key, computed once per script run, keys what is derived from them."""
-    key = stats_key(ws, web, tests, reference)
+def keyed_prune_stats(ws: Workspace, web: str, tests: list[str], reference: str | None,
+                      base: str | None = None) -> tuple:
+    """(prune_stats(...), its stats_key): the key, computed once per script run, keys what is derived from them;
+    with `base`, only the rows that manifest keeps (PruneStats.load(..., base=base))."""
+    key = stats_key(ws, web, tests, reference, base)
     return _prune_stats(*key, ws), key
 
 

@@ -25,6 +25,7 @@ PAGES = [
     ("pages/overview.py", "Overview", ":material/home:"),
     ("pages/neighbours.py", "Neighbours", ":material/photo_library:"),
     ("pages/similarity.py", "Similarity", ":material/bar_chart:"),
+    ("pages/dedup.py", "Dedup", ":material/filter_none:"),
     ("pages/prune.py", "Prune", ":material/content_cut:"),
     ("pages/runs.py", "Runs", ":material/play_circle:"),
     ("pages/results.py", "Results", ":material/leaderboard:"),

@@ -157,7 +157,8 @@ def _post(key: tuple, spec: RuleSpec, test: str, _ws: Workspace, _pruning: Pruni
     from clipsim.prune.post import post_prune_nn_similarity
 
     stats = _pruning.stats
-    return post_prune_nn_similarity(_ws, test, stats.web, _pruning, _pruning.rule, _pruning.params,
+    removed = _pruning if stats.base_rows is None else stats.full_removed(_pruning.removed)  # base rows -> web rows
+    return post_prune_nn_similarity(_ws, test, stats.web, removed, _pruning.rule, _pruning.params,
                                     stats.tests if _pruning.rule != "random" else None, stats.reference)
 
 
