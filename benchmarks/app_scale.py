@@ -45,14 +45,14 @@ def _unit(rng: np.random.Generator, rows: int) -> np.ndarray:
 
 
 def make_workspace(root: Path, n: int, tests: int, test_rows: int, shard_rows: int, seed: int) -> Workspace:
-    """Test sets and a reference with real (tiny) embeddings; a web set of n rows in sparse shards sharing one
-    metadata file per shard size (hard links)."""
+    """Test sets and a reference with real (tiny) embeddings; a web set of n rows in sparse shards, each with its
+    own keys."""
     rng, ws = np.random.default_rng(seed), Workspace.create(root)
     for name in [f"test{i}" for i in range(tests)] + [REFERENCE]:
         store.write_shard(root / "emb" / name, 0, _unit(rng, test_rows),
                           pd.DataFrame({"key": [f"{name}-{j}" for j in range(test_rows)]}))
         ws.register_dataset(name, "train" if name == REFERENCE else "test", str(root / "emb" / name), "embeddings")
-    web, metas = root / "emb" / "web", {}
+    web = root / "emb" / "web"
     (web / store.EMB_DIR).mkdir(parents=True)
     (web / store.META_DIR).mkdir(parents=True)
     for i, lo in enumerate(range(0, n, shard_rows)):
@@ -60,19 +60,17 @@ def make_workspace(root: Path, n: int, tests: int, test_rows: int, shard_rows: i
         with open(store.emb_path(web, i), "wb") as f:  # a header, then a hole: no disk blocks
             np.lib.format.write_array_header_1_0(f, {"descr": "<f2", "fortran_order": False, "shape": (rows, DIM)})
             f.truncate(f.tell() + rows * DIM * 2)
-        if rows not in metas:
-            metas[rows] = store.meta_path(web, i)
-            fileio.write_parquet(metas[rows], pd.DataFrame({"key": [f"w{j}" for j in range(rows)]}))
-        else:
-            os.link(metas[rows], store.meta_path(web, i))
+        keys = "w" + pd.Series(np.arange(lo, lo + rows)).astype(str)  # unique across shards, as registration checks
+        fileio.write_parquet(store.meta_path(web, i), pd.DataFrame({"key": keys}))
     ws.register_dataset("web", "train", str(web), "embeddings")
     ws.update_settings(reference=REFERENCE)
     return ws
 
 
-def write_shard_stats(ws: Workspace, tests: list[str], seed: int) -> None:
+def write_shard_stats(ws: Workspace, tests: list[str], seed: int, staging: Path) -> None:
     """Per-shard statistics as a search pass writes them: m ~ cosine maxima (mostly 0.2-0.6, a tail to 1) and
     margins g = m - s_R with s_R around 0.7, so a few percent of samples per test set have g > 0 as in the paper."""
+    from clipsim.search.checkpoint import staged_stats
     from clipsim.search.passes import write_npz
 
     web = ws.embeddings("web")
@@ -81,7 +79,7 @@ def write_shard_stats(ws: Workspace, tests: list[str], seed: int) -> None:
         for shard in web.shards:
             m = rng.beta(4, 6, shard.rows).astype(np.float32)
             g = (m - rng.normal(0.7, 0.08, shard.rows).astype(np.float32)).astype(np.float32)
-            write_npz(ws.path("search", "web", test, "stats", f"shard_{shard.index}.npz"),
+            write_npz(staged_stats(staging, test, shard.index),
                       {"max_sim": m, f"margin__{REFERENCE}": g})
 
 
@@ -106,15 +104,17 @@ def build(ws: Workspace, tests: list[str], n: int, seed: int) -> dict:
 
     search(ws, REFERENCE, tests, k=K, precision="fp32", device="cpu")
     t0 = time.perf_counter()
-    write_shard_stats(ws, tests, seed)
+    staging = ws.root / "staging"  # where a search pass stages per-shard statistics until its commit
+    write_shard_stats(ws, tests, seed, staging)
     synth = time.perf_counter() - t0
     spec = SearchPass.prepare(ws, "web", tests, K, REFERENCE)
     t0 = time.perf_counter()
-    spec.commit(StoredTopK(len(spec.queries), n, seed), "fp32", "cpu", 0.0)
+    spec.commit(StoredTopK(len(spec.queries), n, seed), "fp32", "cpu", 0.0, [staging])
     commit = time.perf_counter() - t0
     t0 = time.perf_counter()
     store_combined_stats(ws, "web")
     combined = time.perf_counter() - t0
+    shutil.rmtree(staging)
     for test in tests:
         shutil.rmtree(ws.path("search", "web", test, "stats"))
     return {"synthetic_shard_stats_s": round(synth, 2), "search_commit_s": round(commit, 2),

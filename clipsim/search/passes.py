@@ -178,6 +178,7 @@ class SearchPass:
             }
             config["fingerprint"] = digest({k_: v for k_, v in config.items()
                                             if k_ not in ("seconds", "created", "device", "precision")})
+            folder.parent.mkdir(parents=True, exist_ok=True)
             fileio.clear_leftovers(folder.parent, g.name)
             tmp = Path(tempfile.mkdtemp(prefix=f".{g.name}.", suffix=".tmp", dir=folder.parent))
             try:
