@@ -120,11 +120,13 @@ def test_runs_page_shows_the_training_curve_and_queues_a_chain(served):
     assert {m.label: m.value for m in at.metric}["Step"] == "4/4"
     curve = chart_spec(next(c for c in at.get("plotly_chart") if "Loss" in chart_spec(c)["layout"]["title"]["text"]))
     assert curve["data"][0]["y"] == [5, 4, 3, 2]
-    blocker = launch(served, "sleep", {"seconds": 60, "steps": 600})  # holds the only slot: the chain stays queued
+    # every slot busy, the chain stays queued (steps differ: launch would deduplicate two identical jobs)
+    blockers = [launch(served, "sleep", {"seconds": 60, "steps": steps, "lane": lane})
+                for lane, steps in (("heavy", 600), ("light", 600), ("light", 601))]
     at.button(key="runs_launch").click().run()
     at.button(key="runs_launch").click().run()  # a double click queues one chain
     assert not at.exception
-    queued = [j for j in list_jobs(served) if j.id not in (blocker.id, job.id)]
+    queued = [j for j in list_jobs(served) if j.id not in {b.id for b in blockers} | {job.id}]
     kinds = sorted(j.kind for j in queued)
     assert kinds == ["evaluate", "evaluate", "evaluate", "prune", "train", "train", "train"]
     prune_job = next(j for j in queued if j.kind == "prune")
@@ -143,7 +145,8 @@ def test_runs_page_shows_the_training_curve_and_queues_a_chain(served):
         assert any(text in r for r in rows), text
     captions = [c.value for c in at.caption]
     assert f"waiting for job {prune_job.id} (queued)" in captions  # the pruned run waits for its manifest
-    assert "waiting for a free slot (1 of 1 busy)" in captions  # the prune job only for the slot
+    assert any(c.startswith("waiting for a free light slot (2 of 2 busy)") for c in captions), captions  # the prune
+    assert any(c.startswith("waiting for a free heavy slot (1 of 1 busy)") for c in captions), captions  # full web
 
 
 def test_runs_page_read_only_hides_launching(served, monkeypatch):
