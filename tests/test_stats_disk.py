@@ -13,6 +13,7 @@ import pytest
 from clipsim import Workspace, fileio, sorted_stats, store
 from clipsim.cli import main
 from clipsim.prune import PruneStats, RuleSpec, apply_rule, rule_far, rule_near, rule_similarity_gap, rule_threshold
+from clipsim.prune import columns as columns_module
 from clipsim.prune import stats as stats_module
 from clipsim.prune.columns import Column, DiskColumn, cut_for_fraction, keep_cut
 from clipsim.prune.stats import CombinedPending, floor32
@@ -78,7 +79,12 @@ def test_disk_column_answers_like_memory_at_every_cut(tmp_path, small_chunks):
     for fraction in np.linspace(0, 1, 41):
         assert cut_for_fraction(disk, fraction) == cut_for_fraction(mem, fraction)
     picks = rng.integers(0, n, (13, 5))
-    assert np.array_equal(disk.at(picks), v[picks])
+    assert np.array_equal(disk.at(picks), v[picks])  # read row by row
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(columns_module, "GATHER_ROWS", 10)
+        assert np.array_equal(disk.at(picks), v[picks])  # through a map
+    with pytest.raises(IndexError):
+        disk.at(np.array([0, n]))
     assert [(lo, c.tolist()) for lo, c in disk.chunks()] == [(lo, c.tolist()) for lo, c in mem.chunks()]
     edges, above = disk.hist()
     assert np.array_equal(above, [(v > e).sum() for e in edges]) and np.array_equal(above, mem.hist()[1])
