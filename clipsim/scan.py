@@ -1,8 +1,9 @@
 """One pass over train blocks against in-memory queries: running top-k per query and per-row maxima.
 
-Each block is screened once in low precision; both directions (test -> train top-k, train -> test max and
-margin) come from the same product tile, and every reported value is re-checked exactly (see exact.py).
-Ties are broken by the lower index, as a stable sort of the brute-force matrix would.
+Each block is screened once in low precision, tile by tile; both directions (test -> train top-k, train -> test
+max and margin) come from the same product tile and one read of it (tiles.py), and every reported value is
+re-checked exactly (see exact.py). Ties are broken by the lower index, as a stable sort of the brute-force matrix
+would.
 """
 from __future__ import annotations
 
@@ -12,9 +13,14 @@ import numpy as np
 import torch
 
 from clipsim.exact import Screen, exact_dots, exact_margin
+from clipsim.tiles import BUCKET, BucketTile, TrainRowMax, Uncertainty, at_least, hits  # noqa: F401 (hits: was here)
 
-TILE_ELEMENTS = 2**24  # one float32 product tile (64 MB); bounds memory beside the block itself
-SEGMENT = 256  # columns per segment in hits()
+# Elements of one product tile (32 MB in bf16, 64 MB in float32): bounds memory beside the block itself. A tile of
+# 4000 queries x 4096 train rows runs the bf16 product at ~98% of its 4096^3 speed on 2 EPYC cores.
+TILE_ELEMENTS = 2**24
+# Fewest train rows per tile while the queries fit (a group with more queries is cut into query chunks): narrower
+# products lose speed, and every column range restarts the per-row maxima.
+MIN_COLS = 2048
 _NO_ID = torch.iinfo(torch.int64).max  # empty top-k slots sort after every real id
 
 
@@ -32,76 +38,31 @@ class Group:
     offsets: dict[str, np.ndarray] | None = None
 
 
-def at_least(threshold: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`threshold` (float32) as the largest `dtype` values not above it: for a tile of that dtype, s >= result
-    exactly when s >= threshold, and the comparison needs no float32 copy of the tile."""
-    if dtype == threshold.dtype:
-        return threshold
-    low = threshold.to(dtype)
-    over = low.float() > threshold
-    return torch.where(over, torch.nextafter(low, torch.full_like(low, -torch.inf)), low)
+def tile_shape(n_rows: int, n_cols: int) -> tuple[int, int]:
+    """(query rows, train columns) of the product tiles for n_rows queries against an n_cols block: all queries and
+    TILE_ELEMENTS // n_rows columns (a multiple of 256) when that leaves MIN_COLS, else chunks of queries."""
+    cols = min(n_cols, max(MIN_COLS, TILE_ELEMENTS // max(1, n_rows)))
+    if cols >= 512:
+        cols -= cols % 256  # whole SIMD panels and hits() segments
+    return min(n_rows, max(1, TILE_ELEMENTS // cols)), cols
 
 
-def hits(s: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, cols) of the entries with s[r, c] >= threshold[r], in row-major order, like torch.nonzero.
-
-    A tile mostly holds no hit: maxima over SEGMENT-wide column segments (one pass) find the segments that hold
-    any, and only those are compared entry by entry (4x faster than a full comparison plus nonzero on a CPU).
-    """
-    n, m = s.shape
-    whole = m - m % SEGMENT
-    if whole == 0:
-        return torch.nonzero(s >= threshold[:, None], as_tuple=True)
-    segs = s[:, :whole].reshape(n, whole // SEGMENT, SEGMENT)
-    r, g = torch.nonzero(segs.amax(dim=2) >= threshold[:, None], as_tuple=True)
-    rr, cc = torch.nonzero(segs[r, g] >= threshold[r][:, None], as_tuple=True)
-    r, j = r[rr], g[rr] * SEGMENT + cc
-    if whole < m:  # the ragged end of the block
-        tr, tj = torch.nonzero(s[:, whole:] >= threshold[:, None], as_tuple=True)
-        if len(tr):
-            r, j = torch.cat([r, tr]), torch.cat([j, tj + whole])
-            order = torch.argsort(r * m + j)
-            r, j = r[order], j[order]
-    return r, j
-
-
-class _RowMax:
-    """Per-train-row maximum of one statistic over a group's query chunks, re-checked exactly once per block.
-
-    Chunks only add candidate pairs whose screened value lies within 2 * bound of the running screened
-    maximum; pairs the final maximum rules out are dropped before the exact re-check.
-    """
-
-    def __init__(self, n_rows: int, bound: float, offsets: torch.Tensor | None, device: torch.device):
-        self.bound, self.offsets = bound, offsets
-        self.lo_max = torch.full((n_rows,), -torch.inf, device=device)
-        self.qi, self.xj, self.s = [], [], []
-
-    def add(self, s: torch.Tensor, q0: int) -> None:
-        """s: (chunk, n_rows) screened statistic (float32 or bfloat16) for group rows q0 .. q0 + chunk."""
-        self.lo_max = torch.maximum(self.lo_max, s.amax(dim=0).float())
-        qi, xj = torch.nonzero(s >= at_least(self.lo_max - 2 * self.bound, s.dtype)[None, :], as_tuple=True)
-        self.qi.append(qi + q0)
-        self.xj.append(xj)
-        self.s.append(s[qi, xj].float())
-
-    def exact(self, q16, x16, g0: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(max (n_rows,) f32, first argmax (n_rows,) i64 within the group, pairs re-checked)."""
-        qi, xj, s = torch.cat(self.qi), torch.cat(self.xj), torch.cat(self.s)
-        keep = s >= self.lo_max[xj] - 2 * self.bound
-        qi, xj = qi[keep], xj[keep]
-        vals = exact_dots(q16, qi + g0, x16, xj)
-        if self.offsets is not None:
-            vals = exact_margin(vals, self.offsets[qi])
-        n = len(self.lo_max)
-        best = torch.full((n,), -torch.inf, device=vals.device).scatter_reduce(0, xj, vals, "amax")
-        tie = vals == best[xj]
-        arg = torch.full((n,), _NO_ID, dtype=torch.int64, device=vals.device).scatter_reduce(0, xj[tie], qi[tie], "amin")
-        return best, arg, len(vals)
+def offset_order(groups: list[Group], n_queries: int) -> np.ndarray:
+    """Scanner row -> query row: each group's queries by increasing first offset (stable), so that the queries of
+    a bucket hold close offsets and the margin bounds of tiles.TrainRowMax stay tight; other rows in place."""
+    order = np.arange(n_queries)
+    for g in groups:
+        if g.offsets and g.stop > g.start:
+            first = np.asarray(next(iter(g.offsets.values())), np.float32)
+            order[g.start : g.stop] = g.start + np.argsort(first, kind="stable")
+    return order
 
 
 class ExactScanner:
     """Streams train blocks (global row order) against queries; exact top-k and per-row statistics.
+
+    Internally each group's queries are scanned in `offset_order`; the top-k (`top_s`, `top_i`, `state`) and every
+    reported index stay in the caller's query order.
 
     Args:
         queries: (n_q, d) float16, L2-normalised.
@@ -116,16 +77,19 @@ class ExactScanner:
                  row_stats: bool = True):
         self.k, self.groups, self.device, self.row_stats = k, groups, device, row_stats
         self.q16 = torch.as_tensor(np.ascontiguousarray(queries, dtype=np.float16), device=device)
+        self.order = torch.as_tensor(offset_order(groups, len(queries)), device=device)
         self.screen = Screen(precision, device, queries.shape[1])
-        self.q_lo, nq, rq = self.screen.prepare(self.q16)
+        self.q_lo, nq, rq = self.screen.prepare(self.q16[self.order])
         self.q_stats = (nq, rq)
         self.top_s = torch.full((len(queries), k), -torch.inf, dtype=torch.float32, device=device)
         self.top_i = torch.full((len(queries), k), -1, dtype=torch.int64, device=device)
-        self.offsets = {
-            g.name: {r: torch.as_tensor(np.asarray(o, np.float32), device=device) for r, o in (g.offsets or {}).items()}
+        self.offsets = {  # per group and reference: offsets in scanner order
+            g.name: {r: torch.as_tensor(np.asarray(o, np.float32), device=device)[self.order[g.start : g.stop] - g.start]
+                     for r, o in (g.offsets or {}).items()}
             for g in groups
         }
         self.rechecked = 0  # exact dot products computed, for benchmarks
+        self._buffers: dict[str, torch.Tensor] = {}
 
     def state(self) -> dict[str, np.ndarray]:
         """Running top-k as numpy arrays, for checkpointing."""
@@ -150,57 +114,80 @@ class ExactScanner:
         block = np.ascontiguousarray(block, dtype=np.float16)
         x16 = torch.from_numpy(block if block.flags.writeable else block.copy()).to(self.device)
         x_lo, nx, rx = self.screen.prepare(x16)
-        bound = self.screen.bound(self.q_stats, (nx, rx))
-        chunk = max(1, TILE_ELEMENTS // max(1, len(block)))
+        err = Uncertainty(self.screen.input_bound(self.q_stats, (nx, rx)), self.screen.out_u)
+        return {g.name: self._scan_group(g, x16, x_lo, base, err) for g in self.groups}
+
+    def _scan_group(self, g: Group, x16, x_lo, base: int, err: Uncertainty) -> dict[str, np.ndarray]:
+        """Tiles of one group over the block, column range by column range; per-row statistics of the group."""
+        n_b = len(x16)
         stats = {}
-        for g in self.groups:
+        if self.row_stats and g.stop > g.start:
+            names = {"": ("max_sim", "argmax")} | {r: (f"margin/{r}", f"margin_argmax/{r}") for r in self.offsets[g.name]}
+            stats = {n: torch.empty(n_b, dtype=torch.float32 if i == 0 else torch.int64, device=self.device)
+                     for pair in names.values() for i, n in enumerate(pair)}
+        rows, cols = tile_shape(g.stop - g.start, n_b)
+        for c0 in range(0, n_b, cols):
+            c1 = min(n_b, c0 + cols)
             maxima = {}
-            if self.row_stats and g.stop > g.start:
-                maxima[""] = _RowMax(len(block), bound, None, self.device)
-                for ref, off in self.offsets[g.name].items():
-                    maxima[ref] = _RowMax(len(block), bound + 2.0**-21, off, self.device)  # + rounding of s - off
-            for lo in range(g.start, g.stop, chunk):
-                hi = min(g.stop, lo + chunk)
-                s = self.screen.product(self.q_lo[lo:hi], x_lo)
-                self._update_topk(s, lo, x16, base, bound)
-                for ref, acc in maxima.items():
-                    # s - offsets promotes a bfloat16 tile to float32 inside the subtraction (no extra copy)
-                    acc.add(s if ref == "" else s - acc.offsets[lo - g.start : hi - g.start, None], lo - g.start)
-            stats[g.name] = self._finish_rows(maxima, x16, g)
-        return stats
+            if stats:
+                maxima = {r: TrainRowMax(c1 - c0, err, None if r == "" else self.offsets[g.name][r], self.device)
+                          for r in names}
+            for lo in range(g.start, g.stop, rows):
+                hi = min(g.stop, lo + rows)
+                s = self.screen.product(self.q_lo[lo:hi], x_lo[c0:c1], out=self._tile_buffer("s", (hi - lo, c1 - c0)))
+                tile = BucketTile(s, self._tile_buffer("r", (-(-(hi - lo) // BUCKET), c1 - c0)))
+                self._update_topk(tile, lo, x16, c0, base, err)
+                for acc in maxima.values():
+                    acc.add(tile, lo - g.start)
+            for ref, acc in maxima.items():
+                best, arg = self._exact_max(acc, g, ref, x16, c0)
+                stats[names[ref][0]][c0:c1], stats[names[ref][1]][c0:c1] = best, arg
+        return {n: a.cpu().numpy().astype(np.float32 if a.dtype == torch.float32 else np.int32) for n, a in stats.items()}
+    def _tile_buffer(self, name: str, shape: tuple[int, int]) -> torch.Tensor | None:
+        """A reused (rows, cols) tensor of the tile dtype on a CPU (None elsewhere: CUDA's allocator caches)."""
+        if self.device.type != "cpu":
+            return None
+        n = shape[0] * shape[1]
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < n:
+            buf = self._buffers[name] = torch.empty(n, dtype=self.screen.tile_dtype)
+        return buf[:n].view(shape)
 
-    def _finish_rows(self, maxima: dict[str, _RowMax], x16: torch.Tensor, g: Group) -> dict[str, np.ndarray]:
-        out = {}
-        for ref, acc in maxima.items():
-            best, arg, n = acc.exact(self.q16, x16, g.start)
-            self.rechecked += n
-            names = ("max_sim", "argmax") if ref == "" else (f"margin/{ref}", f"margin_argmax/{ref}")
-            out[names[0]] = best.cpu().numpy().astype(np.float32)
-            out[names[1]] = arg.cpu().numpy().astype(np.int32)
-        return out
+    def _update_topk(self, tile: BucketTile, lo: int, x16: torch.Tensor, c0: int, base: int, err: Uncertainty) -> None:
+        """Merge the exact candidates of a tile (scanner rows lo.., block columns c0..) into the running top-k.
 
-    def _update_topk(self, s: torch.Tensor, q0: int, x16: torch.Tensor, base: int, bound: float) -> None:
-        """Merge this tile's exact candidates into the running top-k of query rows q0 .. q0 + len(s).
-
-        After the merge the k-th best is at least L = max(old k-th, v_k - bound), v_k being the tile's k-th
-        largest screened value; so only entries screened at >= L - bound can enter, and all of them are
-        re-checked. v_k (a top-k over the tile) is only computed while some row has fewer than k neighbours:
-        afterwards the running k-th alone keeps the candidates few, and one comparison pass finds them.
+        After the merge the k-th best is at least F = max(old k-th, low(v_k)), v_k being the tile's k-th largest
+        screened value; so only entries with high(s) >= F can enter, and all of them are re-checked. v_k (a top-k
+        over the tile) is only computed while some row has fewer than k neighbours: afterwards the running k-th
+        alone keeps the candidates few.
         """
-        rows = torch.arange(q0, q0 + len(s), device=s.device)
-        kth = self.top_s[q0 : q0 + len(s), -1]
+        rows = self.order[lo : lo + tile.s.shape[0]]  # the tile's query rows in the caller's order
+        kth = self.top_s[rows, -1]
         floor = kth
-        if s.shape[1] >= self.k and bool(torch.isinf(kth).any()):
-            v_k = torch.topk(s, self.k, dim=1, sorted=False).values.amin(dim=1).float()
-            floor = torch.maximum(kth, v_k - bound)
-        r, j = hits(s, at_least(floor - bound, s.dtype))
+        if tile.s.shape[1] >= self.k and bool(torch.isinf(kth).any()):
+            floor = torch.maximum(kth, err.low(torch.topk(tile.s, self.k, dim=1, sorted=False).values.amin(dim=1)))
+        r, j = tile.topk_hits(at_least(err.reach(floor), tile.s.dtype))
         if len(r) == 0:
             return
-        vals = exact_dots(self.q16, r + q0, x16, j)
+        vals = exact_dots(self.q16, rows[r], x16, j + c0)
         self.rechecked += len(vals)
         enter = vals > kth[r]  # equal to the old k-th cannot enter: block ids are larger than the running ones
         if enter.any():
-            self._merge(rows, r[enter], vals[enter], j[enter] + base)
+            self._merge(rows, r[enter], vals[enter], j[enter] + c0 + base)
+
+    def _exact_max(self, acc: TrainRowMax, g: Group, ref: str, x16: torch.Tensor, c0: int):
+        """(max (n,) f32, first argmax (n,) i64 within the group) of the columns of `acc`, re-checked exactly."""
+        rows, cols = acc.candidates()
+        qi = self.order[g.start + rows]
+        vals = exact_dots(self.q16, qi, x16, cols + c0)
+        if ref:
+            vals = exact_margin(vals, acc.offsets[rows])
+        self.rechecked += len(vals)
+        n = len(acc.best)
+        best = torch.full((n,), -torch.inf, device=vals.device).scatter_reduce(0, cols, vals, "amax")
+        tie = vals == best[cols]
+        arg = torch.full((n,), _NO_ID, dtype=torch.int64, device=vals.device)
+        return best, arg.scatter_reduce(0, cols[tie], qi[tie] - g.start, "amin")
 
     def _merge(self, rows: torch.Tensor, r: torch.Tensor, vals: torch.Tensor, ids: torch.Tensor) -> None:
         """Keep the k best of (running, new pairs) per row, ordered by (-sim, id); r indexes `rows`."""
