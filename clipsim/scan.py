@@ -41,10 +41,10 @@ class Group:
 def tile_shape(n_rows: int, n_cols: int) -> tuple[int, int]:
     """(query rows, train columns) of the product tiles for n_rows queries against an n_cols block: all queries and
     TILE_ELEMENTS // n_rows columns (a multiple of 256) when that leaves MIN_COLS, else chunks of queries."""
-    cols = min(n_cols, max(MIN_COLS, TILE_ELEMENTS // max(1, n_rows)))
+    cols = max(1, min(n_cols, max(MIN_COLS, TILE_ELEMENTS // max(1, n_rows))))
     if cols >= 512:
         cols -= cols % 256  # whole SIMD panels and hits() segments
-    return min(n_rows, max(1, TILE_ELEMENTS // cols)), cols
+    return max(1, min(n_rows, TILE_ELEMENTS // cols)), cols  # >= 1 each: empty ranges still step
 
 
 def offset_order(groups: list[Group], n_queries: int) -> np.ndarray:
