@@ -13,8 +13,8 @@ import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 NORM_SLACK = 1.001  # safety factor on float32-computed norms (error <= (d + 2) 2^-24 relative)
-PREPARE_ROWS = 1024  # rows per step of Screen.prepare on a CPU (2 MB of float32 at dim 512)
-PAIR_BATCH = 512  # CPU re-check batch: gathered rows stay in cache (0.5 us/pair at dim 512 vs 3.7 at 16384)
+PREPARE_ROWS = 512  # rows per step of Screen.prepare on a CPU: 1 MB of float32 at dim 512 (L2); 1024: 1.6x slower
+PAIR_BATCH = 256  # CPU re-check batch: gathered rows stay in L2 (0.60 us/pair of one core at dim 512; 0.74 at 1024)
 
 
 def default_precision(device: torch.device) -> str:
@@ -66,15 +66,25 @@ class Screen:
             torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
             torch.backends.cuda.matmul.allow_tf32 = False
 
-    def prepare(self, x16: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    def prepare(self, x16: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, float, float]:
         """Round float16 rows to the screen precision.
+
+        Args:
+            x16: (n, d) float16 rows.
+            out: optional flat tensor of the screen dtype with >= n * d elements to hold x_lo: a reused buffer
+                spares the page faults of a fresh 64 MB block (they cost 3x the rounding itself on a CPU).
 
         Returns:
             (x_lo, max_norm, max_residual): x_lo (n, d) in the screen dtype, an upper bound on the row norms of
             x16 and x_lo, and one on the norms of x16 - x_lo (0 for empty input or an exact screen).
         """
         exact = self.dtype in (torch.float32, torch.float16)  # float16 rows are exact in both
-        x_lo = x16 if self.dtype == x16.dtype else torch.empty(x16.shape, dtype=self.dtype, device=x16.device)
+        if self.dtype == x16.dtype:
+            x_lo = x16
+        elif out is not None and out.numel() >= x16.numel():
+            x_lo = out[: x16.numel()].view(x16.shape)
+        else:
+            x_lo = torch.empty(x16.shape, dtype=self.dtype, device=x16.device)
         if len(x16) == 0:
             return x_lo, 0.0, 0.0
         # Row chunks that stay in cache: one fused walk instead of four passes over the block (6x on a CPU).
@@ -139,14 +149,16 @@ class Screen:
 def exact_dots(q16: torch.Tensor, qi: torch.Tensor, x16: torch.Tensor, xj: torch.Tensor) -> torch.Tensor:
     """Canonical similarities of pairs (q16[qi[n]], x16[xj[n]]): float32 (n_pairs,) on q16's device.
 
-    float16 x float16 products are exact in float32 (22 significant bits), so only the sum needs float64.
+    float16 x float16 products are exact in float32 (22 significant bits), so only the sum needs float64; for
+    rows of norm <= 4 every partial sum is a multiple of 2^-48 below 2^5, exact in float64 in any order, so this
+    equals float32(float64(q) @ float64(x).T) bit for bit. index_select gathers rows 2x faster than indexing.
     """
     out = torch.empty(len(qi), dtype=torch.float32, device=q16.device)
     batch = PAIR_BATCH if q16.device.type == "cpu" else 65536
     for lo in range(0, len(qi), batch):
-        a = q16[qi[lo : lo + batch]].float()
-        b = x16[xj[lo : lo + batch]].float()
-        out[lo : lo + batch] = (a * b).double().sum(dim=1).float()
+        a = q16.index_select(0, qi[lo : lo + batch]).float()
+        b = x16.index_select(0, xj[lo : lo + batch]).float()
+        out[lo : lo + batch] = a.mul_(b).double().sum(dim=1)
     return out
 
 

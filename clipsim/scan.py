@@ -83,11 +83,11 @@ class ExactScanner:
         self.q_stats = (nq, rq)
         self.top_s = torch.full((len(queries), k), -torch.inf, dtype=torch.float32, device=device)
         self.top_i = torch.full((len(queries), k), -1, dtype=torch.int64, device=device)
-        self.offsets = {  # per group and reference: offsets in scanner order
-            g.name: {r: torch.as_tensor(np.asarray(o, np.float32), device=device)[self.order[g.start : g.stop] - g.start]
-                     for r, o in (g.offsets or {}).items()}
-            for g in groups
-        }
+        self.offsets = {}  # per group and reference: offsets in scanner order
+        for g in groups:
+            local = self.order[g.start : g.stop] - g.start
+            self.offsets[g.name] = {r: torch.as_tensor(np.asarray(o, np.float32), device=device)[local]
+                                    for r, o in (g.offsets or {}).items()}
         self.rechecked = 0  # exact dot products computed, for benchmarks
         self._buffers: dict[str, torch.Tensor] = {}
 
@@ -113,7 +113,7 @@ class ExactScanner:
         """
         block = np.ascontiguousarray(block, dtype=np.float16)
         x16 = torch.from_numpy(block if block.flags.writeable else block.copy()).to(self.device)
-        x_lo, nx, rx = self.screen.prepare(x16)
+        x_lo, nx, rx = self.screen.prepare(x16, out=self._flat_buffer("x_lo", x16.numel(), self.screen.dtype))
         err = Uncertainty(self.screen.input_bound(self.q_stats, (nx, rx)), self.screen.out_u)
         return {g.name: self._scan_group(g, x16, x_lo, base, err) for g in self.groups}
 
@@ -122,7 +122,8 @@ class ExactScanner:
         n_b = len(x16)
         stats = {}
         if self.row_stats and g.stop > g.start:
-            names = {"": ("max_sim", "argmax")} | {r: (f"margin/{r}", f"margin_argmax/{r}") for r in self.offsets[g.name]}
+            names = {"": ("max_sim", "argmax")}
+            names |= {r: (f"margin/{r}", f"margin_argmax/{r}") for r in self.offsets[g.name]}
             stats = {n: torch.empty(n_b, dtype=torch.float32 if i == 0 else torch.int64, device=self.device)
                      for pair in names.values() for i, n in enumerate(pair)}
         rows, cols = tile_shape(g.stop - g.start, n_b)
@@ -139,19 +140,23 @@ class ExactScanner:
                 self._update_topk(tile, lo, x16, c0, base, err)
                 for acc in maxima.values():
                     acc.add(tile, lo - g.start)
-            for ref, acc in maxima.items():
-                best, arg = self._exact_max(acc, g, ref, x16, c0)
+            for ref, (best, arg) in self._exact_maxima(maxima, g, x16, c0).items():
                 stats[names[ref][0]][c0:c1], stats[names[ref][1]][c0:c1] = best, arg
-        return {n: a.cpu().numpy().astype(np.float32 if a.dtype == torch.float32 else np.int32) for n, a in stats.items()}
-    def _tile_buffer(self, name: str, shape: tuple[int, int]) -> torch.Tensor | None:
-        """A reused (rows, cols) tensor of the tile dtype on a CPU (None elsewhere: CUDA's allocator caches)."""
+        return {n: a.cpu().numpy().astype(np.float32 if a.dtype == torch.float32 else np.int32)
+                for n, a in stats.items()}
+    def _flat_buffer(self, name: str, n: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """A reused flat tensor of >= n elements on a CPU (None elsewhere: CUDA's allocator caches)."""
         if self.device.type != "cpu":
             return None
-        n = shape[0] * shape[1]
         buf = self._buffers.get(name)
-        if buf is None or buf.numel() < n:
-            buf = self._buffers[name] = torch.empty(n, dtype=self.screen.tile_dtype)
-        return buf[:n].view(shape)
+        if buf is None or buf.numel() < n or buf.dtype != dtype:
+            buf = self._buffers[name] = torch.empty(n, dtype=dtype)
+        return buf
+
+    def _tile_buffer(self, name: str, shape: tuple[int, int]) -> torch.Tensor | None:
+        """A reused (rows, cols) tensor of the tile dtype on a CPU."""
+        buf = self._flat_buffer(name, shape[0] * shape[1], self.screen.tile_dtype)
+        return None if buf is None else buf[: shape[0] * shape[1]].view(shape)
 
     def _update_topk(self, tile: BucketTile, lo: int, x16: torch.Tensor, c0: int, base: int, err: Uncertainty) -> None:
         """Merge the exact candidates of a tile (scanner rows lo.., block columns c0..) into the running top-k.
@@ -175,19 +180,30 @@ class ExactScanner:
         if enter.any():
             self._merge(rows, r[enter], vals[enter], j[enter] + c0 + base)
 
-    def _exact_max(self, acc: TrainRowMax, g: Group, ref: str, x16: torch.Tensor, c0: int):
-        """(max (n,) f32, first argmax (n,) i64 within the group) of the columns of `acc`, re-checked exactly."""
-        rows, cols = acc.candidates()
-        qi = self.order[g.start + rows]
-        vals = exact_dots(self.q16, qi, x16, cols + c0)
-        if ref:
-            vals = exact_margin(vals, acc.offsets[rows])
-        self.rechecked += len(vals)
-        n = len(acc.best)
-        best = torch.full((n,), -torch.inf, device=vals.device).scatter_reduce(0, cols, vals, "amax")
-        tie = vals == best[cols]
-        arg = torch.full((n,), _NO_ID, dtype=torch.int64, device=vals.device)
-        return best, arg.scatter_reduce(0, cols[tie], qi[tie] - g.start, "amin")
+    def _exact_maxima(self, maxima: dict[str, TrainRowMax], g: Group, x16: torch.Tensor, c0: int) -> dict:
+        """{ref: (max (n,) f32, first argmax (n,) i64 within the group)} of the columns c0.. of `maxima`, exact.
+
+        The similarity and the margins often keep the same pair: each distinct pair is re-checked once.
+        """
+        if not maxima:
+            return {}
+        found = {ref: acc.candidates() for ref, acc in maxima.items()}
+        width = len(next(iter(maxima.values())).best)
+        keys = torch.cat([rows * width + cols for rows, cols in found.values()])
+        pairs, where = torch.unique(keys, return_inverse=True)
+        sims = exact_dots(self.q16, self.order[g.start + pairs // width], x16, pairs % width + c0)[where]
+        self.rechecked += len(pairs)
+        out, at = {}, 0
+        for ref, (rows, cols) in found.items():
+            vals, at = sims[at : at + len(rows)], at + len(rows)
+            if ref:
+                vals = exact_margin(vals, maxima[ref].offsets[rows])
+            qi = self.order[g.start + rows] - g.start  # the caller's query order: first argmax by it
+            best = torch.full((width,), -torch.inf, device=vals.device).scatter_reduce(0, cols, vals, "amax")
+            tie = vals == best[cols]
+            arg = torch.full((width,), _NO_ID, dtype=torch.int64, device=vals.device)
+            out[ref] = best, arg.scatter_reduce(0, cols[tie], qi[tie], "amin")
+        return out
 
     def _merge(self, rows: torch.Tensor, r: torch.Tensor, vals: torch.Tensor, ids: torch.Tensor) -> None:
         """Keep the k best of (running, new pairs) per row, ordered by (-sim, id); r indexes `rows`."""

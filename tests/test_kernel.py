@@ -75,7 +75,8 @@ def test_bucket_tile_maxima_and_entries(rows):
     assert torch.equal(tile.r, want)
     b, j = torch.nonzero(torch.ones_like(tile.r, dtype=torch.bool), as_tuple=True)
     got_rows, vals, valid = tile.entries(b, j)
-    assert int(valid.sum()) == rows * 37 and torch.equal(vals[valid], s[got_rows[valid], j[:, None].expand_as(got_rows)[valid]])
+    cols = j[:, None].expand_as(got_rows)
+    assert int(valid.sum()) == rows * 37 and torch.equal(vals[valid], s[got_rows[valid], cols[valid]])
     floor = s[:, 5].clone()  # each row's entry in column 5: hits are exactly the entries >= it
     r, c = tile.topk_hits(floor)
     assert sorted(zip(r.tolist(), c.tolist())) == sorted(map(tuple, torch.nonzero(s >= floor[:, None]).tolist()))
