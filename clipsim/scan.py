@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from clipsim.exact import Screen, exact_dots, exact_margin
-from clipsim.tiles import BUCKET, BucketTile, TrainRowMax, Uncertainty, at_least, hits  # noqa: F401 (hits: was here)
+from clipsim.tiles import BUCKET, BucketTile, TrainRowMax, Uncertainty, at_least
 
 # Elements of one product tile (32 MB in bf16, 64 MB in float32): bounds memory beside the block itself. A tile of
 # 4000 queries x 4096 train rows runs the bf16 product at ~98% of its 4096^3 speed on 2 EPYC cores.
@@ -144,6 +144,7 @@ class ExactScanner:
                 stats[names[ref][0]][c0:c1], stats[names[ref][1]][c0:c1] = best, arg
         return {n: a.cpu().numpy().astype(np.float32 if a.dtype == torch.float32 else np.int32)
                 for n, a in stats.items()}
+
     def _flat_buffer(self, name: str, n: int, dtype: torch.dtype) -> torch.Tensor | None:
         """A reused flat tensor of >= n elements on a CPU (None elsewhere: CUDA's allocator caches)."""
         if self.device.type != "cpu":
