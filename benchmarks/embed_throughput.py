@@ -24,9 +24,9 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from clipsim import Workspace, fileio  # noqa: E402
-from clipsim.embed import embed_dataset  # noqa: E402
-from clipsim.models import load_model  # noqa: E402
+from clipsim import Workspace, fileio
+from clipsim.embed import embed_dataset
+from clipsim.models import load_model
 
 PER_TAR = 1000  # images per tar (one embedding shard each); the folder uses the same shard size
 CLASSES = 10
@@ -58,7 +58,7 @@ def make_images(root: Path, n: int, size: int) -> dict:
         if i % PER_TAR == 0:
             if tar is not None:
                 tar.close()
-            tar = tarfile.open(root / "wds" / f"{i // PER_TAR:05d}.tar", "w")
+            tar = tarfile.open(root / "wds" / f"{i // PER_TAR:05d}.tar", "w")  # noqa: SIM115  (closed above/below)
         for name, payload in ((f"{key}.jpg", data), (f"{key}.txt", f"image {i}".encode())):
             info = tarfile.TarInfo(name)
             info.size = len(payload)
@@ -139,12 +139,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 NOTES = [
-    "pipeline_images_per_s: embed_dataset's own count / seconds (summary.json: reading, decoding, preprocessing, "
-    "forward, normalising, writing shards); model loading is outside it (wall_seconds_with_model_load has it).",
-    "bare_forward_images_per_s: encode_image + normalise on the same batch size, images decoded beforehand, with "
-    "torch's default threads (all cores); ratio_to_bare_forward = pipeline / bare.",
-    "cpu_bound_limit = forward / (forward + decode) per image: on a CPU-only machine the decoding shares the cores "
-    "with the forward, so no pipeline can exceed it; on a GPU node decoding runs on the CPU beside the GPU.",
+    ("pipeline_images_per_s: embed_dataset's own count / seconds (summary.json: reading, decoding, preprocessing, "
+    "forward, normalising, writing shards); model loading is outside it (wall_seconds_with_model_load has it)."),
+    ("bare_forward_images_per_s: encode_image + normalise on the same batch size, images decoded beforehand, with "
+    "torch's default threads (all cores); ratio_to_bare_forward = pipeline / bare."),
+    ("cpu_bound_limit = forward / (forward + decode) per image: on a CPU-only machine the decoding shares the cores "
+    "with the forward, so no pipeline can exceed it; on a GPU node decoding runs on the CPU beside the GPU."),
 ]
 
 

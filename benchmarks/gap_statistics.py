@@ -26,11 +26,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # run from a checkout without installing
 
-from search_throughput import peaks, screen_only  # noqa: E402
+from search_throughput import peaks, screen_only
 
-from clipsim import Workspace, store  # noqa: E402
-from clipsim.scan import ExactScanner, Group  # noqa: E402
-from clipsim.search import search  # noqa: E402
+from clipsim import Workspace, store
+from clipsim.search import search
+from clipsim.search.scan import ExactScanner, Group
 
 PLANTED = 500  # test images with exact copies, one-ulp nudges and noisy copies in web (and copies in ref)
 GEN_ROWS = 65536  # rows generated at a time (128 MB of float32 at dim 512)
@@ -207,17 +207,17 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 NOTES = [
-    "Each search runs in its own process: peak_rss_mb is its peak resident set (VmHWM; torch and clipsim imports "
+    ("Each search runs in its own process: peak_rss_mb is its peak resident set (VmHWM; torch and clipsim imports "
     "included, see rss_before_search_mb). ru_maxrss_mb is getrusage's value, which Linux carries over from the "
     "parent at fork+exec (this script's parent holds the generated data), so it overstates; logged_memory_estimate "
-    "is search's own estimate of its working set.",
-    "effective_gflops = 2 * tests * web * dim / seconds of the whole search call (reading shards, the screen, "
-    "exact re-checks, top-k, per-row max and margin, writing the statistics).",
-    "check: float64 brute force on random web rows (max, argmax, margin, margin argmax) and on random queries "
-    "(top-k by (-sim, id), s_ref); every *_differ count must be 0. results_digest must agree across precisions.",
-    "breakdown: ExactScanner alone on the first web blocks with the same margins; product_share is the "
+    "is search's own estimate of its working set."),
+    ("effective_gflops = 2 * tests * web * dim / seconds of the whole search call (reading shards, the screen, "
+    "exact re-checks, top-k, per-row max and margin, writing the statistics)."),
+    ("check: float64 brute force on random web rows (max, argmax, margin, margin argmax) and on random queries "
+    "(top-k by (-sim, id), s_ref); every *_differ count must be 0. results_digest must agree across precisions."),
+    ("breakdown: ExactScanner alone on the first web blocks with the same margins; product_share is the "
     "fraction of time in the low-precision products, other_us_per_train_row the rest (exact re-checks, top-k "
-    "merge, per-row max and margin reductions); rechecked_pairs_per_train_row feeds projection.py.",
+    "merge, per-row max and margin reductions); rechecked_pairs_per_train_row feeds projection.py."),
 ]
 
 

@@ -19,10 +19,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from clipsim import Workspace, metadata, store  # noqa: E402
+from clipsim import Workspace, metadata, store
 
-WORDS = np.array("a photo of the dog cat red blue car house tree on in with sketch painting small big old new "
-                 "beautiful woman man city night beach mountain".split())
+WORDS = np.array(["a", "photo", "of", "the", "dog", "cat", "red", "blue", "car", "house", "tree", "on", "in", "with", "sketch", "painting", "small", "big", "old", "new", "beautiful", "woman", "man", "city", "night", "beach", "mountain"])
 CAPTION_WORDS = 10  # ~55 characters, close to LAION-400M's median caption length
 REPEATS = 5
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from clipsim.scan import TILE_ELEMENTS  # noqa: E402
+from clipsim.search.scan import TILE_ELEMENTS
 
 BENCHMARKS = {"imagenet-val": 50_000, "imagenet-v2": 10_000, "imagenet-sketch": 50_889, "imagenet-r": 30_000,
               "imagenet-a": 7_500, "objectnet": 18_574}  # standard sizes (PAPER.md)
 IMAGENET_TRAIN = 1_281_167
-# Bytes moved through HBM per element of the float32 product tile, counted from clipsim/scan.py and tiles.py: the
+# Bytes moved through HBM per element of the float32 product tile, counted from clipsim/search/scan.py and tiles.py: the
 # product written (4) and read once for the bucket maxima R (4); everything else runs on R, 1/16 of the tile: the
 # top-k's segment maxima, comparison and nonzero (~10 bytes per R element), the row maximum's amax, comparison and
 # nonzero (~10), and for margins low(R) and high(R) minus the bucket offsets, their amax and comparison (~60); the
@@ -116,10 +116,9 @@ def search_stage(rows: int, margins: bool, m: dict, args) -> dict:
 
 def embed_stage(m: dict, args) -> dict:
     """Seconds to embed the web images with the paper's model: GPU forward, CPU decoding or reading, the slowest."""
+    import open_clip
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-
-    import open_clip
 
     net = open_clip.create_model(args.embed_model, pretrained=None).eval()  # random weights: FLOPs only
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
@@ -165,17 +164,17 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 NOTES = [
-    "PROJECTION, not a measurement: no GPU was used. Search time per pass = max(product FLOPs / (peak x matmul "
+    ("PROJECTION, not a measurement: no GPU was used. Search time per pass = max(product FLOPs / (peak x matmul "
     "efficiency), bytes read / read rate) + elementwise passes over the product tile through HBM + exact re-checks "
-    "+ writing the per-row statistics; total_without_elementwise_s leaves the HBM term out.",
-    "matmul_efficiency defaults to the screen efficiency measured on this CPU (the scanner's own products / the "
-    "machine's matmul peak); cuBLAS fp16 with float32 output on large tiles usually does better.",
-    "Re-check pairs per train row come from random data; real CLIP embeddings have denser neighbourhoods near each "
-    "row's maximum, so scale --recheck-bound-scale up to test the sensitivity.",
-    "bytes read per train row = float16 npy bytes measured at the benchmark's dim, scaled to --dim (1280 B at 640: "
-    "512 GB for 400M rows; the often-quoted 400 GB is 400M x 1 kB).",
-    "Embedding: the model's matmul/conv FLOPs are counted with torch's FlopCounterMode (random weights); decoding "
-    "cost per image is the one measured here at 224 px, on --cpu-cores-per-gpu cores.",
+    "+ writing the per-row statistics; total_without_elementwise_s leaves the HBM term out."),
+    ("matmul_efficiency defaults to the screen efficiency measured on this CPU (the scanner's own products / the "
+    "machine's matmul peak); cuBLAS fp16 with float32 output on large tiles usually does better."),
+    ("Re-check pairs per train row come from random data; real CLIP embeddings have denser neighbourhoods near each "
+    "row's maximum, so scale --recheck-bound-scale up to test the sensitivity."),
+    ("bytes read per train row = float16 npy bytes measured at the benchmark's dim, scaled to --dim (1280 B at 640: "
+    "512 GB for 400M rows; the often-quoted 400 GB is 400M x 1 kB)."),
+    ("Embedding: the model's matmul/conv FLOPs are counted with torch's FlopCounterMode (random weights); decoding "
+    "cost per image is the one measured here at 224 px, on --cpu-cores-per-gpu cores."),
 ]
 
 

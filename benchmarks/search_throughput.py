@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from clipsim.exact import Screen
-from clipsim.scan import ExactScanner, Group, tile_shape
 from clipsim.search import DEFAULT_BLOCK_ROWS
+from clipsim.search.exact import Screen
+from clipsim.search.scan import ExactScanner, Group, tile_shape
 
 PEAK_N = 4096  # square matmul for the peaks: 137 GFLOP, long enough to reach steady state, < 1 s per try
 CANON_QUERY_CHUNK = 256  # float64 brute force: 256 x 200k x 8 bytes = 410 MB per chunk

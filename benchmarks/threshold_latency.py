@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from clipsim.prune import PruneStats, rule_similarity_gap, rule_threshold  # noqa: E402
+from clipsim.prune import PruneStats, rule_similarity_gap, rule_threshold
 
 TARGET_MS = 50.0  # a slider answers within one frame budget of the UI's rerun
 
@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     stats = PruneStats.from_arrays(max_sim, margins, reference="reference")
     report["build_seconds"] = round(time.perf_counter() - t0, 3)
-    held = {id(a): a.nbytes for d in (stats._vals, stats._sorted) for a in d.values()}
-    report["stats_bytes"] = int(sum(held.values()))
+    report["stats_bytes"] = stats.nbytes
     report.update(time_changes(stats, args.changes, args.seed))
     report["masks"] = time_masks(stats)
     report["peak_rss_mb"] = {"after_inputs": round(rss_inputs, 1),

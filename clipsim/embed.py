@@ -11,8 +11,8 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -23,8 +23,8 @@ from clipsim import fileio, store
 from clipsim.data.sources import DEFAULT_SHARD_SIZE, Source, SourceShard, open_source, read_image
 from clipsim.data.tars import first_repeated_key, key_hashes
 from clipsim.errors import DataError
-from clipsim.exact import resolve_device
 from clipsim.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_model
+from clipsim.search.exact import resolve_device
 from clipsim.shard_ranges import check_range, index_runs
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_PRETRAINED", "embed_dataset", "embed_images", "encode_texts", "finalize_embeddings",
@@ -111,7 +111,7 @@ class _ShardImages(torch.utils.data.Dataset):
         locator = (self.paths[i], offset, int(self.sizes[i])) if offset >= 0 else self.paths[i]
         try:
             return i, self.preprocess(read_image(locator, self.crop_border)), None
-        except Exception as err:  # any failure of one image skips that image; the run goes on
+        except Exception as err:  # noqa: BLE001  (any failure of one image skips that image; the run goes on)
             return i, None, f"{type(err).__name__}: {err}"
 
 
@@ -293,7 +293,7 @@ def embed_dataset(
             continue
         records = source.records(shard)
         run.count_shard(shard.index, len(records))
-        emb, rows, failed = _embed_shard(net, preprocess, records, dev, opts, lambda n: run.tick(n, shard))
+        emb, rows, failed = _embed_shard(net, preprocess, records, dev, opts, lambda n, shard=shard: run.tick(n, shard))
         if len(records) >= SYSTEMATIC_FAILURE_ROWS and not len(rows):
             raise DataError(f"all {len(records)} images of shard {shard.index} ({shard.description}) failed, e.g. "
                             f"{records['path'].iat[0]}: {failed[0][1]}; check the source path and that it is mounted")

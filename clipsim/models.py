@@ -11,18 +11,18 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub (imported by open_clip) reads it
 
-import open_clip  # noqa: E402
-import torch  # noqa: E402
-from open_clip import pretrained as oc_pretrained  # noqa: E402
+import open_clip
+import torch
+from open_clip import pretrained as oc_pretrained
 
-from clipsim import fileio  # noqa: E402
-from clipsim.errors import ModelError  # noqa: E402
-from clipsim.exact import resolve_device  # noqa: E402
+from clipsim import fileio
+from clipsim.errors import ModelError
+from clipsim.search.exact import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _hub_location(name: str, tag: str, cfg: dict) -> tuple[str, list[str]] | Non
         return None
     repo, filename = os.path.split(hub)
     if filename:
-        return repo, [*oc_pretrained._get_safe_alternatives(filename), filename]  # noqa: SLF001
+        return repo, [*oc_pretrained._get_safe_alternatives(filename), filename]
     return repo, [oc_pretrained.HF_SAFE_WEIGHTS_NAME, oc_pretrained.HF_WEIGHTS_NAME]
 
 

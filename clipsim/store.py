@@ -6,10 +6,10 @@ row-aligned `metadata/metadata_<i>.parquet` (string column `key`; `caption`, `la
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd

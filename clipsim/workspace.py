@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,30 +15,18 @@ import numpy as np
 import pandas as pd
 
 from clipsim import fileio
-from clipsim.errors import ReadOnlyError, WorkspaceError
+from clipsim.errors import WorkspaceError
+from clipsim.names import check_name, check_writable
 from clipsim.store import EmbeddingSet
 
 REGISTRY = "clipsim.json"
 ROLES = ("train", "test")
 KINDS = ("folder", "table", "wds", "embeddings")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def default_root() -> Path:
     """Workspace folder from $CLIPSIM_WORKSPACE, else ./workspace."""
     return Path(os.environ.get("CLIPSIM_WORKSPACE", "workspace"))
-
-
-def read_only() -> bool:
-    """True when the app is served read-only (CLIPSIM_READ_ONLY=1)."""
-    return os.environ.get("CLIPSIM_READ_ONLY", "").strip().lower() in ("1", "true", "yes")
-
-
-def check_name(name: str, what: str = "dataset") -> str:
-    """Validate a dataset/manifest name (letters, digits, '_', '.', '-')."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise WorkspaceError(f"{what} name {name!r} is not allowed; use letters, digits, '_', '.', '-' (e.g. 'web')")
-    return name
 
 
 @dataclass
@@ -63,7 +50,7 @@ class Workspace:
 
     # ----- lifecycle -------------------------------------------------------------------------------
     @classmethod
-    def open(cls, root: str | Path | None = None) -> "Workspace":
+    def open(cls, root: str | Path | None = None) -> Workspace:
         """Open an existing workspace.
 
         Raises:
@@ -80,7 +67,7 @@ class Workspace:
         return cls(root, fileio.read_json(reg))
 
     @classmethod
-    def create(cls, root: str | Path, exist_ok: bool = True) -> "Workspace":
+    def create(cls, root: str | Path, exist_ok: bool = True) -> Workspace:
         """Create (or open, if exist_ok) a workspace folder."""
         root = Path(root)
         if (root / REGISTRY).exists():
@@ -91,12 +78,8 @@ class Workspace:
         ws._save()
         return ws
 
-    def _check_writable(self) -> None:
-        if read_only():
-            raise ReadOnlyError("this workspace is served read-only (CLIPSIM_READ_ONLY=1); nothing was changed")
-
     def _save(self) -> None:
-        self._check_writable()
+        check_writable()
         fileio.write_json(self.root / REGISTRY, self._registry, sort_keys=False)  # keeps dataset order
 
     def reload(self) -> None:
@@ -120,7 +103,7 @@ class Workspace:
             WorkspaceError: bad name, role or kind.
         """
         check_name(name)
-        self._check_writable()  # before the registry in memory changes
+        check_writable()  # before the registry in memory changes
         if role not in ROLES:
             raise WorkspaceError(f"role {role!r} for dataset {name!r} must be one of {ROLES}")
         if kind not in KINDS:
@@ -204,14 +187,14 @@ class Workspace:
 
     def update_settings(self, **values) -> None:
         """Merge values into the workspace settings and save."""
-        self._check_writable()
+        check_writable()
         self.settings.update(values)
         self._save()
 
     # ----- results (read API) ----------------------------------------------------------------------
     def search_result(self, test: str, train: str):
         """The stored exact search of test set `test` against train set `train` (see search.SearchResult)."""
-        from clipsim.search import SearchResult
+        from clipsim.search.result import SearchResult
 
         return SearchResult.load(self, test, train)
 
@@ -230,33 +213,6 @@ class Workspace:
     def train_max_similarity(self, train: str, test: str) -> pd.DataFrame:
         """Every train sample's maximum similarity to test set `test` and the test key attaining it."""
         return self.search_result(test, train).train_max()
-
-    def status(self) -> dict:
-        """Datasets and artifacts with their freshness, as plain JSON-able data: searches, pruning manifests,
-        jobs (counts by state and the active ones), zero-shot result rows per run, and maps."""
-        from clipsim.jobs.scheduler import list_jobs
-        from clipsim.manifest import list_manifests
-        from clipsim.map_store import list_maps, load_map
-        from clipsim.results import results_frame
-        from clipsim.search import search_status
-
-        jobs = list_jobs(self)
-        states: dict[str, int] = {}
-        for job in jobs:
-            states[job.state] = states.get(job.state, 0) + 1
-        results = results_frame(self)
-        return {
-            "workspace": str(self.root.resolve()),
-            "datasets": self.datasets().to_dict(orient="records"),
-            "searches": search_status(self),
-            "manifests": list_manifests(self)[["name", "rule", "kept", "removed", "stale", "created"]]
-            .to_dict(orient="records"),
-            "jobs": {"counts": states, "active": [{"id": j.id, "kind": j.kind, "state": j.state}
-                                                  for j in jobs if j.is_active]},
-            "results": {str(run): int(n) for run, n in results.groupby("run").size().items()} if len(results) else {},
-            "maps": [{"name": n, "stale": bool(load_map(self, n).stale_reasons())} for n in list_maps(self)],
-            "settings": self.settings,
-        }
 
     def keys(self, name: str) -> np.ndarray:
         """All keys of a dataset, row-aligned with its embeddings."""

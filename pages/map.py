@@ -2,7 +2,10 @@
 its images beside their neighbours."""
 import streamlit as st
 
-from clipsim import map_view, mapping, plots_map, prune
+from clipsim import prune
+from clipsim.maps import compute as mapping
+from clipsim.maps import view as map_view
+from clipsim.plots import maps as plots_map
 from clipsim.ui import loaders, maps, share
 from clipsim.ui.common import leave_legacy_pages_mode
 from clipsim.ui.state import BIND

@@ -3,7 +3,8 @@ import math
 
 import streamlit as st
 
-from clipsim.ui import gallery, loaders, state, views
+from clipsim import views
+from clipsim.ui import gallery, loaders, state
 from clipsim.ui.common import leave_legacy_pages_mode
 from clipsim.ui.state import BIND
 

@@ -1,9 +1,11 @@
 """Overview: the workspace's datasets and the state of its searches."""
 import streamlit as st
 
-from clipsim.ui import demo_build, share
+from clipsim.data.demo import background as demo_build
+from clipsim.names import read_only
+from clipsim.status import workspace_status
+from clipsim.ui import share
 from clipsim.ui.common import leave_legacy_pages_mode, open_workspace
-from clipsim.workspace import read_only
 
 leave_legacy_pages_mode()
 st.title("clipsim")
@@ -19,7 +21,7 @@ if (ws.root / "demo").is_dir() and not (ws.root / "demo" / "demo.json").exists()
         st.rerun()
 st.subheader("Datasets")
 st.dataframe(ws.datasets(), hide_index=True, width="stretch")
-status = ws.status()
+status = workspace_status(ws)
 st.subheader("Study so far")
 steps = st.columns(4)
 steps[0].metric("Searches", len(status["searches"]), help="test x train pairs with exact neighbours")

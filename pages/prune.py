@@ -4,7 +4,8 @@ import streamlit as st
 
 from clipsim import plots, prune
 from clipsim.errors import ClipsimError
-from clipsim.ui import loaders, pruning, widgets
+from clipsim.prune import apply as pruning
+from clipsim.ui import loaders, widgets
 from clipsim.ui.common import leave_legacy_pages_mode
 from clipsim.ui.state import BIND
 

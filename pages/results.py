@@ -1,8 +1,8 @@
 """Results: zero-shot accuracy of every trained model per test set, against the share pruned, and ID vs OOD."""
 import streamlit as st
 
-from clipsim import plots_results
-from clipsim.results import latest_per_run, results_frame
+from clipsim.plots import results as plots_results
+from clipsim.runs.results import latest_per_run, results_frame
 from clipsim.ui import loaders, share
 from clipsim.ui.runs import HAS_KALEIDO, PNG_NOTE, figure_downloads
 from clipsim.ui.state import BIND

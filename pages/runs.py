@@ -1,13 +1,14 @@
 """Runs: queue prune -> train -> evaluate chains, watch the jobs and the live training loss."""
 import streamlit as st
 
-from clipsim import pipeline, prune
+from clipsim import prune
 from clipsim.errors import ClipsimError
+from clipsim.names import read_only
+from clipsim.runs import pipeline
 from clipsim.ui import loaders
 from clipsim.ui.jobs import job_monitor
 from clipsim.ui.runs import preset_form, rule_form, training_progress
 from clipsim.ui.state import BIND
-from clipsim.workspace import read_only
 
 st.title("Runs")
 st.caption("Retrain CLIP (OpenCLIP's trainer) on pruned web sets and evaluate it zero-shot, as in the paper: "

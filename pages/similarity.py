@@ -2,8 +2,8 @@
 import numpy as np
 import streamlit as st
 
-from clipsim import plots
-from clipsim.ui import gallery, loaders, views, widgets
+from clipsim import plots, views
+from clipsim.ui import gallery, loaders, widgets
 from clipsim.ui.common import leave_legacy_pages_mode
 from clipsim.ui.state import BIND
 

@@ -207,7 +207,7 @@ def test_prune_counts_in_chromium(page, server, demo_ws, tmp_path):
 @pytest.fixture(scope="module")
 def demo_map(demo_ws):
     """The demo workspace's map (fitted on a small stratified sample, the rest placed), computed through the API."""
-    from clipsim import mapping
+    from clipsim.maps import compute as mapping
 
     return mapping.compute_map(demo_ws, sample=600, umap_params={"n_neighbors": 10})
 
@@ -215,7 +215,7 @@ def demo_map(demo_ws):
 def test_map_box_selection_shows_its_gallery_in_chromium(demo_map, page, server, demo_ws, tmp_path):
     from urllib.parse import parse_qs, urlparse
 
-    from clipsim import map_view
+    from clipsim.maps import view as map_view
 
     coords = demo_map.coords()
     page.goto(server + "/map")

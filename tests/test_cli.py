@@ -27,7 +27,7 @@ def test_status_json_lists_datasets_and_searches(demo_ws, capsys):
 
 def test_python_m_clipsim_runs_as_a_module(tmp_path):
     out = subprocess.run([sys.executable, "-m", "clipsim", "status", "--workspace", str(tmp_path / "none")],
-                         cwd=ROOT, capture_output=True, text=True)
+                         check=False, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2
     assert "is not a clipsim workspace" in out.stderr and "python -m clipsim demo" in out.stderr
 

@@ -9,7 +9,7 @@ import pytest
 from clipsim.data.demo import world
 from clipsim.data.demo.build import build_demo, planted_recall
 from clipsim.data.demo.draw import CLASSES, DOMAINS, jitter_scene, perturb, render, sample_scene
-from clipsim.exact import brute_force
+from clipsim.search.exact import brute_force
 
 
 def test_rendering_is_deterministic_and_near_duplicates_are_close():

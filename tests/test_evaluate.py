@@ -16,8 +16,8 @@ from clipsim.cli import main as cli_main
 from clipsim.data.demo.captions import DEMO_TEMPLATES
 from clipsim.data.sources import list_folder, read_image
 from clipsim.errors import DataError
-from clipsim.evaluate import evaluate, predict, template_set
-from clipsim.results import add_results, results_frame
+from clipsim.runs.evaluate import evaluate, predict, template_set
+from clipsim.runs.results import add_results, results_frame
 from clipsim.workspace import Workspace
 
 

@@ -17,8 +17,19 @@ import pytest
 from clipsim import Workspace
 from clipsim.cli import main
 from clipsim.errors import ClipsimError, ReadOnlyError
-from clipsim.jobs import (ACTIVE, cancel, get_job, jobs_frame, launch, list_jobs, read_progress, reconcile, slot_count,
-                          tail_log, wait)
+from clipsim.jobs import (
+    ACTIVE,
+    cancel,
+    get_job,
+    jobs_frame,
+    launch,
+    list_jobs,
+    read_progress,
+    reconcile,
+    slot_count,
+    tail_log,
+    wait,
+)
 from clipsim.jobs.backends import process_alive, process_start
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +140,7 @@ def test_worker_ignoring_sigterm_gets_sigkill_after_the_grace_period(ws):
 def test_jobs_survive_the_process_that_launched_them(ws):
     params = json.dumps({"seconds": 2.0, "steps": 8})
     out = subprocess.run([sys.executable, "-m", "clipsim", "run-job", "--workspace", str(ws.root), "--kind", "sleep",
-                          "--params", params], cwd=ROOT, capture_output=True, text=True, timeout=60)
+                          "--params", params], check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.split(":")[0]
     reopened = Workspace.open(ws.root)  # the "restarted app": new objects, new connections
@@ -149,6 +160,15 @@ def test_killed_worker_is_marked_failed_by_reconcile(ws):
     dead = get_job(ws, job.id)
     assert dead.state == "failed" and dead.exit_code == -signal.SIGKILL
     assert "ended without recording a result" in dead.error and "started with params" in dead.error
+
+
+def test_sigterm_from_outside_fails_the_job_instead_of_cancelling_it(ws):
+    """SLURM's time limit, a node failure or a plain `kill` is not a cancel: the worker records a failure."""
+    job = _started(ws, launch(ws, "sleep", LONG).id)
+    os.killpg(int(job.backend_id), signal.SIGTERM)
+    out = wait(ws, job.id, timeout=30)
+    assert out.state == "failed" and out.exit_code == 128 + signal.SIGTERM and out.cancel_requested is None
+    assert "stopped by SIGTERM, which no clipsim cancel sent" in out.error and "started with params" in out.error
 
 
 def test_process_identity_guards_against_pid_reuse():
@@ -226,7 +246,7 @@ def test_cli_run_job_and_jobs_list_show_logs_cancel(ws, capsys):
     _started(ws, long_id)
     assert main(["jobs", "list", "--workspace", root, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [j["id"] for j in listed][0] == long_id and [j["state"] for j in listed] == ["running", "done"]
+    assert next(j["id"] for j in listed) == long_id and [j["state"] for j in listed] == ["running", "done"]
     assert listed[1]["result"] == {"slept_s": 0.2, "steps": 2} and listed[0]["progress"]["total"] == 600
     assert main(["jobs", "show", "--workspace", root, "--id", long_id]) == 0
     shown = capsys.readouterr().out

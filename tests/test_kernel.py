@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from clipsim import scan as scan_module
-from clipsim.exact import Screen, brute_force
-from clipsim.scan import Group, offset_order, tile_shape
-from clipsim.tiles import BUCKET, BucketTile, Uncertainty, at_least, per_bucket
+from clipsim.search import scan as scan_module
+from clipsim.search.exact import Screen, brute_force
+from clipsim.search.scan import Group, offset_order, tile_shape
+from clipsim.search.tiles import BUCKET, BucketTile, Uncertainty, at_least, per_bucket
 from tests.helpers import unit16
 from tests.test_search import assert_scan_exact, near_tie_data, random_data
 

@@ -16,9 +16,11 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from clipsim import fileio, jobs, map_view, mapping, prune
+from clipsim import fileio, jobs, prune
 from clipsim.cli import main as cli_main
 from clipsim.errors import ClipsimError
+from clipsim.maps import compute as mapping
+from clipsim.maps import view as map_view
 from clipsim.store import write_shard
 from clipsim.workspace import Workspace
 

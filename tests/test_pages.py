@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 from clipsim import fileio, prune
 from clipsim.cli import main as cli_main
 from clipsim.errors import ReadOnlyError
+from clipsim.status import workspace_status
 from clipsim.store import write_shard
 from clipsim.workspace import Workspace
 
@@ -87,7 +88,7 @@ def test_app_navigates_to_every_page(served):
 def test_overview_counts_the_study_so_far(writable):
     at = run_page("overview")
     assert not at.exception
-    status = writable.status()
+    status = workspace_status(writable)
     assert metric(at, "Searches") == str(len(status["searches"])) == "10"
     assert metric(at, "Pruning manifests") == "0"
     cli_main(["prune", "--workspace", str(writable.root), "--rule", "threshold", "--web", "web", "--tests", "sketch",
@@ -320,7 +321,7 @@ def test_empty_workspaces_say_what_to_run(tmp_path, monkeypatch, state, command)
 def test_missing_workspace_builds_the_demo_from_a_button_once(tmp_path, monkeypatch):
     import time
 
-    from clipsim.ui import demo_build
+    from clipsim.data.demo import background as demo_build
 
     root = tmp_path / "fresh" / "ws"
     monkeypatch.setenv("CLIPSIM_WORKSPACE", str(root))

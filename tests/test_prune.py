@@ -9,16 +9,25 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from clipsim import Workspace, fileio, store
 from clipsim.cli import main
 from clipsim.errors import ReadOnlyError, WorkspaceError
-from clipsim.exact import brute_force
-from clipsim.prune import (PruneStats, exact_post_prune_nn_similarity, list_manifests, load_manifest,
-                           post_prune_nn_similarity, rule_far, rule_near, rule_random, rule_similarity_gap,
-                           rule_threshold, save_manifest)
+from clipsim.prune import (
+    PruneStats,
+    exact_post_prune_nn_similarity,
+    list_manifests,
+    load_manifest,
+    post_prune_nn_similarity,
+    rule_far,
+    rule_near,
+    rule_random,
+    rule_similarity_gap,
+    rule_threshold,
+    save_manifest,
+)
 from clipsim.search import search
+from clipsim.search.exact import brute_force
 from tests.helpers import unit16
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny blocks: see conftest.one_thread
@@ -115,7 +124,7 @@ def test_rules_equal_brute_force(which, request):
                           for t in chosen], axis=0)
             assert np.array_equal(rule_similarity_gap(stats, delta, sel), lit)
         for keep in (0, 1, stats.n // 3, 0.5, 1.0):
-            count = keep if isinstance(keep, int) else int(round(keep * stats.n))
+            count = keep if isinstance(keep, int) else round(keep * stats.n)
             assert np.array_equal(rule_near(stats, keep, sel), stable_keep(m, count, lowest=True))
             assert np.array_equal(rule_far(stats, keep, sel), stable_keep(m, count, lowest=False))
 

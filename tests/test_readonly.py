@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from clipsim import jobs, mapping, prune, report
+from clipsim import jobs, prune, report
 from clipsim.errors import ReadOnlyError
-from clipsim.workspace import Workspace, read_only
+from clipsim.maps import compute as mapping
+from clipsim.names import read_only
+from clipsim.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 90
@@ -53,7 +55,7 @@ def test_core_writes_refuse_with_a_clear_message(presented, tmp_path):
         "compute_map": lambda: mapping.compute_map(ws, sample=100),
         "write_report": lambda: report.write_report(ws),
     }
-    for what, call in checks.items():
+    for call in checks.values():
         with pytest.raises(ReadOnlyError, match=r"read-only \(CLIPSIM_READ_ONLY=1\)"):
             call()
     assert not ws.path("manifests", "nope").exists()

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from clipsim import Workspace, images, metadata
 from clipsim.cli import main
-from clipsim.manifest import load_manifest
+from clipsim.prune.manifest import load_manifest
 
 WNIDS = ["n01443537", "n01484850", "n01494475"]  # goldfish, great white shark, hammerhead (ImageNet 1, 2, 4)
 PER_CLASS = {"train": 12, "val": 6, "sketch": 5}

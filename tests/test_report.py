@@ -32,7 +32,7 @@ def study(demo_ws, tmp_path_factory):
     ws = Workspace.open(root)
     stats = prune.PruneStats.load(ws, "web", ws.dataset_names("test"), ws.settings["reference"])
     prune.save_manifest(ws, "gap", "similarity-gap", {"delta": 0.0}, stats, prune.rule_similarity_gap(stats, 0.0))
-    from clipsim.results import add_results
+    from clipsim.runs.results import add_results
 
     rows = []
     for run, manifest, rule, kept, acc in (("r-full", "full", "full", 3000, 0.6), ("r-gap", "gap", "similarity-gap",

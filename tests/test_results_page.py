@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from clipsim import fileio
 from clipsim.jobs import ACTIVE, Job, cancel, launch, list_jobs
 from clipsim.jobs import db as jobs_db
-from clipsim.results import add_results, result_row
+from clipsim.runs.results import add_results, result_row
 from clipsim.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]

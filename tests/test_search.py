@@ -2,6 +2,7 @@
 staleness and bad inputs. Every streamed answer must equal float32(Q64 @ X64.T) bit for bit, ties to the lower id."""
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -12,11 +13,11 @@ import pytest
 import torch
 
 from clipsim import Workspace, fileio, store
-from clipsim import scan as scan_module
 from clipsim.errors import DataError, WorkspaceError
-from clipsim.exact import Screen, brute_force
-from clipsim.scan import ExactScanner, Group
+from clipsim.search import scan as scan_module
 from clipsim.search import search
+from clipsim.search.exact import Screen, brute_force
+from clipsim.search.scan import ExactScanner, Group
 from clipsim.store import EmbeddingSet
 from tests.helpers import unit16
 
@@ -274,7 +275,7 @@ def test_workspace_search_equals_brute_force(world, precision, block_rows):
     out = run_search(ws, "web", reference="imagenet", precision=precision, block_rows=block_rows,
                      progress=lambda done, total, desc: calls.append((done, total)))
     assert set(out) == {"val", "sketch"}
-    assert calls[-1] == (96, 96) and all(a[0] < b[0] for a, b in zip(calls, calls[1:]))
+    assert calls[-1] == (96, 96) and all(a[0] < b[0] for a, b in itertools.pairwise(calls))
     assert_results_exact(ws, arrays, "imagenet")
     assert_results_exact(ws, arrays, "web")
     margins = ws.search_result("val", "web").train_stat("margin/imagenet")
@@ -438,7 +439,7 @@ def no_results(ws, train) -> bool:
 
 
 def test_shard_of_wrong_dimension(world):
-    ws, arrays = world
+    ws, _arrays = world
     put_shard(ws, "web", 3, unit16(np.ones((20, DIM + 1))), start=76)
     bad = ws.embedding_dir("web") / "img_emb" / "img_emb_3.npy"
     with pytest.raises(DataError, match=re.escape(str(bad)) + r" has dimension 25 but earlier shards have 24"):

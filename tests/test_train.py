@@ -17,10 +17,10 @@ import pytest
 from clipsim import prune
 from clipsim.data.sources import read_image_bytes
 from clipsim.errors import WorkspaceError
-from clipsim.presets import get_preset, launch_command, trainer_argv
-from clipsim.train import random_control, read_training_progress, resolve_checkpoint, train
-from clipsim.train_data import materialise
-from clipsim.train_log import parse_train_log, summarise
+from clipsim.runs.data import materialise
+from clipsim.runs.log import parse_train_log, summarise
+from clipsim.runs.presets import get_preset, launch_command, trainer_argv
+from clipsim.runs.train import random_control, read_training_progress, resolve_checkpoint, train
 from clipsim.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def test_open_clip_trainer_runs_on_a_tiny_webdataset(tmp_path, tiny_model_config
     write_tiny_wds(data, draw)
     preset = tiny_preset(tiny_model_config)
     argv = trainer_argv(preset, str(data / "{00000..00001}.tar"), "webdataset", 32, tmp_path / "logs", "run")
-    done = subprocess.run(launch_command(preset, argv), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(launch_command(preset, argv), check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run = tmp_path / "logs" / "run"
     assert (run / "checkpoints" / "epoch_1.pt").is_file()
@@ -85,14 +85,14 @@ def test_paper_preset_builds_the_torchrun_command():
     argv = trainer_argv(preset, "/data/laion/{00000..41407}.tar", "webdataset", 200_000_000, Path("/runs"), "r1")
     cmd = launch_command(preset, argv, python="/venv/bin/python")
     assert Path(cmd[0]).name == "torchrun" and cmd[cmd.index("--nproc_per_node") + 1] == "8"
-    assert cmd[cmd.index("-m") + 1] == "clipsim.train_entry" and "--model-config" not in cmd
+    assert cmd[cmd.index("-m") + 1] == "clipsim.runs.entry" and "--model-config" not in cmd
     opt = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--")}
     assert opt["--model"] == "ViT-B-32" and opt["--epochs"] == "32" and opt["--batch-size"] == "4200"
     assert int(opt["--batch-size"]) * int(cmd[cmd.index("--nproc_per_node") + 1]) == 33_600
     assert float(opt["--lr"]) == 5e-4 and opt["--warmup"] == "2000" and opt["--device"] == "cuda"
     assert opt["--train-num-samples"] == "200000000" and opt["--dataset-type"] == "webdataset"
     demo = launch_command(get_preset(None, "demo"), ["--x"], python="/venv/bin/python")
-    assert demo[:3] == ["/venv/bin/python", "-m", "clipsim.train_entry"]
+    assert demo[:3] == ["/venv/bin/python", "-m", "clipsim.runs.entry"]
     assert demo[demo.index("--model-config") + 1].endswith("clipsim/data/demo/clipsim-demo.json")
     demo_argv = trainer_argv(get_preset(None, "demo"), "x.csv", "csv", 10, Path("/r"), "n")
     assert demo_argv[demo_argv.index("--precision") + 1] in ("amp_bf16", "fp32")
@@ -233,7 +233,7 @@ def _proc_state(pid: int) -> str:
 @pytest.mark.slow
 def test_demo_training_beats_chance(ws_copy):
     """The demo preset on the small demo's 3,000 web images, then zero-shot on val (12 classes: chance 8.3%)."""
-    from clipsim.evaluate import evaluate
+    from clipsim.runs.evaluate import evaluate
 
     info = train(ws_copy, "full", preset="demo", overrides={"epochs": 8, "batch_size": 128},
                  run_dir=ws_copy.path("runs", "demo-full"))

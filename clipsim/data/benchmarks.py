@@ -8,9 +8,9 @@ layouts: clipsim.data.layouts.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -65,8 +65,8 @@ class BenchmarkReport:
                  f"  images:  {self.images_found:,} found, {self.images_expected:,} expected"
                  + (f" ({self.excluded_images:,} outside the benchmark's classes left out)" if self.excluded_images
                     else ""),
-                 f"  decoded: {self.checked_images:,} checked, {len(self.unreadable)} unreadable, "
-                 f"{len(self.duplicates)} groups of identical files"]
+                 (f"  decoded: {self.checked_images:,} checked, {len(self.unreadable)} unreadable, "
+                 f"{len(self.duplicates)} groups of identical files")]
         lines += [f"  warning: {w}" for w in self.warnings] + [f"  ERROR: {e}" for e in self.errors]
         return "\n".join(lines)
 

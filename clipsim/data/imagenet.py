@@ -23,7 +23,7 @@ def _timm_info(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise DataError("the ImageNet class lists come from the `timm` package, which is not installed; "
                         "`pip install timm` (open_clip_torch[training] installs it)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "_info" / name
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "_info" / name
     if not path.is_file():
         raise DataError(f"{path} is missing; reinstall timm (`pip install --force-reinstall timm`)")
     return path
@@ -54,7 +54,7 @@ def class_names() -> tuple[str, ...]:
     if "open_clip" not in sys.modules:  # `import open_clip` takes seconds (torch); this data module imports nothing
         spec = importlib.util.find_spec("open_clip")
         if spec is not None and spec.submodule_search_locations:
-            path = Path(list(spec.submodule_search_locations)[0]) / "zero_shot_metadata.py"
+            path = Path(next(iter(spec.submodule_search_locations))) / "zero_shot_metadata.py"
             module_spec = importlib.util.spec_from_file_location("_open_clip_zero_shot_metadata", path)
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)

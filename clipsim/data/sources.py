@@ -14,7 +14,6 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import pandas as pd
@@ -30,7 +29,7 @@ RECORD_COLUMNS = ["key", "caption", "label", "path", "offset", "size"]
 DEFAULT_SHARD_SIZE = 100_000  # 128 MB of float16 at dim 640: one shard stays a cheap unit to redo
 _PATH_HINTS = ("filepath", "image_path", "image", "file", "filename", "img")  # columns users name `path`
 
-Locator = Union[str, os.PathLike, tuple[str, int, int]]
+Locator = str | os.PathLike | tuple[str, int, int]
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import glob
 import json
 import re
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import braceexpand
 import numpy as np

@@ -7,11 +7,20 @@
 Backends: 'local' (a detached process) and 'slurm' (submitit). There is no daemon: `launch`, `reconcile` and
 every finishing worker start queued jobs.
 """
-from clipsim.jobs.backends import SLURM_DEFAULTS
 from clipsim.jobs.db import ACTIVE, STATES, Job
 from clipsim.jobs.kinds import KINDS, register_kind
-from clipsim.jobs.scheduler import (CANCEL_GRACE_S, JobTimeout, cancel, get_job, launch, list_jobs, reconcile,
-                                    slot_count, wait)
+from clipsim.jobs.scheduler import (
+    CANCEL_GRACE_S,
+    JobTimeout,
+    cancel,
+    get_job,
+    launch,
+    list_jobs,
+    reconcile,
+    slot_count,
+    wait,
+)
+from clipsim.jobs.slurm import SLURM_DEFAULTS
 from clipsim.jobs.status import jobs_frame, read_progress, tail_log
 
 _WORKER_NAMES = ("JobCancelled", "JobContext", "run_job")  # imported on use: `python -m clipsim.jobs.worker` must

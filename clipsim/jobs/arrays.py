@@ -68,23 +68,23 @@ def task_range(params: dict, indices: list[int]) -> tuple[int, int]:
 # ----- search -------------------------------------------------------------------------------------------
 def _search_args(ws, params: dict) -> dict:
     """train, the tests still to do (all with force), k, reference from the params of a search array."""
-    from clipsim.search import _fresh
+    from clipsim.search.result import is_fresh
 
     train = params["train"]
     reference = params.get("reference", ws.settings.get("reference"))
     k = int(params.get("k", 10))
     tests = list(params.get("tests") or ws.dataset_names("test"))
-    todo = [t for t in tests if params.get("force") or not _fresh(ws, t, train, k, reference)]
+    todo = [t for t in tests if params.get("force") or not is_fresh(ws, t, train, k, reference)]
     return {"train": train, "tests": todo, "k": k, "reference": reference}
 
 
-def search_part_job(ws, params: dict, ctx: "JobContext") -> dict:
+def search_part_job(ws, params: dict, ctx: JobContext) -> dict:
     """One task of a search array: search_part over this task's train shard range (tests already fresh: skipped).
 
     Returns:
         {"range": [lo, hi], "shards", "rows", "seconds", "folder", "tests"}, or {"tests": []} when all are fresh.
     """
-    from clipsim.search_parts import search_part
+    from clipsim.search.parts import search_part
 
     args = _search_args(ws, params)
     if not args["tests"]:
@@ -98,14 +98,14 @@ def search_part_job(ws, params: dict, ctx: "JobContext") -> dict:
     return {**out, "tests": args["tests"]}
 
 
-def search_array_job(ws, params: dict, ctx: "JobContext") -> dict:
+def search_array_job(ws, params: dict, ctx: JobContext) -> dict:
     """The last step of a search array: merge the parts into the final results.
 
     Returns:
         {"searches": {"<test>/<train>": median s_train(t)}, "train", "tests" (merged), "tasks"}.
     """
     from clipsim.search import SearchResult
-    from clipsim.search_parts import merge_search_parts
+    from clipsim.search.parts import merge_search_parts
 
     args = _search_args(ws, params)
     results = merge_search_parts(ws, **args) if args["tests"] else {}
@@ -131,11 +131,12 @@ def embed_options(ws, params: dict) -> dict:
             "shard_size": int(params.get("shard_size", DEFAULT_SHARD_SIZE)), "precision": params.get("precision", "auto")}
 
 
-def embed_part_job(ws, params: dict, ctx: "JobContext") -> dict:
+def embed_part_job(ws, params: dict, ctx: JobContext) -> dict:
     """One task of an embed array: embed_dataset over this task's source shard range.
 
     Returns:
-        {"dataset", "range": [lo, hi], "shards" (embedded so far, all ranges)}.
+        {"dataset", "range": [lo, hi], "shards" (embedded shards in this range; a count over all ranges would depend
+        on how far the other tasks got)}.
     """
     from clipsim.data.sources import open_source
     from clipsim.embed import embed_dataset
@@ -148,10 +149,10 @@ def embed_part_job(ws, params: dict, ctx: "JobContext") -> dict:
     lo, hi = task_range(params, [s.index for s in source.shards])
     ctx.log.info("embedding shards %d:%d of %s", lo, hi, name)
     emb = embed_dataset(ws, name, shards=(lo, hi), progress=ctx.progress, **opts)
-    return {"dataset": name, "range": [lo, hi], "shards": len(emb.shards)}
+    return {"dataset": name, "range": [lo, hi], "shards": sum(lo <= s.index < hi for s in emb.shards)}
 
 
-def embed_array_job(ws, params: dict, ctx: "JobContext") -> dict:
+def embed_array_job(ws, params: dict, ctx: JobContext) -> dict:
     """The last step of an embed array: finalize_embeddings (checks every shard, writes the summary).
 
     Returns:

@@ -1,11 +1,10 @@
-"""Where a job's worker runs: a detached local process, or a SLURM job submitted through submitit.
+"""Where a job's worker runs: a detached local process here, or a SLURM job (clipsim.jobs.slurm).
 
 A backend starts the worker (`clipsim.jobs.worker.run_job`), tells whether it is still alive, and signals it.
 Liveness is checked against the process start time recorded at launch, so a reused pid never looks alive.
 """
 from __future__ import annotations
 
-import atexit
 import os
 import signal
 import socket
@@ -19,19 +18,7 @@ from clipsim.jobs.db import Job
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the clipsim package (for PYTHONPATH)
 HEARTBEAT_STALE_S = 90  # the worker beats every 15 s; six missed beats mean the process (or its node) is gone
-SLURM_DEFAULTS = {  # ws.settings["slurm"] keys; resources given to launch() override them per job
-    "cluster": None,  # None: submitit picks SLURM when `sbatch` is on PATH; "local": run here (tests)
-    "partition": None, "account": None, "qos": None, "constraint": None,
-    "gpus": 1, "cpus": 8, "mem_gb": 64,  # one GPU with the CPU cores and memory to feed it
-    "time_min": 1440,  # SLURM kills the job after this many minutes
-    "setup": [],  # shell lines run before the worker (module load ..., source /path/.venv/bin/activate)
-    "additional": {},  # extra sbatch options, e.g. {"reservation": "x"}
-}
 _CHILDREN: dict[int, subprocess.Popen] = {}  # processes this process started: polled so none stays a zombie
-_SUBMITTED: dict[str, object] = {}  # submitit jobs submitted from this process (local cluster: holds the process)
-# Drop them while modules are intact: submitit's LocalJob.__del__ fails with a TypeError traceback when it only runs
-# during interpreter teardown (it never cancels: submitit's local jobs keep running, as SLURM ones do).
-atexit.register(_SUBMITTED.clear)
 
 
 def hostname() -> str:
@@ -128,6 +115,10 @@ class LocalBackend:
         except subprocess.TimeoutExpired:
             return None
 
+    def end_note(self, job: Job) -> str:
+        """Why a worker may have ended without recording a result (for the job's error)."""
+        return "killed, out of memory, or its host went down"
+
     def signal(self, ws, job: Job, hard: bool) -> None:
         """SIGTERM (or SIGKILL when `hard`) to the worker's process group."""
         if job.backend_id is None or not self.alive(ws, job):
@@ -138,110 +129,8 @@ class LocalBackend:
         _signal_group(int(job.backend_id), signal.SIGKILL if hard else signal.SIGTERM)
 
 
-class SlurmBackend:
-    """Submits the worker function with submitit; resources come from ws.settings['slurm'] and the job."""
-
-    name = "slurm"
-
-    @staticmethod
-    def config(ws, job: Job) -> dict:
-        """The SLURM settings for this job: defaults < workspace settings < the job's resources."""
-        return {**SLURM_DEFAULTS, **ws.settings.get("slurm", {}), **(job.resources or {})}
-
-    @staticmethod
-    def _folder(job: Job) -> Path:
-        """submitit's folder: the job's run folder, or for an array task its array job's (one sbatch script)."""
-        array = job.params.get("array_job")
-        return (Path(job.root) / "runs" / array if array else job.run_dir) / "submitit"
-
-    def _executor(self, ws, job: Job, cfg: dict):
-        import submitit
-
-        setup = [f"export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}", *cfg["setup"]]
-        try:
-            ex = submitit.AutoExecutor(folder=self._folder(job), cluster=cfg["cluster"])
-        except RuntimeError as err:
-            raise ClipsimError(
-                f"no SLURM cluster found for job {job.id} (`sbatch` is not on PATH); launch from a login node, "
-                "use backend 'local', or set settings.slurm.cluster to 'local' to try the path on this machine"
-            ) from err
-        ex.update_parameters(
-            name=f"clipsim-{job.kind}", timeout_min=int(cfg["time_min"]), gpus_per_node=int(cfg["gpus"]),
-            cpus_per_task=int(cfg["cpus"]), mem_gb=float(cfg["mem_gb"]), slurm_partition=cfg["partition"],
-            slurm_account=cfg["account"], slurm_qos=cfg["qos"], slurm_constraint=cfg["constraint"],
-            slurm_setup=setup, slurm_additional_parameters=dict(cfg["additional"]) or None, local_setup=setup[:1],
-        )
-        return ex
-
-    def start(self, ws, job: Job) -> dict:
-        """Submit; returns the columns to record (backend_id = SLURM job id, the effective resources)."""
-        from clipsim.jobs.worker import run_job
-
-        cfg = self.config(ws, job)
-        sub = self._executor(ws, job, cfg).submit(run_job, str(Path(ws.root).resolve()), job.id)
-        return self._record(sub, cfg)
-
-    def start_array(self, ws, jobs: list[Job]) -> list[dict]:
-        """Submit jobs of one array (same kind and resources) as one SLURM job array (`executor.map_array`).
-
-        Returns:
-            The columns to record per job, in order (backend_id = `<array id>_<task>` on SLURM).
-        """
-        from clipsim.jobs.worker import run_job
-
-        cfg = self.config(ws, jobs[0])
-        root = str(Path(ws.root).resolve())
-        subs = self._executor(ws, jobs[0], cfg).map_array(run_job, [root] * len(jobs), [j.id for j in jobs])
-        return [self._record(sub, cfg) for sub in subs]
-
-    @staticmethod
-    def _record(sub, cfg: dict) -> dict:
-        _SUBMITTED[sub.job_id] = sub
-        out = {"backend_id": str(sub.job_id), "resources": cfg}  # the worker records its own host
-        if cfg["cluster"] == "local":  # the job id is the pid of submitit's local controller
-            out["proc_start"] = process_start(int(sub.job_id))
-        return out
-
-    def _job(self, job: Job):
-        import submitit
-
-        known = _SUBMITTED.get(job.backend_id)
-        return known or submitit.SlurmJob(folder=self._folder(job), job_id=job.backend_id)
-
-    def alive(self, ws, job: Job) -> bool:
-        """Whether SLURM (or the local controller) still holds the job."""
-        if job.backend_id is None:
-            return True
-        if job.resources.get("cluster") == "local":
-            sub = _SUBMITTED.get(job.backend_id)
-            if sub is not None and sub._process is not None and sub._process.poll() is not None:
-                return False
-            return process_alive(int(job.backend_id), job.proc_start)
-        state = str(self._job(job).state).split()[0].upper()  # e.g. "CANCELLED by 123"
-        return state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "UNKNOWN",
-                         "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT")
-
-    def exit_code(self, job: Job) -> int | None:
-        """Not known from here (SLURM accounting has it: `sacct -j <backend_id>`)."""
-        return None
-
-    def signal(self, ws, job: Job, hard: bool) -> None:
-        """scancel (SLURM sends SIGTERM, SIGKILL after KillWait); locally SIGINT to the controller, then SIGKILL."""
-        if job.backend_id is None or not self.alive(ws, job):
-            return
-        if job.resources.get("cluster") != "local":
-            self._job(job).cancel(check=False)
-            return
-        if hard and job.pid:  # the controller forwards signals to the worker; a hard kill hits both
-            if process_start(job.pid) is not None:
-                os.kill(job.pid, signal.SIGKILL)
-        try:
-            os.kill(int(job.backend_id), signal.SIGKILL if hard else signal.SIGINT)
-        except ProcessLookupError:
-            pass
-
-
-BACKENDS = {"local": LocalBackend(), "slurm": SlurmBackend()}
+BACKEND_NAMES = ("local", "slurm")
+_BACKENDS: dict[str, object] = {"local": LocalBackend()}  # one instance each (the SLURM one paces its sacct calls)
 
 
 def get_backend(name: str):
@@ -250,7 +139,11 @@ def get_backend(name: str):
     Raises:
         ClipsimError: unknown name.
     """
+    if name == "slurm" and name not in _BACKENDS:
+        from clipsim.jobs.slurm import SlurmBackend  # imported on use: it builds on this module's process helpers
+
+        _BACKENDS[name] = SlurmBackend()
     try:
-        return BACKENDS[name]
+        return _BACKENDS[name]
     except KeyError:
-        raise ClipsimError(f"unknown job backend {name!r}; use one of {sorted(BACKENDS)}") from None
+        raise ClipsimError(f"unknown job backend {name!r}; use one of {list(BACKEND_NAMES)}") from None

@@ -8,7 +8,8 @@ from __future__ import annotations
 import importlib
 import signal
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from clipsim.errors import ClipsimError
 
@@ -19,10 +20,10 @@ KINDS: dict[str, str] = {
     "search": "clipsim.jobs.kinds:search_job",
     "prune": "clipsim.jobs.kinds:prune_job",
     "demo": "clipsim.jobs.kinds:demo_job",
-    "train": "clipsim.train:train_job",
-    "evaluate": "clipsim.evaluate:evaluate_job",
-    "umap": "clipsim.mapping:umap_job",
-    "report": "clipsim.report:report_job",
+    "train": "clipsim.runs.train:train_job",
+    "evaluate": "clipsim.runs.evaluate:evaluate_job",
+    "umap": "clipsim.maps.compute:umap_job",
+    "report": "clipsim.report.build:report_job",
     "sleep": "clipsim.jobs.kinds:sleep_job",
     "search-array": "clipsim.jobs.arrays:search_array_job",  # merges the parts of its search-part tasks
     "search-part": "clipsim.jobs.arrays:search_part_job",
@@ -59,7 +60,7 @@ def resolve_kind(kind: str, target: str | None = None) -> Callable:
     return fn
 
 
-def search_job(ws, params: dict, ctx: "JobContext") -> dict:
+def search_job(ws, params: dict, ctx: JobContext) -> dict:
     """Exact search. params: train (name, list or None = all, reference first), tests (None = all), k (10),
     reference (default settings.reference), precision, device, force.
 
@@ -86,7 +87,7 @@ def search_job(ws, params: dict, ctx: "JobContext") -> dict:
     return {"searches": medians, "train": trains, "tests": tests}
 
 
-def prune_job(ws, params: dict, ctx: "JobContext") -> dict:
+def prune_job(ws, params: dict, ctx: JobContext) -> dict:
     """Apply a pruning rule and save a manifest. params: name, rule, web (default: the train set that is not
     the reference), tests (default all), reference, the rule's tau | delta | keep | seed, overwrite.
 
@@ -112,7 +113,7 @@ def prune_job(ws, params: dict, ctx: "JobContext") -> dict:
             "kept": int(manifest.kept_count), "removed": int(removed.sum())}
 
 
-def demo_job(ws, params: dict, ctx: "JobContext") -> dict:
+def demo_job(ws, params: dict, ctx: JobContext) -> dict:
     """Build the demo into this workspace. params: seed (0), size ('full' | 'small'), workers (2).
 
     Returns:
@@ -126,7 +127,7 @@ def demo_job(ws, params: dict, ctx: "JobContext") -> dict:
     return {"datasets": dict(zip(frame["name"], frame["count"].astype(int)))}
 
 
-def sleep_job(ws, params: dict, ctx: "JobContext") -> dict:
+def sleep_job(ws, params: dict, ctx: JobContext) -> dict:
     """A test kind: sleeps `seconds` in `steps` steps, reporting progress and checking for cancellation.
 
     params: seconds (1.0), steps (10), fail_at (step at which to raise; `fail: true` = halfway),

@@ -15,7 +15,7 @@ from clipsim.errors import ClipsimError, ReadOnlyError, WorkspaceError
 from clipsim.jobs import db
 from clipsim.jobs.backends import get_backend, reap_children
 from clipsim.jobs.db import ACTIVE, Job
-from clipsim.workspace import read_only
+from clipsim.names import read_only
 
 START_TIMEOUT_S = 120  # a claimed job whose process never appeared (its launcher died) is failed after this
 CANCEL_GRACE_S = 5.0  # SIGTERM first; a worker still alive after this gets SIGKILL
@@ -136,9 +136,8 @@ def launch(ws, kind: str, params: dict | None = None, backend: str | None = None
 
 def _insert(ws, job: Job, dedupe: bool) -> Job | None:
     """Record a new job and write its config.json, unless `dedupe` finds an identical active job (returned)."""
-    from clipsim.jobs.kinds import KINDS
-
     from clipsim.jobs.arrays import array_tasks
+    from clipsim.jobs.kinds import KINDS
 
     root = str(ws.root)
     with db.transaction(ws) as con:
@@ -212,7 +211,7 @@ def _start_ready(ws, start_backends: tuple[str, ...] | None = None) -> None:
         backend = get_backend(batch[0].backend)
         try:
             columns = backend.start_array(ws, batch) if len(batch) > 1 else [backend.start(ws, batch[0])]
-        except Exception as err:  # record why instead of leaving a job that looks claimed forever
+        except Exception as err:  # noqa: BLE001  (record why instead of leaving a job that looks claimed forever)
             with db.transaction(ws) as con:
                 for job in batch:
                     db.update(con, job.id, only_if=("running",), state="failed", finished=time.time(),
@@ -261,7 +260,7 @@ def reconcile(ws, start_backends: tuple[str, ...] | None = None) -> list[Job]:
             continue
         if not backend.alive(ws, job):
             _mark_dead(ws, job, backend.exit_code(job), f"the worker process {job.backend_id} ({job.backend}) ended "
-                       "without recording a result (killed, out of memory, node failure or time limit)")
+                       f"without recording a result ({backend.end_note(job)})")
     _start_ready(ws, start_backends)
     reap_children()
     return list_jobs(ws, states=ACTIVE)

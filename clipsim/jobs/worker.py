@@ -39,6 +39,7 @@ class JobContext:
         self.run_dir: Path = job.run_dir
         self.log = logger
         self.cancelled = False  # set by the signal handler
+        self.stopped_by: str | None = None  # the signal's name, e.g. 'SIGTERM'
         self.interruptible = False  # while True a signal raises JobCancelled at once
         self._first: tuple[float, int] | None = None
         self._last_write = 0.0
@@ -121,6 +122,7 @@ def _heartbeat(ws: Workspace, job_id: str, stop: threading.Event) -> None:
 def _install_signals(ctx: JobContext) -> None:
     def handler(signum, frame):
         ctx.cancelled = True
+        ctx.stopped_by = signal.Signals(signum).name
         if ctx.interruptible:
             raise JobCancelled(f"{ctx.job_id}: signal {signal.Signals(signum).name}")
 
@@ -168,14 +170,22 @@ def _claim_start(ws: Workspace, job_id: str) -> db.Job | None:
         return db.fetch(con, job_id, str(ws.root))
 
 
-def _finish(ws: Workspace, job: db.Job, state: str, code: int, result: dict | None) -> None:
+def _finish(ws: Workspace, job: db.Job, state: str, code: int, result: dict | None, stopped_by: str | None) -> None:
+    """Record the outcome. A signal no clipsim cancel asked for (SLURM's time limit, a node failure, preemption, a
+    kill from outside) makes the job failed, not cancelled."""
     from clipsim.jobs.status import tail_log
 
     with db.transaction(ws) as con:
         current = db.fetch(con, job.id, str(ws.root))
-        if state == "failed" and current is not None and current.cancel_requested:
+        asked = current is not None and current.cancel_requested is not None
+        if state == "failed" and asked:
             state = "cancelled"  # the cancel signal interrupted it mid-step
         error = tail_log(job, lines=40) if state == "failed" else None
+        if state == "cancelled" and not asked and stopped_by:
+            where = f"`sacct -j {current.backend_id}`" if job.backend == "slurm" and current else "who sent it"
+            state, error = "failed", (f"stopped by {stopped_by}, which no clipsim cancel sent (on SLURM: a time limit, "
+                                      f"node failure or preemption; see {where}). Last lines of the log:\n"
+                                      f"{tail_log(job, lines=40)}")
         db.update(con, job.id, only_if=("running",), state=state, finished=time.time(), exit_code=code,
                   result=result, error=error)
 
@@ -206,14 +216,14 @@ def run_job(root: str, job_id: str) -> int:
     try:
         state, code, result = _execute(ws, job, ctx)
         ctx.flush_progress()
-        _finish(ws, job, state, code, result)
+        _finish(ws, job, state, code, result, ctx.stopped_by)
     finally:
         stop.set()
         logging.getLogger().removeHandler(handler)
         handler.close()
     try:  # start what waited for this slot or this result; a SLURM task only submits further SLURM jobs
         reconcile(ws, start_backends=("slurm",) if job.backend == "slurm" else None)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001  (the job itself is finished and recorded; say why, exit cleanly)
         print(f"reconcile after job {job_id} failed: {err}", file=sys.stderr)
     return code
 

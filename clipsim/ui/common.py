@@ -15,9 +15,10 @@ from pathlib import Path
 
 import streamlit as st
 
+from clipsim.data.demo import background as demo_build
 from clipsim.errors import ClipsimError
-from clipsim.ui import demo_build
-from clipsim.workspace import Workspace, default_root, read_only
+from clipsim.names import read_only
+from clipsim.workspace import Workspace, default_root
 
 
 def workspace_root() -> Path:
@@ -77,7 +78,7 @@ def apply_secrets() -> None:
     """Turn on read-only mode (CLIPSIM_READ_ONLY=1 for this server process) when the secrets say so."""
     try:
         flag = st.secrets.get("clipsim", {}).get("read_only", False)
-    except Exception:  # no secrets file, or one that does not parse: the environment decides
+    except Exception:  # noqa: BLE001  (no secrets file, or one that does not parse: the environment decides)
         return
     if flag is True or str(flag).strip().lower() in ("1", "true", "yes"):
         os.environ["CLIPSIM_READ_ONLY"] = "1"

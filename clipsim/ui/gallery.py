@@ -10,7 +10,7 @@ from html import escape
 import streamlit as st
 
 from clipsim.plots import train_colours
-from clipsim.ui.views import GalleryRow, Tile
+from clipsim.views import GalleryRow, Tile
 
 CAPTION_CHARS = 28  # one line under a 96 px thumbnail; the full text is in the title (hover)
 

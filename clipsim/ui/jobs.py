@@ -7,7 +7,7 @@ import streamlit as st
 
 from clipsim import jobs
 from clipsim.errors import ClipsimError
-from clipsim.workspace import read_only
+from clipsim.names import read_only
 
 STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew:", "done": ":material/check_circle:",
                "failed": ":material/error:", "cancelled": ":material/cancel:"}
@@ -17,7 +17,7 @@ def format_eta(seconds: float | None) -> str:
     """'1 h 02 min', '3 min 05 s', '42 s'; '' when unknown."""
     if seconds is None:
         return ""
-    s = int(round(seconds))
+    s = round(seconds)
     if s >= 3600:
         return f"{s // 3600} h {s % 3600 // 60:02d} min"
     return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from clipsim import views
 from clipsim.errors import ClipsimError
-from clipsim.ui import views
 from clipsim.ui.common import no_workspace, read_only_notice, stop_while_building, workspace_root
 from clipsim.workspace import REGISTRY, Workspace
 
@@ -209,7 +209,7 @@ def prune_stats(ws: Workspace, web: str, tests: list[str], reference: str | None
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _rule(key: tuple, tests: tuple, rule: str, options: tuple, _stats):
-    from clipsim.ui import pruning
+    from clipsim.prune import apply as pruning
 
     sel = _stats if list(tests) == _stats.tests else _stats.subset(list(tests))
     params, removed = pruning.rule_params(sel, rule, **dict(options))
@@ -228,7 +228,7 @@ def apply_rule(ws: Workspace, stats, tests: list[str], rule: str, **options):
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _post_prune(key: tuple, tests: tuple, rule: str, params: tuple, test: str, _ws, _sel, _removed) -> pd.DataFrame:
-    from clipsim.ui import pruning
+    from clipsim.prune import apply as pruning
 
     return pruning.post_prune(_ws, _sel, test, rule, dict(params), _removed)
 

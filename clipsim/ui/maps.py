@@ -8,11 +8,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clipsim import map_view, mapping
+from clipsim import views
 from clipsim.errors import ClipsimError
-from clipsim.ui import gallery, loaders, map_rows, views
+from clipsim.maps import compute as mapping
+from clipsim.maps import rows as map_rows
+from clipsim.maps import view as map_view
+from clipsim.names import read_only
+from clipsim.ui import gallery, loaders
 from clipsim.ui.jobs import job_monitor, launch_button
-from clipsim.workspace import Workspace, read_only
+from clipsim.workspace import Workspace
 
 SEL = "sel"  # query parameter of the selection shapes
 CHART = "map_chart"  # widget key of the plotly chart
@@ -32,7 +36,7 @@ def points(ws: Workspace, info: mapping.MapInfo, max_points: int = map_view.MAX_
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _removed(root: str, name: str, stamp: int, manifest: str, _ws: Workspace, _points: pd.DataFrame) -> np.ndarray:
-    from clipsim.manifest import load_manifest
+    from clipsim.prune.manifest import load_manifest
 
     return map_view.removed_by(_ws, _points, load_manifest(_ws, manifest))
 
@@ -123,7 +127,7 @@ def compute_controls(ws: Workspace, key: str = "map_compute") -> None:
     if not mapping.umap_available():
         st.warning(f"Cannot compute a map here: {mapping.UMAP_MISSING}.", icon=":material/warning:")
         return
-    from clipsim.report_cli import map_params
+    from clipsim.cli.report import map_params
 
     c = st.columns(4)
     sample = c[0].number_input("Points fitted", 100, 10_000_000, mapping.DEFAULT_SAMPLE, step=10_000, key=f"{key}_n",

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import importlib.util
-from typing import Callable
+from collections.abc import Callable
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from clipsim import jobs, plots_results
-from clipsim.presets import get_preset, preset_names
-from clipsim.train_log import read_training_progress
+from clipsim import jobs
+from clipsim.plots import results as plots_results
+from clipsim.runs.log import read_training_progress
+from clipsim.runs.presets import get_preset, preset_names
 from clipsim.ui.jobs import format_eta
 from clipsim.ui.state import BIND
 
@@ -99,7 +100,7 @@ def training_progress(ws) -> None:
 def figure_downloads(fig: go.Figure, table: pd.DataFrame, stem: str, key: str) -> None:
     """Download buttons for a figure (interactive HTML, built on click; PNG when kaleido is installed) and its
     numbers (CSV)."""
-    html: Callable[[], str] = lambda: plots_results.figure_html(fig)  # noqa: E731 - deferred until clicked
+    html: Callable[[], str] = lambda: plots_results.figure_html(fig)
     row = st.container(horizontal=True)
     row.download_button("Plot (HTML)", html, file_name=f"{stem}.html", mime="text/html", key=f"{key}-html",
                         icon=":material/download:", on_click="ignore")

@@ -6,7 +6,8 @@ its default and is dropped from the URL, never a traceback.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 from urllib.parse import urlencode
 
 import streamlit as st

@@ -3,12 +3,12 @@ a keep-count-or-fraction input, and read-only notices.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import streamlit as st
 
+from clipsim.names import read_only
 from clipsim.ui.state import BIND
-from clipsim.workspace import read_only
 
 
 def _copy(src: str, dst: str):
@@ -65,7 +65,7 @@ def keep_input(n: int, key: str, default_fraction: float = 0.5) -> int | float:
     if mode == "fraction":
         return float(value_col.number_input("Fraction of web samples kept", 0.001, 1.0, default_fraction, step=0.05,
                                             format="%.3f", key=key, bind=BIND))
-    return int(value_col.number_input("Web samples kept", 0, n, int(round(default_fraction * n)), step=max(1, n // 100),
+    return int(value_col.number_input("Web samples kept", 0, n, round(default_fraction * n), step=max(1, n // 100),
                                       key=f"{key}_n", bind=BIND))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,6 +17,9 @@ from clipsim.data.demo import world
 from clipsim.data.demo.draw import CLASSES
 from clipsim.errors import WorkspaceError
 from clipsim.workspace import Workspace
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 REFERENCE = "curated"  # the ImageNet-train stand-in: s_ref(t) for the similarity-gap rule
@@ -119,7 +123,7 @@ def _search_all(ws: Workspace, progress) -> None:
             search(ws, train, tests, k=10, reference=REFERENCE, progress=progress)
 
 
-def planted_recall(ws: Workspace) -> "pd.DataFrame":
+def planted_recall(ws: Workspace) -> pd.DataFrame:
     """Per test set: planted near-duplicates, how many are the rank-1 web neighbour, and that share."""
     import pandas as pd
 

@@ -90,7 +90,7 @@ def _pick_planted(rng: np.random.Generator, tests: list[Item], size: DemoSize) -
     picked = []
     for name in TEST_SETS:
         members = [t for t in tests if t.dataset == name]
-        n = int(round(size.planted_share * len(members)))
+        n = round(size.planted_share * len(members))
         picked += [members[j] for j in sorted(rng.choice(len(members), size=n, replace=False))]
     return picked
 

@@ -1,0 +1,123 @@
+"""The workspace's zero-shot results table: one row per (training run, checkpoint, test set).
+
+Stored as `results/results.parquet`, rewritten atomically under an exclusive lock (`results/.lock`), so
+evaluation jobs finishing together never lose each other's rows; a re-evaluation replaces its old rows.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from clipsim import fileio
+from clipsim.errors import ReadOnlyError
+from clipsim.names import read_only
+
+RESULTS_FILE = ("results", "results.parquet")
+KEY = ["run", "checkpoint", "test"]
+RESULT_COLUMNS = ["run", "manifest", "preset", "rule", "control_of", "web", "train_samples", "web_samples",
+                  "pruned_fraction", "test", "accuracy", "correct", "n", "unlabelled", "classes", "templates",
+                  "epoch", "checkpoint", "created"]
+_DTYPES = {"train_samples": "int64", "web_samples": "int64", "pruned_fraction": "float64", "accuracy": "float64",
+           "correct": "int64", "n": "int64", "unlabelled": "int64", "classes": "int64", "epoch": "int64"}
+
+
+def result_row(info: dict, score: dict, templates: str) -> dict:
+    """One results row from a run's description (train.resolve_checkpoint) and a zero_shot score.
+
+    Returns:
+        A dict with RESULT_COLUMNS.
+    """
+    web_samples, kept = info.get("web_samples") or 0, info.get("train_samples") or 0
+    return {
+        "run": info["run"], "manifest": info.get("manifest") or "", "preset": info.get("preset") or "",
+        "rule": info.get("rule") or "", "control_of": info.get("control_of") or "", "web": info.get("web") or "",
+        "train_samples": int(kept), "web_samples": int(web_samples),
+        "pruned_fraction": 1.0 - kept / web_samples if web_samples else float("nan"),
+        "test": score["test"], "accuracy": float(score["accuracy"]), "correct": int(score["correct"]),
+        "n": int(score["n"]), "unlabelled": int(score.get("unlabelled", 0)), "classes": int(score.get("classes", 0)),
+        "templates": templates, "epoch": int(info.get("epoch") or 0), "checkpoint": str(info["checkpoint"]),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def _empty() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=_DTYPES.get(c, "object")) for c in RESULT_COLUMNS})
+
+
+def _path(ws) -> Path:
+    return ws.path(*RESULTS_FILE)
+
+
+def results_frame(ws) -> pd.DataFrame:
+    """All stored result rows (RESULT_COLUMNS), sorted by run and test; empty when nothing was evaluated."""
+    path = _path(ws)
+    if not path.exists():
+        return _empty()
+    frame = pd.read_parquet(path)
+    for column in RESULT_COLUMNS:
+        if column not in frame:
+            frame[column] = pd.Series(dtype=_DTYPES.get(column, "object"))
+    return frame[RESULT_COLUMNS].sort_values(["run", "test"], kind="stable", ignore_index=True)
+
+
+def add_results(ws, rows: pd.DataFrame | list[dict]) -> pd.DataFrame:
+    """Insert result rows, replacing stored rows with the same (run, checkpoint, test).
+
+    Args:
+        ws: the workspace.
+        rows: a DataFrame or dicts with RESULT_COLUMNS (see result_row).
+
+    Returns:
+        The whole table afterwards.
+
+    Raises:
+        ReadOnlyError: the workspace is served read-only.
+        ValueError: rows lack columns.
+    """
+    if read_only():
+        raise ReadOnlyError("this workspace is served read-only (CLIPSIM_READ_ONLY=1); results were not stored")
+    new = pd.DataFrame(rows)
+    missing = [c for c in RESULT_COLUMNS if c not in new]
+    if missing:
+        raise ValueError(f"result rows lack columns {missing}; build them with clipsim.results.result_row")
+    new = new[RESULT_COLUMNS].astype(_DTYPES)
+    with fileio.locked(_path(ws).parent / ".lock"):
+        old = results_frame(ws)
+        keep = ~old.set_index(KEY).index.isin(new.set_index(KEY).index)
+        parts = [f for f in (old[keep], new) if len(f)]
+        table = pd.concat(parts, ignore_index=True) if parts else _empty()
+        fileio.write_parquet(_path(ws), table)
+    return results_frame(ws)
+
+
+def remove_results(ws, run: str) -> int:
+    """Delete every row of a run; returns how many were removed."""
+    if read_only():
+        raise ReadOnlyError("this workspace is served read-only (CLIPSIM_READ_ONLY=1); results were not changed")
+    with fileio.locked(_path(ws).parent / ".lock"):
+        old = results_frame(ws)
+        gone = old["run"] == run
+        if gone.any():
+            fileio.write_parquet(_path(ws), old[~gone])
+    return int(gone.sum())
+
+
+def model_label(frame: pd.DataFrame) -> pd.Series:
+    """A short label per row for plots: 'full web', the manifest name, or '<manifest> (random control)'."""
+    manifest = frame["manifest"].fillna("").astype(str)
+    label = np.where(manifest.isin(["", "full"]), "full web", manifest)
+    control = frame["control_of"].fillna("").astype(str)
+    label = np.where(control != "", control + " (random control)", label)
+    return pd.Series(label, index=frame.index) + np.where(frame.duplicated(["manifest", "control_of", "test"],
+                                                                          keep=False), " · " + frame["run"], "")
+
+
+def latest_per_run(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep each run's newest checkpoint only (highest epoch, then newest row) per test set."""
+    if frame.empty:
+        return frame
+    ordered = frame.sort_values(["epoch", "created"], kind="stable")
+    return ordered.drop_duplicates(["run", "test"], keep="last").sort_values(["run", "test"], ignore_index=True)
