@@ -7,6 +7,9 @@ would.
 """
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +39,23 @@ class Group:
     start: int
     stop: int
     offsets: dict[str, np.ndarray] | None = None
+
+
+@dataclass
+class _Block:
+    """One train block being scanned: float16 rows, their screen copy, global id of row 0, the screen's error."""
+
+    x16: torch.Tensor
+    x_lo: torch.Tensor
+    base: int
+    err: Uncertainty
+
+
+class _Inline:
+    """`map` in the calling thread, in order: the executor of a one-worker scan (and of a GPU's)."""
+
+    def map(self, fn, *iterables):
+        return map(fn, *iterables)
 
 
 def tile_shape(n_rows: int, n_cols: int) -> tuple[int, int]:
@@ -71,11 +91,17 @@ class ExactScanner:
         precision: screen precision ('fp32', 'bf16', 'fp16').
         device: torch device.
         row_stats: also compute per-train-row maxima (and margins); off for a pure top-k search.
+        workers: CPU threads, each scanning whole column ranges of a block with single-threaded torch ops (default:
+            torch's thread count). Not one OpenMP barrier per op: on 2 busy shared cores those cost 6x the work, and
+            the small ops between products now scale as the products do. Results do not depend on it.
     """
 
     def __init__(self, queries: np.ndarray, groups: list[Group], k: int, precision: str, device: torch.device,
-                 row_stats: bool = True):
+                 row_stats: bool = True, workers: int | None = None):
         self.k, self.groups, self.device, self.row_stats = k, groups, device, row_stats
+        self.workers = max(1, workers or (torch.get_num_threads() if device.type == "cpu" else 1))
+        self._lock = threading.Lock()  # the running top-k and the counter, shared by the workers
+        self._spare: list[dict] = []  # tile buffers, one set per worker, kept across blocks
         self.q16 = torch.as_tensor(np.ascontiguousarray(queries, dtype=np.float16), device=device)
         self.order = torch.as_tensor(offset_order(groups, len(queries)), device=device)
         self.screen = Screen(precision, device, queries.shape[1])
@@ -89,7 +115,7 @@ class ExactScanner:
             self.offsets[g.name] = {r: torch.as_tensor(np.asarray(o, np.float32), device=device)[local]
                                     for r, o in (g.offsets or {}).items()}
         self.rechecked = 0  # exact dot products computed, for benchmarks
-        self._buffers: dict[str, torch.Tensor] = {}
+        self._buffers: dict[str, torch.Tensor] = {}  # the block's screen copy
 
     def state(self) -> dict[str, np.ndarray]:
         """Running top-k as numpy arrays, for checkpointing."""
@@ -113,73 +139,91 @@ class ExactScanner:
         """
         block = np.ascontiguousarray(block, dtype=np.float16)
         x16 = torch.from_numpy(block if block.flags.writeable else block.copy()).to(self.device)
-        x_lo, nx, rx = self.screen.prepare(x16, out=self._flat_buffer("x_lo", x16.numel(), self.screen.dtype))
-        err = Uncertainty(self.screen.input_bound(self.q_stats, (nx, rx)), self.screen.out_u)
-        return {g.name: self._scan_group(g, x16, x_lo, base, err) for g in self.groups}
+        pool = ThreadPoolExecutor(self.workers, initializer=torch.set_num_threads, initargs=(1,)) \
+            if self.workers > 1 and self.device.type == "cpu" else nullcontext(_Inline())
+        with pool as run:
+            x_lo, nx, rx = self._prepare(run, x16)
+            err = Uncertainty(self.screen.input_bound(self.q_stats, (nx, rx)), self.screen.out_u)
+            blk = _Block(x16, x_lo, base, err)
+            return {g.name: self._scan_group(run, g, blk) for g in self.groups}
 
-    def _scan_group(self, g: Group, x16, x_lo, base: int, err: Uncertainty) -> dict[str, np.ndarray]:
-        """Tiles of one group over the block, column range by column range; per-row statistics of the group."""
-        n_b = len(x16)
-        stats = {}
+    def _prepare(self, run, x16: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+        """Screen.prepare over row parts of the block, one per worker, into one reused buffer."""
+        out = _flat_buffer(self._buffers, "x_lo", x16.numel(), self.screen.dtype, self.device)
+        step = max(1, -(-len(x16) // self.workers))
+        spans = [(lo, min(len(x16), lo + step)) for lo in range(0, max(1, len(x16)), step)]
+        d = x16.shape[1]
+        parts = list(run.map(lambda span: self.screen.prepare(
+            x16[span[0] : span[1]], out=None if out is None else out[span[0] * d : span[1] * d]), spans))
+        if len(parts) == 1:
+            return parts[0]
+        return out[: x16.numel()].view(x16.shape), max(p[1] for p in parts), max(p[2] for p in parts)
+
+    def _scan_group(self, run, g: Group, blk: _Block) -> dict[str, np.ndarray]:
+        """Tiles of one group over the block, column range by column range (one range per worker task)."""
+        n_b = len(blk.x16)
+        stats, names = {}, {}
         if self.row_stats and g.stop > g.start:
             names = {"": ("max_sim", "argmax")}
             names |= {r: (f"margin/{r}", f"margin_argmax/{r}") for r in self.offsets[g.name]}
             stats = {n: torch.empty(n_b, dtype=torch.float32 if i == 0 else torch.int64, device=self.device)
                      for pair in names.values() for i, n in enumerate(pair)}
         rows, cols = tile_shape(g.stop - g.start, n_b)
-        for c0 in range(0, n_b, cols):
-            c1 = min(n_b, c0 + cols)
-            maxima = {}
-            if stats:
-                maxima = {r: TrainRowMax(c1 - c0, err, None if r == "" else self.offsets[g.name][r], self.device)
-                          for r in names}
-            for lo in range(g.start, g.stop, rows):
-                hi = min(g.stop, lo + rows)
-                s = self.screen.product(self.q_lo[lo:hi], x_lo[c0:c1], out=self._tile_buffer("s", (hi - lo, c1 - c0)))
-                tile = BucketTile(s, self._tile_buffer("r", (-(-(hi - lo) // BUCKET), c1 - c0)))
-                self._update_topk(tile, lo, x16, c0, base, err)
-                for acc in maxima.values():
-                    acc.add(tile, lo - g.start)
-            for ref, (best, arg) in self._exact_maxima(maxima, g, x16, c0).items():
-                stats[names[ref][0]][c0:c1], stats[names[ref][1]][c0:c1] = best, arg
+        spans = [(c0, min(n_b, c0 + cols)) for c0 in range(0, n_b, cols)]
+        list(run.map(lambda span: self._scan_range(g, blk, span, rows, (stats, names)), spans))
         return {n: a.cpu().numpy().astype(np.float32 if a.dtype == torch.float32 else np.int32)
                 for n, a in stats.items()}
 
-    def _flat_buffer(self, name: str, n: int, dtype: torch.dtype) -> torch.Tensor | None:
-        """A reused flat tensor of >= n elements on a CPU (None elsewhere: CUDA's allocator caches)."""
-        if self.device.type != "cpu":
-            return None
-        buf = self._buffers.get(name)
-        if buf is None or buf.numel() < n or buf.dtype != dtype:
-            buf = self._buffers[name] = torch.empty(n, dtype=dtype)
-        return buf
+    def _scan_range(self, g: Group, blk: _Block, span: tuple[int, int], rows: int, out: tuple[dict, dict]) -> None:
+        """Block columns span[0]..span[1] against the group's queries, `rows` at a time: top-k merged, per-row
+        statistics written into out[0] (names in out[1])."""
+        (c0, c1), (stats, names) = span, out
+        with self._lock:
+            bufs = self._spare.pop() if self._spare else {}
+        try:
+            maxima = {r: TrainRowMax(c1 - c0, blk.err, self.offsets[g.name].get(r), self.device) for r in names}
+            for lo in range(g.start, g.stop, rows):
+                hi = min(g.stop, lo + rows)
+                buf = self._tile_buffer(bufs, "s", (hi - lo, c1 - c0))
+                s = self.screen.product(self.q_lo[lo:hi], blk.x_lo[c0:c1], out=buf)
+                tile = BucketTile(s, self._tile_buffer(bufs, "r", (-(-(hi - lo) // BUCKET), c1 - c0)))
+                self._update_topk(tile, lo, blk, c0)
+                for acc in maxima.values():
+                    acc.add(tile, lo - g.start)
+            for ref, (best, arg) in self._exact_maxima(maxima, g, blk.x16, c0).items():
+                stats[names[ref][0]][c0:c1], stats[names[ref][1]][c0:c1] = best, arg
+        finally:
+            with self._lock:
+                self._spare.append(bufs)
 
-    def _tile_buffer(self, name: str, shape: tuple[int, int]) -> torch.Tensor | None:
-        """A reused (rows, cols) tensor of the tile dtype on a CPU."""
-        buf = self._flat_buffer(name, shape[0] * shape[1], self.screen.tile_dtype)
+    def _tile_buffer(self, bufs: dict, name: str, shape: tuple[int, int]) -> torch.Tensor | None:
+        """A reused (rows, cols) tensor of the tile dtype from a worker's buffers on a CPU."""
+        buf = _flat_buffer(bufs, name, shape[0] * shape[1], self.screen.tile_dtype, self.device)
         return None if buf is None else buf[: shape[0] * shape[1]].view(shape)
 
-    def _update_topk(self, tile: BucketTile, lo: int, x16: torch.Tensor, c0: int, base: int, err: Uncertainty) -> None:
+    def _update_topk(self, tile: BucketTile, lo: int, blk: _Block, c0: int) -> None:
         """Merge the exact candidates of a tile (scanner rows lo.., block columns c0..) into the running top-k.
 
         After the merge the k-th best is at least F = max(old k-th, low(v_k)), v_k being the tile's k-th largest
         screened value; so only entries with high(s) >= F can enter, and all of them are re-checked. v_k (a top-k
         over the tile) is only computed while some row has fewer than k neighbours: afterwards the running k-th
-        alone keeps the candidates few.
+        alone keeps the candidates few. Workers merge column ranges in any order, and a k-th read while another
+        merges is still a lower bound: entries equal to it go to the merge, which orders by (-sim, id).
         """
         rows = self.order[lo : lo + tile.s.shape[0]]  # the tile's query rows in the caller's order
         kth = self.top_s[rows, -1]
         floor = kth
         if tile.s.shape[1] >= self.k and bool(torch.isinf(kth).any()):
-            floor = torch.maximum(kth, err.low(torch.topk(tile.s, self.k, dim=1, sorted=False).values.amin(dim=1)))
-        r, j = tile.topk_hits(at_least(err.reach(floor), tile.s.dtype))
+            floor = torch.maximum(kth, blk.err.low(torch.topk(tile.s, self.k, dim=1, sorted=False).values.amin(dim=1)))
+        r, j = tile.topk_hits(at_least(blk.err.reach(floor), tile.s.dtype))
         if len(r) == 0:
             return
-        vals = exact_dots(self.q16, rows[r], x16, j + c0)
-        self.rechecked += len(vals)
-        enter = vals > kth[r]  # equal to the old k-th cannot enter: block ids are larger than the running ones
-        if enter.any():
-            self._merge(rows, r[enter], vals[enter], j[enter] + c0 + base)
+        vals = exact_dots(self.q16, rows[r], blk.x16, j + c0)
+        enter = vals >= kth[r]
+        with self._lock:
+            self.rechecked += len(vals)
+            if enter.any():
+                self._merge(rows, r[enter], vals[enter], j[enter] + c0 + blk.base)
 
     def _exact_maxima(self, maxima: dict[str, TrainRowMax], g: Group, x16: torch.Tensor, c0: int) -> dict:
         """{ref: (max (n,) f32, first argmax (n,) i64 within the group)} of the columns c0.. of `maxima`, exact.
@@ -193,7 +237,8 @@ class ExactScanner:
         keys = torch.cat([rows * width + cols for rows, cols in found.values()])
         pairs, where = torch.unique(keys, return_inverse=True)
         sims = exact_dots(self.q16, self.order[g.start + pairs // width], x16, pairs % width + c0)[where]
-        self.rechecked += len(pairs)
+        with self._lock:
+            self.rechecked += len(pairs)
         out, at = {}, 0
         for ref, (rows, cols) in found.items():
             vals, at = sims[at : at + len(rows)], at + len(rows)
@@ -238,3 +283,13 @@ class ExactScanner:
         all_i = all_i.gather(1, best)
         self.top_s[target] = all_s.gather(1, best)
         self.top_i[target] = all_i.masked_fill(all_i == _NO_ID, -1)
+
+
+def _flat_buffer(bufs: dict, name: str, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """bufs[name], a flat tensor of >= n elements reused on a CPU (None elsewhere: CUDA's allocator caches)."""
+    if device.type != "cpu":
+        return None
+    buf = bufs.get(name)
+    if buf is None or buf.numel() < n or buf.dtype != dtype:
+        buf = bufs[name] = torch.empty(n, dtype=dtype)
+    return buf
