@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from clipsim.search import DEFAULT_BLOCK_ROWS
 from clipsim.search.exact import Screen
-from clipsim.search.scan import ExactScanner, Group, tile_shape
+from clipsim.search.scan import TILE_ELEMENTS, ExactScanner, Group, tile_shape
 
 PEAK_N = 4096  # square matmul for the peaks: 137 GFLOP, long enough to reach steady state, < 1 s per try
 CANON_QUERY_CHUNK = 256  # float64 brute force: 256 x 200k x 8 bytes = 410 MB per chunk
@@ -179,20 +180,27 @@ def run_scanner(q, x, k: int, precision: str, block_rows: int, mode: str, s_ref:
 
 
 def screen_only(q: np.ndarray, x: np.ndarray, precision: str, block_rows: int) -> float:
-    """Seconds of the scanner's low-precision products alone (same blocks, tile shapes and reused buffers; no
-    bucket maxima, re-check or top-k)."""
+    """Seconds of the scanner's low-precision products alone: same blocks, tile shapes, reused buffers and tile
+    workers (one column range per thread, single-threaded inside); no bucket maxima, re-check or top-k."""
     screen = Screen(precision, torch.device("cpu"), q.shape[1])
     q_lo = screen.prepare(torch.as_tensor(q))[0]
+    workers = torch.get_num_threads()
+    buffers = [torch.empty(TILE_ELEMENTS, dtype=screen.tile_dtype) for _ in range(workers)]
+    free = list(buffers)
+
+    def products(xs: torch.Tensor, rows: int) -> None:
+        out = free.pop()
+        for qlo in range(0, len(q), rows):
+            qs = q_lo[qlo : qlo + rows]
+            screen.product(qs, xs, out=out[: len(qs) * len(xs)].view(len(qs), len(xs)))
+        free.append(out)
+
     t0 = time.perf_counter()
-    for lo in range(0, len(x), block_rows):
-        x_lo = screen.prepare(torch.as_tensor(x[lo : lo + block_rows]))[0]
-        rows, cols = tile_shape(len(q), len(x_lo))
-        out = torch.empty(rows * cols, dtype=screen.tile_dtype)
-        for c0 in range(0, len(x_lo), cols):
-            xs = x_lo[c0 : c0 + cols]
-            for qlo in range(0, len(q), rows):
-                qs = q_lo[qlo : qlo + rows]
-                screen.product(qs, xs, out=out[: len(qs) * len(xs)].view(len(qs), len(xs)))
+    with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        for lo in range(0, len(x), block_rows):
+            x_lo = screen.prepare(torch.as_tensor(x[lo : lo + block_rows]))[0]
+            rows, cols = tile_shape(len(q), len(x_lo))
+            list(pool.map(lambda c0, r=rows, c=cols, xb=x_lo: products(xb[c0 : c0 + c], r), range(0, len(x_lo), cols)))
     return time.perf_counter() - t0
 
 
