@@ -24,6 +24,9 @@ TILE_ELEMENTS = 2**24
 # Fewest train rows per tile while the queries fit (a group with more queries is cut into query chunks): narrower
 # products lose speed, and every column range restarts the per-row maxima.
 MIN_COLS = 2048
+# Tile workers by default at most: a 65536-row block holds 16-32 column ranges (tile_shape), so more workers would
+# idle; a bigger machine gives each worker several torch threads instead.
+MAX_WORKERS = 8
 _NO_ID = torch.iinfo(torch.int64).max  # empty top-k slots sort after every real id
 
 
@@ -91,15 +94,17 @@ class ExactScanner:
         precision: screen precision ('fp32', 'bf16', 'fp16').
         device: torch device.
         row_stats: also compute per-train-row maxima (and margins); off for a pure top-k search.
-        workers: CPU threads, each scanning whole column ranges of a block with single-threaded torch ops (default:
-            torch's thread count). Not one OpenMP barrier per op: on 2 busy shared cores those cost 6x the work, and
-            the small ops between products now scale as the products do. Results do not depend on it.
+        workers: CPU threads, each scanning whole column ranges of a block with its share of torch's threads
+            (default: torch's thread count up to MAX_WORKERS; one thread each on small machines). Not one OpenMP
+            barrier per small op: on 2 busy shared cores those cost 6x the work, and the small ops between products
+            scale as the products do. Results do not depend on it.
     """
 
     def __init__(self, queries: np.ndarray, groups: list[Group], k: int, precision: str, device: torch.device,
                  row_stats: bool = True, workers: int | None = None):
         self.k, self.groups, self.device, self.row_stats = k, groups, device, row_stats
-        self.workers = max(1, workers or (torch.get_num_threads() if device.type == "cpu" else 1))
+        self.workers = max(1, workers or (min(MAX_WORKERS, torch.get_num_threads()) if device.type == "cpu" else 1))
+        self._threads_each = max(1, torch.get_num_threads() // self.workers)
         self._lock = threading.Lock()  # the running top-k and the counter, shared by the workers
         self._spare: list[dict] = []  # tile buffers, one set per worker, kept across blocks
         self.q16 = torch.as_tensor(np.ascontiguousarray(queries, dtype=np.float16), device=device)
@@ -139,7 +144,7 @@ class ExactScanner:
         """
         block = np.ascontiguousarray(block, dtype=np.float16)
         x16 = torch.from_numpy(block if block.flags.writeable else block.copy()).to(self.device)
-        pool = ThreadPoolExecutor(self.workers, initializer=torch.set_num_threads, initargs=(1,)) \
+        pool = ThreadPoolExecutor(self.workers, initializer=torch.set_num_threads, initargs=(self._threads_each,)) \
             if self.workers > 1 and self.device.type == "cpu" else nullcontext(_Inline())
         with pool as run:
             x_lo, nx, rx = self._prepare(run, x16)
