@@ -1,15 +1,16 @@
 """Batched image embedding: a registered dataset's source shards -> clip-retrieval embedding shards, resumable.
 
 `embeddings/<name>/` holds `config.json` (model, weights and source fingerprints; written first),
-`img_emb/` + `metadata/` shards, `skipped.parquet` (images that failed to decode) and `summary.json`
-(written last: its presence marks a complete run). Runs over a shard range (one cluster task each) keep their
-skipped lists per shard in `skipped_parts/` and write no summary; `finalize_embeddings` completes them.
+`img_emb/` + `metadata/` shards, per-shard skipped lists, then `skipped.parquet` (what could not be embedded)
+and `summary.json` (written last: the commit point; see clipsim.embed_summary). Until it exists the set is
+`incomplete (k of n shards)` and no command reads it. `--force` builds the new set in `embeddings/.<name>.force/`
+and swaps it in whole. Runs over a shard range (one cluster task each) write no summary; `finalize_embeddings`
+commits them. Every argument is checked before the first write.
 """
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,13 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from clipsim import fileio, store
+from clipsim.checks import check_choice, check_embed_args
+from clipsim.data.keys import check_unique_keys, describe, key_hashes, repeated_keys
 from clipsim.data.sources import DEFAULT_SHARD_SIZE, Source, SourceShard, open_source, read_image
-from clipsim.data.tars import first_repeated_key, key_hashes
+from clipsim.embed_summary import load_skipped, no_skipped, shard_skipped, write_shard_skipped, write_summary
 from clipsim.errors import DataError
-from clipsim.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_model
+from clipsim.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, embed_images, encode_pixels, encode_texts, load_model
+from clipsim.names import check_writable
 from clipsim.search.exact import resolve_device
 from clipsim.shard_ranges import check_range, index_runs
 
@@ -35,62 +38,8 @@ Progress = Callable[[int, int, str], None]
 # Changing any of these makes finished shards incompatible with new ones.
 IDENTITY = ("model", "model_config_fingerprint", "pretrained", "checkpoint_fingerprint", "shard_size",
             "source_fingerprint")
-SKIPPED_COLUMNS = ["key", "path", "offset", "size", "error", "shard"]
-SKIPPED_PARTS = "skipped_parts"  # per-shard skipped lists of shard-range runs: concurrent tasks never share a file
+PRECISIONS = ("auto", "amp", "fp32")
 SYSTEMATIC_FAILURE_ROWS = 10  # that many images of one shard all failing is a wrong path or mount, not bad files
-
-
-def _autocast(device: torch.device, precision: str):
-    """fp16 autocast on CUDA for 'amp' (and 'auto'); plain fp32 otherwise."""
-    if precision not in ("auto", "amp", "fp32"):
-        raise ValueError(f"precision {precision!r} must be 'auto', 'amp' or 'fp32'")
-    amp = device.type == "cuda" and precision in ("auto", "amp")
-    return torch.autocast(device.type, dtype=torch.float16, enabled=amp)
-
-
-def _encode_pixels(model: torch.nn.Module, pixels: torch.Tensor, device: torch.device, precision: str) -> np.ndarray:
-    """encode_image on a preprocessed batch, L2-normalised in float32: (n, d) float32."""
-    with torch.inference_mode(), _autocast(device, precision):
-        feats = model.encode_image(pixels.to(device, non_blocking=True))
-    return F.normalize(feats.float(), dim=-1).cpu().numpy()
-
-
-def embed_images(model: torch.nn.Module, preprocess: Callable, images: list, device: str | torch.device = "cpu",
-                 batch_size: int = 256, precision: str = "auto") -> np.ndarray:
-    """Embed PIL images with the image tower.
-
-    Args:
-        model: open_clip model in eval mode, on `device`.
-        preprocess: its eval transform (PIL image -> (3, H, W) tensor).
-        images: PIL images.
-        batch_size: images per forward pass.
-        precision: 'auto' (fp16 autocast on CUDA, fp32 on CPU), 'amp' or 'fp32'.
-
-    Returns:
-        (len(images), d) float32, rows L2-normalised.
-    """
-    device = resolve_device(device)
-    parts = [
-        _encode_pixels(model, torch.stack([preprocess(im) for im in images[lo : lo + batch_size]]), device, precision)
-        for lo in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(parts) if parts else np.zeros((0, getattr(model.visual, "output_dim", 0)), np.float32)
-
-
-def encode_texts(model: torch.nn.Module, tokenizer: Callable, texts: list[str], device: str | torch.device = "cpu",
-                 batch_size: int = 1024) -> np.ndarray:
-    """Embed texts with the text tower (for zero-shot classifiers).
-
-    Returns:
-        (len(texts), d) float32, rows L2-normalised.
-    """
-    device = resolve_device(device)
-    parts = []
-    with torch.inference_mode():
-        for lo in range(0, len(texts), batch_size):
-            feats = model.encode_text(tokenizer(list(texts[lo : lo + batch_size])).to(device))
-            parts.append(F.normalize(feats.float(), dim=-1).cpu().numpy())
-    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
 class _ShardImages(torch.utils.data.Dataset):
@@ -137,7 +86,7 @@ def _embed_shard(model, preprocess, records: pd.DataFrame, device: torch.device,
     parts, rows, failed = [], [], []
     for ids, pixels, errors in loader:
         if pixels is not None:
-            parts.append(_encode_pixels(model, pixels, device, opts["precision"]))
+            parts.append(encode_pixels(model, pixels, device, opts["precision"]))
             rows.extend(ids)
         failed.extend(errors)
         on_batch(len(ids) + len(errors))
@@ -146,58 +95,62 @@ def _embed_shard(model, preprocess, records: pd.DataFrame, device: torch.device,
     return emb, np.asarray(rows, dtype=np.int64), failed
 
 
-def _prepare_folder(root: Path, config: dict, force: bool) -> None:
-    """Wipe (force) or check an existing embedding folder against this run's config; write config.json."""
-    if force and root.exists():
-        shutil.rmtree(root)
-    old_path = root / "config.json"
-    if old_path.exists():
-        old = fileio.read_json(old_path)
-        diff = [f"{k}: {old.get(k)!r} -> {config[k]!r}" for k in IDENTITY if old.get(k) != config[k]]
-        if diff:
-            raise DataError(
-                f"{root} holds embeddings made differently ({'; '.join(diff)}); delete that folder or re-run with "
-                "--force (force=True) to re-embed from scratch, or keep the old model/pretrained/shard size"
-            )
-    elif (root / store.EMB_DIR).is_dir() and any((root / store.EMB_DIR).iterdir()):
+def _check_folder(root: Path, config: dict, restart: bool) -> bool:
+    """Check an existing embedding folder against this run's config; True when it must be wiped first (`restart`:
+    a forced rebuild made differently). Nothing is written here.
+
+    Raises:
+        DataError: the folder holds shards made differently, or shards without a config (unless `restart`).
+    """
+    old_path = root / store.CONFIG
+    old = fileio.read_json(old_path) if old_path.exists() else None
+    diff = [f"{k}: {old.get(k)!r} -> {config[k]!r}" for k in IDENTITY if old.get(k) != config[k]] if old else []
+    unknown = old is None and (root / store.EMB_DIR).is_dir() and any((root / store.EMB_DIR).iterdir())
+    if restart:
+        return bool(diff or unknown or (root / store.SUMMARY).exists())  # a summary: an old set swapped out
+    if diff:
+        raise DataError(
+            f"{root} holds embeddings made differently ({'; '.join(diff)}); delete that folder or re-run with "
+            "--force (force=True) to re-embed from scratch, or keep the old model/pretrained/shard size"
+        )
+    if unknown:
         raise DataError(f"{root} holds embedding shards but no config.json (unknown model); delete the folder or "
                         "re-run with --force")
-    (root / "summary.json").unlink(missing_ok=True)  # written again only when this run completes
-    fileio.write_json(old_path, config)
+    return False
 
 
 def _shard_done(root: Path, index: int) -> bool:
     return store.emb_path(root, index).exists() and store.meta_path(root, index).exists()
 
 
-def _skipped_frame(records: pd.DataFrame, failed: list[tuple[int, str]], shard: int) -> pd.DataFrame:
-    ids = [i for i, _ in failed]
-    frame = records.iloc[ids][["key", "path", "offset", "size"]].reset_index(drop=True)
-    frame["error"] = pd.Series([e for _, e in failed], dtype="str")
-    frame["shard"] = np.int64(shard)
-    for i, err in failed:
-        log.warning("skipped image %s (%s): %s", records["key"].iat[i], records["path"].iat[i], err)
-    return frame
-
-
-def _no_skipped() -> pd.DataFrame:
-    dtypes = {"key": "str", "path": "str", "offset": "int64", "size": "int64", "error": "str", "shard": "int64"}
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items()})
+def _build_folder(root: Path, config: dict, force: bool, shards: tuple[int, int] | None) -> tuple[Path | None, bool]:
+    """(the folder this run writes, whether to wipe it first): `root` itself (resuming it), or with `force` a hidden
+    sibling that replaces `root` only when complete (a forced run killed earlier resumes there). (None, False) when
+    `root` is a committed set made by this config that still holds every shard: nothing to do."""
+    if not force:
+        old = fileio.read_json(root / store.CONFIG) if (root / store.CONFIG).exists() else {}
+        same = all(old.get(k) == config[k] for k in IDENTITY)
+        whole = store.done_shards(root) == list(range(config["shards"]))
+        if shards is None and same and whole and store.set_state(root).state == "complete":
+            return None, False
+        return root, _check_folder(root, config, restart=False)
+    build = root.parent / f".{root.name}.force"
+    return build, _check_folder(build, config, restart=True)
 
 
 class _Run:
     """Counters, skipped list and progress of one embed_dataset call."""
 
     def __init__(self, root: Path, source: Source, progress: Progress | None, label: str,
-                 shards: list[SourceShard] | None = None):
+                 shards: list[SourceShard] | None = None, config: dict | None = None, wipe: bool = False):
         self.root, self.source, self.progress, self.label = root, source, progress, label
-        self.partial = shards is not None  # a shard range: per-shard skipped lists, no summary
+        self.config, self.wipe = config, wipe  # written by open(), at the first write: a failure before it leaves no trace
         self.shards = source.shards if shards is None else shards
         self.done, self.embedded, self.started = 0, 0, time.perf_counter()
         self.hashes: dict[int, np.ndarray] = {}
         self._counted = {s.index: s.rows for s in self.shards if s.rows is not None}
         self._counted_sum = sum(self._counted.values())
-        self.skipped = _load_skipped(root)
+        self.skipped = load_skipped(root)
 
     def count_shard(self, index: int, rows: int) -> None:
         """Record a shard's record count once known (tars: after indexing)."""
@@ -217,27 +170,30 @@ class _Run:
             self.progress(self.done, max(self.total(), self.done),
                           f"{self.label}: shard {shard.index + 1}/{len(self.source.shards)}")
 
-    def finish_shard(self, shard: SourceShard, records: pd.DataFrame, rows: np.ndarray, failed: list) -> None:
-        kept = self.skipped[self.skipped["shard"] != shard.index]
-        parts = [f for f in (kept, _skipped_frame(records, failed, shard.index)) if len(f)]
-        self.skipped = pd.concat(parts, ignore_index=True) if parts else kept
-        if self.partial:
-            mine = self.skipped[self.skipped["shard"] == shard.index]
-            fileio.write_parquet(self.root / SKIPPED_PARTS / f"shard_{shard.index}.parquet", mine[SKIPPED_COLUMNS])
-        else:
-            fileio.write_parquet(self.root / "skipped.parquet", self.skipped[SKIPPED_COLUMNS])
+    def has_shard(self, index: int) -> bool:
+        """True when shard `index` is on disk from an earlier run (never in a folder about to be wiped)."""
+        return not self.wipe and _shard_done(self.root, index)
+
+    def open(self) -> None:
+        """Before the run's first write: wipe the folder if asked, reopen a committed set, write config.json."""
+        if self.config is None:
+            return
+        if self.wipe:
+            fileio.remove_tree(self.root)
+            self.skipped, self.wipe = no_skipped(), False
+        if (self.root / store.SUMMARY).exists():
+            fileio.remove_tree(self.root / store.SUMMARY)  # the set is open again until this run commits it
+        fileio.write_json(self.root / store.CONFIG, self.config)
+        self.config = None
+
+    def finish_shard(self, shard: SourceShard, records: pd.DataFrame, rows: np.ndarray, failed: list,
+                     losses: pd.DataFrame) -> None:
+        """Store the shard's skipped list (before the shard: see clipsim.embed_summary) and count it."""
+        mine = shard_skipped(records, failed, losses, shard.index)
+        write_shard_skipped(self.root, shard.index, mine)
+        parts = [f for f in (self.skipped[self.skipped["shard"] != shard.index], mine) if len(f)]
+        self.skipped = pd.concat(parts, ignore_index=True) if parts else no_skipped()
         self.embedded += len(rows)
-
-
-def _load_skipped(root: Path) -> pd.DataFrame:
-    """skipped.parquet with the per-shard lists of shard-range runs in place of those shards' rows."""
-    frames = [pd.read_parquet(root / "skipped.parquet")] if (root / "skipped.parquet").exists() else []
-    parts = sorted((root / SKIPPED_PARTS).glob("shard_*.parquet"))
-    if parts:
-        redone = [int(p.stem.split("_")[1]) for p in parts]
-        frames = [f[~f["shard"].isin(redone)] for f in frames] + [pd.read_parquet(p) for p in parts]
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else _no_skipped()
 
 
 def embed_dataset(
@@ -257,7 +213,8 @@ def embed_dataset(
         device: 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...
         shard_size: records per output shard for folders and tables (one tar = one shard).
         progress: progress(done_images, total_images, description) or None; totals for tars are estimates.
-        force: delete existing embeddings of this dataset first.
+        force: re-embed from scratch into a hidden sibling folder that replaces the existing embeddings only once
+            complete (a killed forced run leaves the old set untouched; running it again resumes it).
         cache_dir: model cache folder (see models.load_model).
         precision: 'auto' (fp16 autocast on CUDA, fp32 on CPU), 'amp' or 'fp32'.
         shards: (lo, hi): embed only source shards lo <= i < hi (one task of a cluster array; no summary is
@@ -268,12 +225,17 @@ def embed_dataset(
 
     Raises:
         DataError: bad source, existing embeddings from another model/source (without force), a key repeated
-            across tars, a shard whose images all fail, or force together with a shard range.
+            across tars or in an imported folder, a shard whose images all fail, or force together with a shard
+            range.
         ModelError: the model or its weights cannot be loaded offline.
+        ArgumentError, ReadOnlyError: a bad argument, or a read-only workspace (nothing is touched).
     """
+    check_embed_args(batch_size, workers, device, shard_size)
+    check_choice(precision, "precision", PRECISIONS)
     ds = ws.dataset(name)
     if ds.kind == "embeddings":
-        return ws.embeddings(name)
+        return validate_imported(ws, name)
+    check_writable(f"embed {name}")
     source = open_source(ds.kind, ds.source, shard_size, options=ds.extra)
     root = ws.path("embeddings", name)
     chosen = _chosen_shards(source, shards, force, root)
@@ -283,30 +245,53 @@ def embed_dataset(
               "source_fingerprint": source.fingerprint(), "shards": len(source.shards),
               "crop_border": source.crop_border,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _prepare_folder(root, config, force)
-    run = _Run(root, source, progress, name, None if shards is None else chosen)
+    build, wipe = _build_folder(root, config, force, shards)
+    if build is None:
+        log.info("embeddings of %s are complete and current; nothing to do", name)
+        return ws.embeddings(name)
+    run = _Run(build, source, progress, name, None if shards is None else chosen, config, wipe)
     opts = {"batch_size": batch_size, "workers": workers, "precision": precision, "dim": info["dim"],
             "crop_border": source.crop_border}
     for shard in chosen:
-        if _shard_done(root, shard.index):
+        if run.has_shard(shard.index):
             _resume_shard(run, shard)
-            continue
-        records = source.records(shard)
-        run.count_shard(shard.index, len(records))
-        emb, rows, failed = _embed_shard(net, preprocess, records, dev, opts, lambda n, shard=shard: run.tick(n, shard))
-        if len(records) >= SYSTEMATIC_FAILURE_ROWS and not len(rows):
-            raise DataError(f"all {len(records)} images of shard {shard.index} ({shard.description}) failed, e.g. "
-                            f"{records['path'].iat[0]}: {failed[0][1]}; check the source path and that it is mounted")
-        store.write_shard(root, shard.index, emb, records.iloc[rows])
-        run.finish_shard(shard, records, rows, failed)
-        if source.kind == "wds":
-            run.hashes[shard.index] = key_hashes(records["key"].iloc[rows])
+        else:
+            _embed_one(run, shard, (net, preprocess, dev), opts)
+    run.open()
     if shards is not None:
-        (root / store.EMB_DIR).mkdir(parents=True, exist_ok=True)
-        return store.EmbeddingSet(root, allow_partial=True)
-    _check_keys_across_shards(run)
-    _write_summary(run)
+        (build / store.EMB_DIR).mkdir(parents=True, exist_ok=True)
+        return store.EmbeddingSet(build, allow_partial=True)
+    _commit(run)
+    if build != root:
+        fileio.swap_dir(build, root)
     return ws.embeddings(name)
+
+
+def _embed_one(run: _Run, shard: SourceShard, model: tuple, opts: dict) -> None:
+    """Embed one source shard: its skipped list first, then its npy and metadata (the shard's own commit)."""
+    net, preprocess, dev = model
+    records, losses = run.source.read(shard)
+    run.count_shard(shard.index, len(records))
+    emb, rows, failed = _embed_shard(net, preprocess, records, dev, opts, lambda n: run.tick(n, shard))
+    if len(records) >= SYSTEMATIC_FAILURE_ROWS and not len(rows):
+        raise DataError(f"all {len(records)} images of shard {shard.index} ({shard.description}) failed, e.g. "
+                        f"{records['path'].iat[0]}: {failed[0][1]}; check the source path and that it is mounted")
+    run.open()
+    run.finish_shard(shard, records, rows, failed, losses)
+    store.write_shard(run.root, shard.index, emb, records.iloc[rows])
+    if run.source.kind == "wds":
+        run.hashes[shard.index] = key_hashes(records["key"].iloc[rows])
+
+
+def validate_imported(ws, name: str) -> store.EmbeddingSet:
+    """An imported clip-retrieval folder, checked (headers, row alignment, unique keys) as it is now.
+
+    Raises:
+        DataError: the folder is malformed, or keys repeat (the first ones are named).
+    """
+    emb = ws.embeddings(name)
+    check_unique_keys(emb, f"dataset {name!r} ({emb.root})")
+    return emb
 
 
 def _chosen_shards(source: Source, shards: tuple[int, int] | None, force: bool, root: Path) -> list[SourceShard]:
@@ -334,10 +319,12 @@ def finalize_embeddings(ws, name: str) -> store.EmbeddingSet:
     Raises:
         DataError: nothing embedded yet, the source changed since, or shards missing (the message names the
             ranges and the command that embeds them).
+        ReadOnlyError: the workspace is read-only (nothing is written).
     """
     ds = ws.dataset(name)
     if ds.kind == "embeddings":
         return ws.embeddings(name)
+    check_writable(f"finalize the embeddings of {name}")
     root = ws.path("embeddings", name)
     again = f"python -m clipsim embed --workspace {ws.root} --datasets {name}"
     if not (root / "config.json").exists():
@@ -355,8 +342,7 @@ def finalize_embeddings(ws, name: str) -> store.EmbeddingSet:
     run = _Run(root, source, None, name)
     for shard in source.shards:
         _resume_shard(run, shard)
-    _check_keys_across_shards(run)
-    _write_summary(run)
+    _commit(run)
     return ws.embeddings(name)
 
 
@@ -385,29 +371,21 @@ def _shard_keys(root: Path, index: int) -> pd.Series:
 
 
 def _check_keys_across_shards(run: _Run) -> None:
-    """Tars are indexed one at a time, so a key repeated in two tars is found here, after embedding."""
-    hit = first_repeated_key(run.hashes, lambda s: _shard_keys(run.root, s))
-    if hit:
-        key, a, b = hit
+    """Tars are indexed one at a time, so a key repeated in two tars is found here, before the set is committed."""
+    hits = repeated_keys(run.hashes, lambda s: _shard_keys(run.root, s))
+    if hits:
+        where = describe(hits, lambda i: f"tar {run.source.shards[i].description}")
         raise DataError(
-            f"key {key!r} occurs in tar {run.source.shards[a].description} and in {run.source.shards[b].description}; "
-            "keys must be unique within a dataset (is a tar listed twice or copied?): fix the source, then re-run "
-            "with --force"
+            f"{where}; keys must be unique within a dataset (is a tar listed twice or "
+            "copied?): fix the source, then re-run with --force"
         )
 
 
-def _write_summary(run: _Run) -> None:
-    """Consolidate the skipped lists (sorted by shard), then write summary.json: the run is complete."""
-    fileio.write_parquet(run.root / "skipped.parquet",
-                         run.skipped.sort_values("shard", kind="stable").reset_index(drop=True)[SKIPPED_COLUMNS])
-    shutil.rmtree(run.root / SKIPPED_PARTS, ignore_errors=True)
+def _commit(run: _Run) -> None:
+    """Refuse repeated keys, then consolidate the skipped lists and write summary.json (the commit point)."""
+    _check_keys_across_shards(run)
     seconds = time.perf_counter() - run.started
-    emb = store.EmbeddingSet(run.root)
-    summary = {
-        "rows": emb.count, "skipped": len(run.skipped), "shards": len(emb.shards), "dim": emb.dim,
-        "embedded_this_run": run.embedded, "seconds": round(seconds, 3),
-        "images_per_second": round(run.embedded / seconds, 2) if seconds > 0 else None,
-        "complete": True, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    fileio.write_json(run.root / "summary.json", summary)
+    stats = {"embedded_this_run": run.embedded, "seconds": round(seconds, 3),
+             "images_per_second": round(run.embedded / seconds, 2) if seconds > 0 else None}
+    write_summary(run.root, run.skipped, stats, run.source.notes)
     log.info("embedded %d images (%d skipped) into %s in %.1f s", run.embedded, len(run.skipped), run.root, seconds)

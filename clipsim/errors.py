@@ -19,3 +19,7 @@ class ModelError(ClipsimError):
 
 class ReadOnlyError(ClipsimError):
     """A write was attempted on a workspace served read-only (presentation mode)."""
+
+
+class ArgumentError(ClipsimError):
+    """A function, command or job argument has the wrong type or is out of range (nothing was changed)."""

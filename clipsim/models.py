@@ -1,4 +1,5 @@
-"""OpenCLIP model loading, offline only: architecture names or our own JSON configs; weights from local files.
+"""OpenCLIP model loading, offline only (architecture names or our own JSON configs; weights from local files),
+and batched encoding of images and texts with a loaded model.
 
 A pretrained tag is resolved to a file in the Hugging Face cache or open_clip's url cache before open_clip
 runs, so nothing is ever downloaded and a missing file fails at once with instructions.
@@ -6,6 +7,7 @@ runs, so nothing is ever downloaded and a missing file fails at once with instru
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import logging
@@ -16,8 +18,10 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub (imported by open_clip) reads it
 
+import numpy as np
 import open_clip
 import torch
+import torch.nn.functional as F
 from open_clip import pretrained as oc_pretrained
 
 from clipsim import fileio
@@ -158,6 +162,11 @@ def _missing_weights_message(name: str, tag: str, cfg: dict, cache_dir: str | No
             f"(HF_HOME / --cache-dir), or pass --pretrained /path/to/checkpoint.pt")
 
 
+@functools.lru_cache(maxsize=8)  # building the BPE tokenizer takes ~0.4 s; it holds no per-model weights
+def _tokenizer(name: str, cache_dir: str | None) -> Callable:
+    return open_clip.get_tokenizer(name, cache_dir=cache_dir)
+
+
 def load_model(
     model: str | Path, pretrained: str | Path | None, device: str | torch.device = "cpu", cache_dir: str | None = None
 ) -> tuple[torch.nn.Module, Callable, Callable, dict]:
@@ -191,7 +200,7 @@ def load_model(
             image_interpolation=tag_cfg.get("interpolation"), image_resize_mode=tag_cfg.get("resize_mode"),
             pretrained_text=False,  # never fetch base text-tower weights from the hub
         )
-        tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
+        tokenizer = _tokenizer(name, cache_dir)
     except Exception as err:  # open_clip raises RuntimeError, KeyError, OSError, hub errors...
         what = f"checkpoint {checkpoint}" if checkpoint else f"model {name}"
         raise ModelError(f"cannot load {what} ({type(err).__name__}: {err}); check that the checkpoint was saved "
@@ -212,3 +221,60 @@ def load_model(
 
 def _pair(size) -> tuple[int, int]:
     return tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
+
+
+def autocast(device: torch.device, precision: str):
+    """fp16 autocast on CUDA for 'amp' (and 'auto'); plain fp32 otherwise.
+
+    Raises:
+        ValueError: an unknown precision.
+    """
+    if precision not in ("auto", "amp", "fp32"):
+        raise ValueError(f"precision {precision!r} must be 'auto', 'amp' or 'fp32'")
+    amp = device.type == "cuda" and precision in ("auto", "amp")
+    return torch.autocast(device.type, dtype=torch.float16, enabled=amp)
+
+
+def encode_pixels(model: torch.nn.Module, pixels: torch.Tensor, device: torch.device, precision: str) -> np.ndarray:
+    """encode_image on a preprocessed batch, L2-normalised in float32: (n, d) float32."""
+    with torch.inference_mode(), autocast(device, precision):
+        feats = model.encode_image(pixels.to(device, non_blocking=True))
+    return F.normalize(feats.float(), dim=-1).cpu().numpy()
+
+
+def embed_images(model: torch.nn.Module, preprocess: Callable, images: list, device: str | torch.device = "cpu",
+                 batch_size: int = 256, precision: str = "auto") -> np.ndarray:
+    """Embed PIL images with the image tower.
+
+    Args:
+        model: open_clip model in eval mode, on `device`.
+        preprocess: its eval transform (PIL image -> (3, H, W) tensor).
+        images: PIL images.
+        batch_size: images per forward pass.
+        precision: 'auto' (fp16 autocast on CUDA, fp32 on CPU), 'amp' or 'fp32'.
+
+    Returns:
+        (len(images), d) float32, rows L2-normalised.
+    """
+    device = resolve_device(device)
+    parts = [
+        encode_pixels(model, torch.stack([preprocess(im) for im in images[lo : lo + batch_size]]), device, precision)
+        for lo in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, getattr(model.visual, "output_dim", 0)), np.float32)
+
+
+def encode_texts(model: torch.nn.Module, tokenizer: Callable, texts: list[str], device: str | torch.device = "cpu",
+                 batch_size: int = 1024) -> np.ndarray:
+    """Embed texts with the text tower (for zero-shot classifiers).
+
+    Returns:
+        (len(texts), d) float32, rows L2-normalised.
+    """
+    device = resolve_device(device)
+    parts = []
+    with torch.inference_mode():
+        for lo in range(0, len(texts), batch_size):
+            feats = model.encode_text(tokenizer(list(texts[lo : lo + batch_size])).to(device))
+            parts.append(F.normalize(feats.float(), dim=-1).cpu().numpy())
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)

@@ -1,7 +1,10 @@
-"""Embedding shards in the clip-retrieval layout: atomic writes, counts from npy headers, block iteration.
+"""Embedding shards in the clip-retrieval layout: atomic writes, counts from validated npy headers, block
+iteration and the commit state of a set.
 
 Layout of one dataset folder: `img_emb/img_emb_<i>.npy` (float16, L2-normalised, rows x dim) and the
-row-aligned `metadata/metadata_<i>.parquet` (string column `key`; `caption`, `label` where known).
+row-aligned `metadata/metadata_<i>.parquet` (string column `key`; `caption`, `label` where known). A set that
+`clipsim embed` makes also holds `config.json` (written first) and `summary.json` (written last: the commit
+point); a folder with the first and not the second is an unfinished run and is never read as a dataset.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from clipsim.errors import DataError
 
 EMB_DIR = "img_emb"
 META_DIR = "metadata"
+CONFIG = "config.json"
+SUMMARY = "summary.json"
 NORM_TOLERANCE = 1e-2  # float16 storage keeps norms within ~1e-3 of 1; 1e-2 flags unnormalised input
 _SHARD_RE = re.compile(r"img_emb_(\d+)\.npy$")
 
@@ -35,19 +40,44 @@ def meta_path(root: Path, index: int) -> Path:
 
 
 def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """Read shape and dtype of a .npy file from its header only.
+    """Read shape and dtype of a .npy file from its header, and check that the file holds all the rows it declares.
 
     Raises:
-        DataError: the file is not a readable .npy file.
+        DataError: the file is not a readable .npy file, or is shorter (truncated) or longer than its header says.
     """
     try:
-        with open(path, "rb") as f:
+        with fileio.open_regular(path, 1 << 62, "embedding shard") as (f, size):
             version = np.lib.format.read_magic(f)
             read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[version]
             shape, _, dtype = read(f)
+            start = f.tell()
     except (OSError, ValueError, KeyError) as err:
         raise DataError(f"{path} is not a readable .npy file ({err}); re-create it with `clipsim embed`") from err
+    want = start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size != want:
+        rows = (size - start) // max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+        state = f"is truncated: it holds {size:,} bytes" if size < want else f"has {size - want:,} bytes too many"
+        raise DataError(
+            f"{path} {state}, but its header declares {shape[0]:,} rows of {shape[1:]} {dtype} ({want:,} bytes; "
+            f"about {max(rows, 0):,} whole rows are there); the copy or write was cut short: restore the file, or "
+            "delete it and run `python -m clipsim embed` again (it redoes missing shards)"
+        )
     return shape, dtype
+
+
+def parquet_file(path: Path) -> pq.ParquetFile:
+    """Open a metadata parquet file (footer only).
+
+    Raises:
+        DataError: the file is missing, not a regular file, or not valid parquet (names it and the fix).
+    """
+    with fileio.open_regular(path, 1 << 62, "metadata file"):
+        pass  # devices and pipes are refused before pyarrow reads them
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError
+        raise DataError(f"metadata file {path} is not valid parquet ({err}); restore it, or re-create the "
+                        "dataset's embeddings (`python -m clipsim embed --force`)") from err
 
 
 def check_rows(path: Path, emb: np.ndarray, first_row: int = 0) -> None:
@@ -159,7 +189,7 @@ class EmbeddingSet:
                     "must come from the same model: re-embed this shard or move it to its own dataset"
                 )
             dim = shape[1]
-            meta_rows = pq.ParquetFile(meta).metadata.num_rows
+            meta_rows = parquet_file(meta).metadata.num_rows
             if meta_rows != shape[0]:
                 raise DataError(
                     f"{meta} has {meta_rows} rows but {emb} has {shape[0]}; metadata must be row-aligned "
@@ -168,7 +198,8 @@ class EmbeddingSet:
             shards.append(Shard(index, emb, meta, shape[0], start))
             start += shape[0]
         if not shards and not allow_partial:
-            raise DataError(f"{emb_dir} holds no complete shard (img_emb_<i>.npy + metadata_<i>.parquet)")
+            raise DataError(f"{emb_dir} holds no complete shard (img_emb_<i>.npy + metadata_<i>.parquet); run "
+                            "`python -m clipsim embed` for this dataset, or point it at a folder that holds shards")
         return shards
 
     def fingerprint(self) -> str:
@@ -220,7 +251,7 @@ class EmbeddingSet:
 
     def columns(self) -> list[str]:
         """Metadata column names (from the first shard's schema)."""
-        return list(pq.ParquetFile(self.shards[0].meta).schema_arrow.names) if self.shards else ["key"]
+        return list(parquet_file(self.shards[0].meta).schema_arrow.names) if self.shards else ["key"]
 
     def metadata_at(self, ids: np.ndarray, columns: list[str] | None = None) -> pd.DataFrame:
         """Metadata rows for global ids, in the order given."""
@@ -243,9 +274,85 @@ class EmbeddingSet:
         return self.metadata(["key"])["key"].to_numpy()
 
 
+@dataclass(frozen=True)
+class SetState:
+    """Where an embedding folder stands.
+
+    Attributes:
+        state: 'complete' (committed by summary.json, or written by another tool without config.json),
+            'incomplete' (an embed run started: config.json without summary.json) or 'not embedded'.
+        shards_done: shards with both files.
+        shards_total: shards the run will write (None when unknown).
+        lost: images the committed run could not embed, and stretches of a damaged tar it could not index
+            (skipped.parquet lists them).
+    """
+
+    state: str
+    shards_done: int
+    shards_total: int | None
+    lost: int = 0
+
+    @property
+    def label(self) -> str:
+        """'complete', 'complete with 3 losses (see skipped.parquet)', 'incomplete (1 of 4 shards)', ..."""
+        if self.state == "incomplete":
+            total = "?" if self.shards_total is None else self.shards_total
+            return f"incomplete ({self.shards_done} of {total} shards)"
+        if self.state == "complete" and self.lost:
+            return f"complete with {self.lost:,} losses (see skipped.parquet)"
+        return self.state
+
+
+def done_shards(root: Path) -> list[int]:
+    """Indices of the shards of a folder that have both their npy and their metadata file (existence only)."""
+    emb_dir = Path(root) / EMB_DIR
+    found = [int(m.group(1)) for p in emb_dir.iterdir() if (m := _SHARD_RE.search(p.name))] if emb_dir.is_dir() else []
+    return sorted(i for i in found if meta_path(root, i).exists())
+
+
+def set_state(root: Path) -> SetState:
+    """The commit state of an embedding folder, from config.json, summary.json and which shard files exist."""
+    root = Path(root)
+    if (root / SUMMARY).exists():
+        summary = fileio.read_json(root / SUMMARY)
+        return SetState("complete", int(summary.get("shards", 0)), int(summary.get("shards", 0)),
+                        int(summary.get("skipped", 0)))
+    done = len(done_shards(root))
+    if (root / CONFIG).exists():
+        total = fileio.read_json(root / CONFIG).get("shards")
+        return SetState("incomplete", done, int(total) if total is not None else None)
+    return SetState("complete", done, done) if done else SetState("not embedded", 0, None)
+
+
+def check_commit(emb: EmbeddingSet) -> None:
+    """Check that a committed set still holds exactly the shards its summary.json recorded.
+
+    Raises:
+        DataError: a shard was added, removed or rewritten with other rows after the set was committed.
+    """
+    path = emb.root / SUMMARY
+    if not path.exists():
+        return
+    summary = fileio.read_json(path)
+    have = {str(s.index): s.rows for s in emb.shards}
+    want = summary.get("shard_rows")
+    same = have == want if want is not None else (emb.count, len(emb.shards)) == (summary["rows"], summary["shards"])
+    if not same:
+        raise DataError(
+            f"{emb.root} changed after its embedding run committed it: {path} records {summary['rows']:,} rows in "
+            f"{summary['shards']} shards, the folder holds {emb.count:,} rows in {len(emb.shards)}; a shard was "
+            "added, removed or replaced by hand: restore it, or run `python -m clipsim embed` for this dataset again (it "
+            "redoes missing shards; --force re-embeds all)"
+        )
+
+
 @lru_cache(maxsize=16)  # a LAION metadata shard with captions is ~100 MB
 def _read_meta_cached(path: str, mtime_ns: int, columns: tuple[str, ...] | None) -> pd.DataFrame:
-    return pd.read_parquet(path, columns=list(columns) if columns else None)
+    try:
+        return pd.read_parquet(path, columns=list(columns) if columns else None)
+    except (OSError, ValueError, KeyError) as err:  # pyarrow: ArrowInvalid (a ValueError), ArrowIOError, ...
+        raise DataError(f"metadata file {path} cannot be read ({err}); restore it, or re-create the dataset's "
+                        "embeddings (`python -m clipsim embed --force`)") from err
 
 
 def _read_meta(path: Path, columns: tuple[str, ...] | None) -> pd.DataFrame:

@@ -11,6 +11,7 @@ import pandas as pd
 from clipsim.errors import WorkspaceError
 from clipsim.images import Thumb, dataset_thumbs, frame_thumbs, locator_frame
 from clipsim.prune.stats import floor32
+from clipsim.search.result import completed_searches
 
 SORTS = ("nearest", "least", "dataset")  # most similar first (near-duplicates), least covered first, stored order
 
@@ -60,27 +61,13 @@ class TestNeighbours:
         return ""
 
 
-def searched_trains(ws, test: str) -> dict[str, str]:
-    """{train set: search fingerprint} for every train set with a completed search of `test`."""
-    found = {}
-    for train in ws.dataset_names("train"):
-        if ws.path("search", train, test, "config.json").exists():
-            found[train] = ws.search_result(test, train).fingerprint
-    return found
-
-
-def searched_tests(ws) -> list[str]:
-    """Test sets that have at least one completed search, in workspace order."""
-    return [t for t in ws.dataset_names("test") if searched_trains(ws, t)]
-
-
 def load_test_neighbours(ws, test: str) -> TestNeighbours:
     """Read a test set's keys, labels and stored neighbours in every searched train set.
 
     Raises:
         WorkspaceError: the test set has no completed search (the message names the command).
     """
-    fingerprints = searched_trains(ws, test)
+    fingerprints = completed_searches(ws, test)
     if not fingerprints:
         raise WorkspaceError(
             f"test set {test!r} has no completed search in {ws.root}; run "
@@ -208,15 +195,24 @@ def _neighbour_tiles(ws, nn: TestNeighbours, train: str, rows: np.ndarray, k: in
     ids, sims = nn.ids[train][rows, :kk], nn.sims[train][rows, :kk]
     valid = ids >= 0  # -1: the train set had fewer than k rows
     frame = locator_frame(ws, train, ids[valid])
-    thumbs, texts, keys = frame_thumbs(frame, size), tile_texts(frame, ws.dataset(train).classes), frame["key"].astype(str)
+    thumbs, texts = frame_thumbs(frame, size), tile_texts(frame, ws.dataset(train).classes)
+    keys = frame["key"].astype(str).to_numpy()
     flat = iter(range(len(frame)))
     out = []
     for i in range(len(rows)):
         out.append([])
         for j in np.flatnonzero(valid[i]):
             n = next(flat)
-            out[-1].append(Tile(thumbs[n], keys.iloc[n], float(sims[i, j]), texts[n]))
+            out[-1].append(Tile(thumbs[n], keys[n], float(sims[i, j]), texts[n]))
     return out
+
+
+def row_tiles(ws, dataset: str, rows: np.ndarray, size: int, sims: np.ndarray | None = None) -> list[Tile]:
+    """Tiles of some rows of a dataset (one metadata read), with similarities when given (dedup pairs, text hits)."""
+    frame = locator_frame(ws, dataset, np.asarray(rows, dtype=np.int64))
+    texts, thumbs = tile_texts(frame, ws.dataset(dataset).classes), frame_thumbs(frame, size)
+    values = [None] * len(frame) if sims is None else [float(s) for s in sims]
+    return [Tile(t, str(k), v, x) for t, k, v, x in zip(thumbs, frame["key"], values, texts)]
 
 
 def similarity_summary(nns: dict[str, TestNeighbours], reference: str | None) -> pd.DataFrame:

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from clipsim import fileio
-from clipsim.errors import WorkspaceError
+from clipsim.errors import ClipsimError, DataError, WorkspaceError
 from clipsim.names import check_name, check_writable
-from clipsim.store import EmbeddingSet
+from clipsim.store import EmbeddingSet, SetState, check_commit, set_state
 
 REGISTRY = "clipsim.json"
 ROLES = ("train", "test")
@@ -64,7 +64,7 @@ class Workspace:
                 f"`python -m clipsim demo --workspace {root}` or create an empty one with "
                 f"`python -m clipsim init --workspace {root}`"
             )
-        return cls(root, fileio.read_json(reg))
+        return cls(root, check_registry(fileio.read_json(reg), reg))
 
     @classmethod
     def create(cls, root: str | Path, exist_ok: bool = True) -> Workspace:
@@ -84,7 +84,7 @@ class Workspace:
 
     def reload(self) -> None:
         """Re-read the registry (another process may have changed it)."""
-        self._registry = fileio.read_json(self.root / REGISTRY)
+        self._registry = check_registry(fileio.read_json(self.root / REGISTRY), self.root / REGISTRY)
 
     # ----- datasets --------------------------------------------------------------------------------
     def register_dataset(
@@ -101,6 +101,7 @@ class Workspace:
 
         Raises:
             WorkspaceError: bad name, role or kind.
+            DataError: an imported embeddings folder that is malformed or repeats keys.
         """
         check_name(name)
         check_writable()  # before the registry in memory changes
@@ -111,6 +112,8 @@ class Workspace:
         if kind == "embeddings" and "columns" not in extra:  # clip-retrieval folders name metadata columns their way
             columns = _imported_columns(self.resolve(source))
             extra.update({"columns": columns} if columns is not None else {})
+        if kind == "embeddings":
+            _check_imported(self.resolve(source), extra.get("columns"), name)
         ds = Dataset(name, role, str(source), kind, list(classes) if classes is not None else None, dict(extra))
         entry = asdict(ds)
         entry.pop("name")
@@ -142,17 +145,32 @@ class Workspace:
         return [n for n, e in self._registry["datasets"].items() if role is None or e["role"] == role]
 
     def datasets(self) -> pd.DataFrame:
-        """One row per dataset: name, role, kind, count, dim (count/dim 0 until embedded), source."""
+        """One row per dataset: name, role, kind, count, dim (count/dim 0 until committed), classes, state
+        ('complete', 'complete with 3 losses (see skipped.parquet)', 'incomplete (1 of 4 shards)', 'not embedded'
+        or 'unreadable: <why>'), source."""
         rows = []
         for name in self.dataset_names():
             ds = self.dataset(name)
-            emb = self.embeddings(name, required=False)
+            try:
+                state = self.embedding_state(name).label
+                emb = self.embeddings(name, required=False)
+            except ClipsimError as err:  # a truncated shard, a corrupt summary, ...: shown, never raised here
+                state, emb = f"unreadable: {err}", None
             rows.append(
                 {"name": name, "role": ds.role, "kind": ds.kind, "count": emb.count if emb else 0,
-                 "dim": emb.dim if emb else 0, "classes": len(ds.classes or []), "source": ds.source}
+                 "dim": emb.dim if emb else 0, "classes": len(ds.classes or []), "state": state, "source": ds.source}
             )
-        cols = ["name", "role", "kind", "count", "dim", "classes", "source"]
+        cols = ["name", "role", "kind", "count", "dim", "classes", "state", "source"]
         return pd.DataFrame(rows, columns=cols)
+
+    def embedding_state(self, name: str) -> SetState:
+        """Where a dataset's embeddings stand (complete, incomplete (k of n shards), not embedded); see
+        clipsim.store.SetState. Imported folders are complete as given."""
+        ds = self.dataset(name)
+        if ds.kind == "embeddings":
+            done = (Path(ds.source) / "img_emb").is_dir()
+            return SetState("complete", 0, None) if done else SetState("not embedded", 0, None)
+        return set_state(self.path("embeddings", name))
 
     # ----- paths and artifacts ---------------------------------------------------------------------
     def path(self, *parts: str) -> Path:
@@ -165,20 +183,77 @@ class Workspace:
         return Path(ds.source) if ds.kind == "embeddings" else self.path("embeddings", name)
 
     def embeddings(self, name: str, required: bool = True) -> EmbeddingSet | None:
-        """The dataset's embedding shards; None (or an error when required) if not embedded yet.
+        """The dataset's committed embedding shards; None (or an error when required) if not embedded yet, or if an
+        embed run has not committed them (`incomplete (k of n shards)`: no command reads a partial set).
 
         Imported folders whose metadata lacks clipsim's column names are seen through the mapping found when
         they were registered (clipsim.data.retrieval), so `key`, `caption`, `url` always read the same.
+
+        Raises:
+            DataError: (required) not embedded, or incomplete (the message names the command that finishes it);
+                (always) a shard that is truncated or changed after the set was committed.
         """
         ds = self.dataset(name)
         folder = Path(ds.source) if ds.kind == "embeddings" else self.path("embeddings", name)
-        if not required and not (folder / "img_emb").is_dir():
-            return None
         if ds.kind == "embeddings":
+            if not required and not (folder / "img_emb").is_dir():
+                return None
             from clipsim.data.retrieval import open_imported
 
             return open_imported(folder, ds.extra.get("columns"), allow_partial=not required)
-        return EmbeddingSet(folder, allow_partial=not required)
+        state = set_state(folder)
+        if state.state != "complete":
+            if required and state.state == "incomplete":
+                raise DataError(self._unfinished(name, folder, state))
+            if not required:
+                return None
+        emb = EmbeddingSet(folder, allow_partial=not required)
+        check_commit(emb)
+        return emb
+
+    def _unfinished(self, name: str, folder: Path, state: SetState) -> str:
+        again = f"python -m clipsim embed --workspace {self.root} --datasets {name}"
+        return (f"the embeddings of {name!r} in {folder} are {state.label}: an embed run was interrupted or has "
+                f"not finished; finish them with `{again}` (after shard-range runs: `{again} --finalize`)")
+
+    def embeddings_fingerprint(self, name: str) -> str | None:
+        """Fingerprint of the dataset's committed, non-empty embeddings; None when there are none, they are
+        incomplete, or they cannot be read (so every artifact made from them shows as stale, never as fresh)."""
+        try:
+            emb = self.embeddings(name, required=False)
+        except ClipsimError:
+            return None
+        return emb.fingerprint() if emb is not None and emb.count else None
+
+    # ----- study roles: the one place that decides the reference and the web sets -----------------------
+    @property
+    def reference(self) -> str | None:
+        """The reference train set (ImageNet-like, defines s_ref(t)): settings['reference'] when it names a
+        registered train set, else None."""
+        ref = self.settings.get("reference")
+        return ref if ref in self.dataset_names("train") else None
+
+    def web_sets(self) -> list[str]:
+        """The web train sets (the ones pruned and trained on): every train set but the reference, in registry order."""
+        return [n for n in self.dataset_names("train") if n != self.reference]
+
+    def web_set(self, web: str | None = None) -> str:
+        """The web set to use: `web` when given (checked), else the first web set in registry order.
+
+        Raises:
+            WorkspaceError: `web` is not a registered web set, or there is none (the message says what to register).
+        """
+        webs = self.web_sets()
+        if web is None and webs:
+            return webs[0]
+        if web in webs:
+            return web
+        if web is not None:
+            raise WorkspaceError(f"{web!r} is not a web train set of workspace {self.root} (web sets: "
+                                 f"{', '.join(webs) or 'none'}; the reference is {self.reference!r}); pass one of them")
+        raise WorkspaceError(f"workspace {self.root} has no web train set (a train set other than the reference "
+                             f"{self.reference!r}); register one: `python -m clipsim register --workspace {self.root} "
+                             "--name web --role train ...`")
 
     @property
     def settings(self) -> dict:
@@ -217,6 +292,59 @@ class Workspace:
     def keys(self, name: str) -> np.ndarray:
         """All keys of a dataset, row-aligned with its embeddings."""
         return self.embeddings(name).keys()
+
+
+def check_registry(registry: object, path: Path) -> dict:
+    """Validate a registry read from `path`: an object whose 'datasets' maps valid names to entries with a known role,
+    kind and a source path, and whose 'settings' (if any) is an object.
+
+    Returns:
+        The registry, unchanged.
+
+    Raises:
+        WorkspaceError: the first problem found, naming the file, the key and the fix.
+    """
+    fix = f"fix {path} by hand (or move it aside and register the datasets again)"
+    if not isinstance(registry, dict):
+        raise WorkspaceError(f"{path} must hold a JSON object, not {type(registry).__name__}; {fix}")
+    datasets = registry.get("datasets")
+    if not isinstance(datasets, dict):
+        raise WorkspaceError(f"{path} has no \"datasets\" object (got {datasets!r:.60}); a workspace registry lists its "
+                             f"datasets there, e.g. \"datasets\": {{}}; {fix}")
+    settings = registry.get("settings", {})
+    if not isinstance(settings, dict):
+        raise WorkspaceError(f"\"settings\" in {path} must be a JSON object; {fix}")
+    bad = [k for k in ("jobs", "slurm", "presets", "similarity_model") if not isinstance(settings.get(k, {}), dict)]
+    if bad or not isinstance(settings.get("reference", ""), (str, type(None))):
+        raise WorkspaceError(f"settings.{(bad or ['reference'])[0]} in {path} has the wrong type "
+                             f"({settings.get((bad or ['reference'])[0])!r:.40}): jobs, slurm, presets and "
+                             f"similarity_model are objects, reference a dataset name; {fix}")
+    for name, entry in datasets.items():
+        try:
+            check_name(name)
+        except WorkspaceError as err:
+            raise WorkspaceError(f"{path}: {err}; rename that dataset in the file") from err
+        if not isinstance(entry, dict):
+            raise WorkspaceError(f"dataset {name!r} in {path} must be a JSON object; {fix}")
+        bad = next((key for key, allowed in (("role", ROLES), ("kind", KINDS)) if entry.get(key) not in allowed), None)
+        if bad is not None:
+            allowed = ROLES if bad == "role" else KINDS
+            raise WorkspaceError(f"dataset {name!r} in {path} has {bad} {entry.get(bad)!r}; use one of {allowed}")
+        if not isinstance(entry.get("source"), str) or not entry["source"]:
+            raise WorkspaceError(f"dataset {name!r} in {path} has no \"source\" path; {fix}")
+        unknown = set(entry) - {"role", "kind", "source", "classes", "extra"}
+        if unknown or not isinstance(entry.get("classes") or [], list) or not isinstance(entry.get("extra", {}), dict):
+            raise WorkspaceError(f"dataset {name!r} in {path} has unknown keys {sorted(unknown)} or a malformed "
+                                 f"\"classes\" list / \"extra\" object; {fix}")
+    return registry
+
+
+def _check_imported(folder: Path, mapping: dict[str, str] | None, name: str) -> None:
+    """Refuse an imported folder with repeated keys (read once, at register; `embed` checks it again)."""
+    from clipsim.data.retrieval import check_imported
+
+    if (folder / "metadata").is_dir():
+        check_imported(folder, mapping, name)
 
 
 def _imported_columns(folder: Path) -> dict[str, str] | None:

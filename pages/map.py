@@ -2,18 +2,15 @@
 its images beside their neighbours."""
 import streamlit as st
 
-from clipsim import prune
 from clipsim.maps import compute as mapping
-from clipsim.maps import view as map_view
-from clipsim.plots import maps as plots_map
 from clipsim.ui import loaders, maps, share
-from clipsim.ui.common import leave_legacy_pages_mode
+from clipsim.ui.nav import page_setup
 from clipsim.ui.state import BIND
 
 COLOUR_LABELS = {"dataset": "Dataset", "class": "Class", "domain": "Domain", "similarity": "Similarity",
                  "manifest": "Manifest"}
 
-leave_legacy_pages_mode()
+page_setup(__file__)
 st.title("Map")
 st.caption("Test images (◆) and training images (●) embedded in 2-D with UMAP. Clusters where test diamonds sit "
            "inside web points are where the web set covers a benchmark. Drag a box or lasso to see the images.")
@@ -32,12 +29,12 @@ if not names:
 
 name = st.selectbox("Map", names, key="map", bind=BIND) if len(names) > 1 else names[0]
 info = mapping.load_map(ws, name)
-stale = info.stale_reasons()
+stale = maps.stale_reasons(ws, info)
 if stale:
     st.warning(f"This map is stale ({'; '.join(stale)}): it shows the embeddings as they were. Recompute it below.",
                icon=":material/warning:")
 points, total = maps.points(ws, info)
-manifests = list(prune.list_manifests(ws)["name"])
+manifests = list(loaders.manifests(ws)["name"])
 
 c = st.columns([2.4, 1.1, 2])
 colour = c[0].segmented_control("Colour by", list(COLOUR_LABELS), format_func=COLOUR_LABELS.get, default="dataset",
@@ -51,12 +48,8 @@ shown = c[2].multiselect("Datasets", datasets, default=datasets, key="show", bin
 if colour == "manifest" and manifest is None:
     st.caption("No manifest is saved yet: save one on the Prune page to see what it removes.")
 
-view = points[points["dataset"].isin(shown)].reset_index(drop=True)
-values = maps.removed(ws, info, points, manifest)[points["dataset"].isin(shown).to_numpy()] if manifest else None
 shapes = maps.url_shapes()
-chosen = map_view.selected(view, shapes)
-fig = plots_map.map_figure(view, colour if colour != "manifest" or manifest else "dataset", values,
-                           loaders.reference(ws, required=False), chosen if shapes else None)
+fig, view, chosen = maps.figure(ws, info, points, colour, shown, manifest, shapes)
 st.plotly_chart(fig, key=maps.CHART, on_select=maps.on_select(view), selection_mode=("points", "box", "lasso"),
                 config={"displaylogo": False, "scrollZoom": True})
 fitted = sum(info.config["sample_sizes"].values())

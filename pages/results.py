@@ -4,9 +4,11 @@ import streamlit as st
 from clipsim.plots import results as plots_results
 from clipsim.runs.results import latest_per_run, results_frame
 from clipsim.ui import loaders, share
+from clipsim.ui.nav import page_setup
 from clipsim.ui.runs import HAS_KALEIDO, PNG_NOTE, figure_downloads
 from clipsim.ui.state import BIND
 
+page_setup(__file__)
 st.title("Results")
 st.caption("Zero-shot top-1 of CLIP models retrained on the full web set, on pruned sets and on random subsets of "
            "the same size. If pruning the images most similar to a benchmark barely lowers its accuracy, train-test "

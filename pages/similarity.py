@@ -3,19 +3,21 @@ import numpy as np
 import streamlit as st
 
 from clipsim import plots, views
-from clipsim.ui import gallery, loaders, widgets
-from clipsim.ui.common import leave_legacy_pages_mode
+from clipsim.search import result as searches
+from clipsim.ui import gallery, loaders, pruning
+from clipsim.ui.nav import page_setup
 from clipsim.ui.state import BIND
 
 PAIRS, PAIR_THUMB, GRID = 6, 80, 3  # pairs each side of the threshold, their thumbnail px, histograms per row
 
-leave_legacy_pages_mode()
+page_setup(__file__)
 st.title("Similarity")
 st.caption("s_D(t) = max over x in D of cos(t, x): how close each test image's nearest training image is. "
            "Where the web set is closer than the curated reference, web data may explain benchmark performance.")
 ws, tests, ref = loaders.explore_context()
 nns = {t: loaders.test_neighbours(ws, t) for t in tests}
-webs = loaders.web_sets(ws, tests, ref)
+webs = searches.searched_web_sets(ws, tests)
+colours = plots.workspace_colours(ws)
 if not webs:
     st.info("No web (non-reference) train set is searched against every test set yet. Search it:",
             icon=":material/info:")
@@ -35,11 +37,11 @@ st.dataframe(summary, hide_index=True, width="stretch", column_config={
 
 st.subheader("Threshold")
 web = webs[0] if len(webs) == 1 else st.selectbox("Web set", webs, key="web", bind=BIND)
-stats = loaders.prune_stats(ws, web, tests, ref if loaders.has_margins(ws, web, tests, ref) else None)
+stats = loaders.prune_stats(ws, web, tests, ref if searches.has_margins(ws, web, tests, ref) else None)
 sorted_s = {t: loaders.sorted_similarity(nns[t], web)[0] for t in tests}
 lo, hi = loaders.sim_bounds(list(nns.values()))
 default = round(float(np.percentile(np.concatenate(list(sorted_s.values())), 90)), 2)
-tau = widgets.threshold_input(f"Threshold τ on s_{web}(t)", "tau", default, lo, hi,
+tau = pruning.threshold_input(f"Threshold τ on s_{web}(t)", "tau", default, lo, hi,
                               help_text="Test images whose web neighbour is above τ; web samples x with "
                                         "max_t cos(x, t) > τ")
 counts = views.threshold_counts(sorted_s, stats, tau)
@@ -62,7 +64,8 @@ for start in range(0, len(tests), GRID):
     cols = st.columns(GRID)
     for col, test in zip(cols, tests[start : start + GRID]):
         nn = nns[test]
-        fig = plots.similarity_histogram({t: nn.nn(t) for t in nn.trains}, ref, title=test, threshold=tau)
+        fig = plots.similarity_histogram({t: nn.nn(t) for t in nn.trains}, ref, title=test, threshold=tau,
+                                         colours=colours)
         col.plotly_chart(fig, width="stretch", key=f"hist_{test}")
 
 st.subheader("Pairs at the threshold")
@@ -70,8 +73,8 @@ pair_test = st.selectbox("Test set", tests, key="pairs", bind=BIND)
 s_sorted, order = loaders.sorted_similarity(nns[pair_test], web)
 above, below = views.threshold_neighbours(s_sorted, order, tau, PAIRS)
 for col, side, rows, text in zip(st.columns(2), ("above", "below"), (above, below),
-                                 (f"web neighbour closer than {tau:.4f}", f"at most {tau:.4f}")):
-    col.markdown(f"**Just {side} τ** · {text}")
-    pairs = views.nearest_pairs(ws, nns[pair_test], web, rows, PAIR_THUMB)
+                                 (f"s_{web}(t) > {tau:.4f}", f"s_{web}(t) ≤ {tau:.4f}")):
+    col.markdown(f"**Just {side} τ** · {text} · each pair: the test image, then its nearest {web} image")
+    pairs = loaders.nearest_pairs(ws, nns[pair_test], web, rows, PAIR_THUMB)
     with col:
-        gallery.show(gallery.pairs_html(pairs, PAIR_THUMB, side))
+        gallery.show(gallery.pairs_html(pairs, PAIR_THUMB, side, web))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +76,33 @@ def draw():
 
 @pytest.fixture(scope="session")
 def demo_ws(tmp_path_factory):
-    """The small demo workspace (built once per test session, about a minute): every page and job test uses it."""
+    """The small demo workspace, built once per test session (about a minute): every page and job test reads it.
+
+    Tests that write (manifests, maps, jobs, runs) work on a copy (`shutil.copytree`, modification times kept, so
+    every fingerprint still matches). With CLIPSIM_TEST_DEMO_CACHE=DIR the demo is built in DIR once and copied
+    from there in later sessions (a developer's loop; CI builds it fresh).
+    """
     from clipsim.data.demo.build import build_demo
 
-    return build_demo(tmp_path_factory.mktemp("demo") / "ws", seed=0, size="small")
+    root = tmp_path_factory.mktemp("demo") / "ws"
+    cache = os.environ.get("CLIPSIM_TEST_DEMO_CACHE")
+    if not cache:
+        return build_demo(root, seed=0, size="small")
+    built = build_demo(Path(cache), seed=0, size="small")  # a no-op once built
+    shutil.copytree(built.root, root, ignore=shutil.ignore_patterns("maps", "manifests", "jobs.sqlite*", "runs"))
+    return build_demo(root, seed=0, size="small")
+
+
+@pytest.fixture(scope="session")
+def mapped_ws(demo_ws, tmp_path_factory):
+    """A copy of the demo workspace with a map computed once per session by `python -m clipsim map --wait` (a real
+    worker: UMAP fitted on 350 points, the rest placed); the map and browser tests read it or copy it."""
+    from clipsim.cli import main as cli_main
+    from clipsim.workspace import Workspace
+
+    root = tmp_path_factory.mktemp("mapped") / "ws"
+    shutil.copytree(demo_ws.root, root, ignore=shutil.ignore_patterns("maps", "manifests", "jobs.sqlite*", "runs", "models"))
+    code = cli_main(["map", "--workspace", str(root), "--sample", "350", "--n-neighbors", "10", "--wait",
+                     "--timeout", "300"])
+    assert code == 0
+    return Workspace.open(root)

@@ -19,7 +19,9 @@ from clipsim.cli import main
 from clipsim.errors import ClipsimError, ReadOnlyError
 from clipsim.jobs import (
     ACTIVE,
+    Job,
     cancel,
+    describe_job,
     get_job,
     jobs_frame,
     launch,
@@ -29,6 +31,7 @@ from clipsim.jobs import (
     slot_count,
     tail_log,
     wait,
+    waiting_for,
 )
 from clipsim.jobs.backends import process_alive, process_start
 
@@ -181,7 +184,7 @@ def test_identical_launch_returns_the_same_job(ws):
     first = launch(ws, "sleep", LONG)
     assert launch(ws, "sleep", {"steps": 600, "seconds": 60}).id == first.id  # same params, other key order
     ids: list[str] = []
-    threads = [threading.Thread(target=lambda: ids.append(launch(ws, "sleep", {**LONG, "x": 1}).id)) for _ in range(4)]
+    threads = [threading.Thread(target=lambda: ids.append(launch(ws, "sleep", {**LONG, "tag": 1}).id)) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
@@ -220,6 +223,22 @@ def test_depends_on_waits_for_done_and_fails_with_its_dependency(ws):
     assert d.state == "failed" and f"dependency {c.id} failed" in d.error
     with pytest.raises(ClipsimError, match="no such job"):
         launch(ws, "sleep", {}, depends_on="nope")
+
+
+def test_a_cancelled_dependency_cancels_and_the_monitor_says_why_a_job_waits(ws):
+    ws.update_settings(jobs={"slots": 1})
+    long = launch(ws, "sleep", LONG)
+    after = launch(ws, "sleep", {"seconds": 0.1, "steps": 1, "tag": "after"}, depends_on=long.id)
+    free = launch(ws, "sleep", {"seconds": 0.1, "steps": 1, "tag": "waits for a slot"})
+    assert waiting_for(ws, get_job(ws, after.id)) == f"waiting for job {long.id} (running)"
+    assert waiting_for(ws, get_job(ws, free.id)) == "waiting for a free slot (1 of 1 busy)"
+    control = Job("t1", "train", {"manifest": "gap", "control": "random", "web": "web"})
+    assert describe_job(control) == "train on manifest gap (random control of the same size)"
+    assert describe_job(Job("t2", "train", {"manifest": "full"})) == "train on the full web set"
+    assert describe_job(Job("p", "prune", {"rule": "near", "keep": 0.5, "name": "n"})) == "prune (near) into manifest n"
+    cancel(ws, long.id, grace=1.0)
+    after = wait(ws, after.id, timeout=30)
+    assert after.state == "cancelled" and f"dependency {long.id} was cancelled" in after.error
 
 
 def test_slurm_backend_runs_and_cancels_through_submitit(ws):

@@ -17,7 +17,6 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from clipsim import fileio, jobs, prune
-from clipsim.cli import main as cli_main
 from clipsim.errors import ClipsimError
 from clipsim.maps import compute as mapping
 from clipsim.maps import view as map_view
@@ -105,19 +104,8 @@ def test_nothing_to_map_names_the_command(tmp_path):
 
 
 # ----- the job on the demo workspace -----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def mapped(demo_ws, tmp_path_factory):
-    """A private copy of the demo workspace with a map computed by `python -m clipsim map --wait` (a worker)."""
-    root = tmp_path_factory.mktemp("mapped") / "ws"
-    shutil.copytree(demo_ws.root, root, ignore=shutil.ignore_patterns("maps", "manifests", "jobs.sqlite*", "runs"))
-    code = cli_main(["map", "--workspace", str(root), "--sample", "350", "--n-neighbors", "10", "--wait",
-                     "--timeout", "300"])
-    assert code == 0
-    return Workspace.open(root)
-
-
-def test_umap_job_writes_coordinates_and_config(mapped):
-    ws = mapped
+def test_umap_job_writes_coordinates_and_config(mapped_ws):
+    ws = mapped_ws
     [job] = jobs.list_jobs(ws, kind="umap")
     assert job.state == "done" and job.result["map"] == "default"
     info = mapping.load_map(ws)
@@ -152,8 +140,8 @@ def _page(ws: Workspace, monkeypatch, **params) -> AppTest:
     return at.run()
 
 
-def test_map_page_draws_the_stored_map_without_refitting(mapped, monkeypatch):
-    ws = mapped
+def test_map_page_draws_the_stored_map_without_refitting(mapped_ws, monkeypatch):
+    ws = mapped_ws
     info = mapping.load_map(ws)
     stamps = [(info.folder / f).stat().st_mtime_ns for f in ("coords.parquet", "config.json")]
     monkeypatch.setitem(sys.modules, "umap", None)  # a refit would fail loudly
@@ -180,8 +168,8 @@ def test_map_page_draws_the_stored_map_without_refitting(mapped, monkeypatch):
     assert [(info.folder / f).stat().st_mtime_ns for f in ("coords.parquet", "config.json")] == stamps
 
 
-def test_map_colours_points_removed_by_a_manifest(mapped, monkeypatch):
-    ws = mapped
+def test_map_colours_points_removed_by_a_manifest(mapped_ws, monkeypatch):
+    ws = mapped_ws
     stats = prune.PruneStats.load(ws, "web", ws.dataset_names("test"))
     removed = prune.rule_threshold(stats, 0.9)
     prune.save_manifest(ws, "t09", "threshold", {"tau": 0.9}, stats, removed)
@@ -194,8 +182,8 @@ def test_map_colours_points_removed_by_a_manifest(mapped, monkeypatch):
     assert counts == {"not pruned": others, "removed": int(removed.sum()), "kept": int((~removed).sum())}
 
 
-def test_map_selection_in_the_link_shows_its_gallery(mapped, monkeypatch):
-    ws = mapped
+def test_map_selection_in_the_link_shows_its_gallery(mapped_ws, monkeypatch):
+    ws = mapped_ws
     coords = mapping.load_map(ws).coords()
     val = coords[coords["dataset"] == "val"]
     x0, x1 = np.percentile(val["x"], [20, 60])
@@ -236,9 +224,9 @@ def test_map_page_without_embeddings_says_embed(tmp_path, monkeypatch):
     assert not at.exception and at.info and any("clipsim embed" in c.value for c in at.code)
 
 
-def test_stale_map_is_marked(mapped, tmp_path, monkeypatch):
+def test_stale_map_is_marked(mapped_ws, tmp_path, monkeypatch):
     root = tmp_path / "ws"
-    shutil.copytree(mapped.root, root)
+    shutil.copytree(mapped_ws.root, root)
     ws = Workspace.open(root)
     config = fileio.read_json(ws.path("maps", "default", "config.json"))
     config["inputs"]["val"] = "0" * 16  # as if val was re-embedded since

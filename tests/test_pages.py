@@ -37,9 +37,10 @@ def served(demo_ws, monkeypatch):
 
 @pytest.fixture
 def writable(demo_ws, tmp_path, monkeypatch):
-    """A private copy of the demo workspace (mtimes kept, so every fingerprint still matches) for saving manifests."""
+    """A private copy of the demo workspace (mtimes kept, so every fingerprint still matches; not the similarity model,
+    which no page reads) for saving manifests."""
     root = tmp_path / "ws"
-    shutil.copytree(demo_ws.root, root, ignore=shutil.ignore_patterns("manifests"))
+    shutil.copytree(demo_ws.root, root, ignore=shutil.ignore_patterns("manifests", "models"))
     monkeypatch.setenv("CLIPSIM_WORKSPACE", str(root))
     monkeypatch.delenv("CLIPSIM_READ_ONLY", raising=False)
     return Workspace.open(root)
@@ -91,10 +92,14 @@ def test_overview_counts_the_study_so_far(writable):
     status = workspace_status(writable)
     assert metric(at, "Searches") == str(len(status["searches"])) == "10"
     assert metric(at, "Pruning manifests") == "0"
+    nexts = [m.value for m in at.markdown if "**next**" in m.value]
+    assert len(nexts) == 1 and "Prune the web set" in nexts[0]  # where a newcomer starts: the first step not done
+    assert any("clipsim prune" in c.value for c in at.code)
     cli_main(["prune", "--workspace", str(writable.root), "--rule", "threshold", "--web", "web", "--tests", "sketch",
               "--tau", "0.9", "--name", "t90"])
     at = run_page("overview")
     assert metric(at, "Pruning manifests") == "1"
+    assert ["Retrain" in m.value for m in at.markdown if "**next**" in m.value] == [True]
     assert list(table(at, "rule")["name"]) == ["t90"]
 
 
@@ -111,7 +116,8 @@ def test_neighbours_gallery_sorts_filters_and_pages(served):
     top = nn[nn["test_key"] == gallery_keys(at)[0]]
     first_row = page.split('data-testid="cs-row"')[1]
     shown = re.findall(r'data-testid="cs-sim"[^>]*>([0-9.]+)<', first_row.split('data-train="curated"')[0])
-    assert shown == [f"{v:.3f}" for v in top["similarity"]]  # web set first: it sorts the page
+    assert shown == [f"{v:.4f}" for v in top["similarity"]]  # web set first: it sorts the page; τ's 4 decimals
+    assert first_row.count('class="cs-role">test image<') == 1 and 'class="cs-role">train<' in first_row
 
     at.button_group(key="sort").set_value("least").run()
     assert gallery_keys(at) == order(s, descending=False)[:24]
@@ -130,6 +136,16 @@ def test_neighbours_gallery_sorts_filters_and_pages(served):
     inside = s[(s >= 0.8) & (s <= 0.9)]
     assert gallery_keys(at) == order(inside, descending=False)[:24]
     assert f"of **{len(inside)}** test images" in at.markdown[0].value
+
+
+def test_neighbours_range_filter_resets_when_the_sort_set_changes(served):
+    at = run_page("neighbours", test="sketch", sim=["0.8", "0.9"])
+    assert at.slider(key="sim").value == (0.8, 0.9) and "(filtered from 96)" in at.markdown[0].value
+    at.selectbox(key="by").set_value("curated").run()  # another set sorts: its s(t) range starts over
+    slider = at.slider(key="sim")
+    assert slider.value == (slider.min, slider.max)
+    assert "filtered" not in at.markdown[0].value and "sim" not in at.query_params
+    assert len(gallery_keys(at)) == 24
 
 
 def test_neighbours_link_restores_the_view(served):
@@ -168,6 +184,9 @@ def test_neighbours_detail_view_marks_planted_pairs(served):
     assert f'data-key="{key}"' in detail
     assert detail.count('data-testid="cs-sim"') == 2 * 10  # every stored neighbour in the detail view
     assert 'data-testid="cs-planted"' in detail
+    web = ws.embeddings("web").metadata(["key", "caption"]).set_index("key")["caption"]
+    for train_key in top[top["test_key"] == key]["train_key"]:  # every caption and key in full
+        assert f'<div class="cs-key">{train_key}</div>' in detail and f"<figcaption>{web[train_key]}</figcaption>" in detail
     at.button[0].click().run()  # Close
     assert 'data-testid="cs-detail"' not in html(at)
 
@@ -204,8 +223,9 @@ def test_similarity_pairs_straddle_the_threshold(served):
     above_html = page.split('data-testid="cs-pairs-above"')[1].split("cs-pairs-below")[0]
     above = re.findall(r'cs-sim"[^>]*>([0-9.]+)<', above_html)
     below = re.findall(r'cs-sim"[^>]*>([0-9.]+)<', page.split('data-testid="cs-pairs-below"')[1])
-    assert above == [f"{v:.3f}" for v in s[s > 0.85][:6]]
-    assert below == [f"{v:.3f}" for v in s[s <= 0.85][::-1][:6]]
+    assert above == [f"{v:.4f}" for v in s[s > 0.85][:6]]
+    assert below == [f"{v:.4f}" for v in s[s <= 0.85][::-1][:6]]
+    assert above_html.count('class="cs-role">test<') == above_html.count('class="cs-role">web<') == 6  # which is which
 
 
 def test_similarity_bad_threshold_in_link_is_ignored(served):
@@ -235,32 +255,64 @@ def test_prune_counts_follow_the_rule_and_parameters(served):
     assert len(at.get("plotly_chart")) == 1
 
 
-def _manifest_files(ws: Workspace, name: str) -> tuple[list, list, dict]:
+def _manifest_files(ws: Workspace, name: str) -> tuple[bytes, bytes, dict]:
+    """removed.parquet and kept.parquet as bytes, and summary.json without its creation time."""
     folder = ws.path("manifests", name)
     summary = fileio.read_json(folder / "summary.json")
     summary.pop("created")
-    return (pd.read_parquet(folder / "removed.parquet")["key"].tolist(),
-            pd.read_parquet(folder / "kept.parquet")["key"].tolist(), summary)
+    return (folder / "removed.parquet").read_bytes(), (folder / "kept.parquet").read_bytes(), summary
 
 
-@pytest.mark.parametrize("rule, params, flags", [
-    ("threshold", {"tau": "0.85"}, ["--tau", "0.85"]),
-    ("similarity-gap", {}, []),
-])
-def test_prune_page_saves_what_the_cli_saves(writable, rule, params, flags):
+RULE_CASES = [  # (case, URL of the Prune page, `python -m clipsim prune` flags, the job's params)
+    ("threshold", {"rule": "Threshold", "tau": "0.85"}, ["--rule", "threshold", "--tau", "0.85"],
+     {"rule": "threshold", "tau": 0.85}),
+    ("share", {"rule": "Threshold", "cut": "share removed", "frac": "0.1"},
+     ["--rule", "threshold", "--remove-fraction", "0.1"], {"rule": "threshold", "remove_fraction": 0.1}),
+    ("gap", {"tests": ["sketch", "rendition"]}, ["--rule", "similarity-gap", "--tests", "sketch,rendition"],
+     {"rule": "similarity-gap", "tests": ["sketch", "rendition"]}),
+    ("near", {"rule": "Near", "keep": "0.25"}, ["--rule", "near", "--keep-fraction", "0.25"],
+     {"rule": "near", "keep": 0.25}),
+    ("far", {"rule": "Far", "keep_as": "count", "keep_n": "700"}, ["--rule", "far", "--keep", "700"],
+     {"rule": "far", "keep": 700}),
+    ("random", {"rule": "Random", "keep": "0.5", "seed": "3"}, ["--rule", "random", "--keep-fraction", "0.5",
+                                                                "--seed", "3"], {"rule": "random", "keep": 0.5, "seed": 3}),
+    ("like", {"rule": "Random", "like": "cli-near", "seed": "1"}, ["--rule", "random", "--like", "cli-near",
+                                                                   "--seed", "1"],
+     {"rule": "random", "like": "cli-near", "seed": 1}),
+]
+
+
+def test_page_cli_and_job_write_identical_manifests(writable):
+    """Every rule saved three ways (the Prune page, which launches the `prune` job; the CLI; the job's params as a
+    user writes them) gives the same bytes: one RuleSpec, one apply_rule, one save_rule behind all three."""
+    from clipsim import jobs
+    from clipsim.prune import RuleSpec, default_name
+
     ws = writable
-    at = run_page("prune", rule=rule.replace("-", " ").capitalize(), **params)  # URL values are the labels
-    at.text_input[0].set_value("from-ui")
-    at.button(key="FormSubmitter:save_manifest-Save manifest").click().run()
-    assert not at.exception and not at.error
-    assert "from-ui" in at.success[0].value
-    assert cli_main(["prune", "--workspace", str(ws.root), "--rule", rule, "--name", "from-cli", *flags]) == 0
-    ui, cli = _manifest_files(ws, "from-ui"), _manifest_files(ws, "from-cli")
-    assert ui == cli
-    stats = prune.PruneStats.load(ws, "web", ws.dataset_names("test"), ws.settings["reference"])
-    removed = (prune.rule_threshold(stats, 0.85) if rule == "threshold" else prune.rule_similarity_gap(stats, 0.0))
-    assert ui[0] == list(stats.keys[removed])
-    assert table(at, "status")["name"].tolist() == ["from-ui"]
+    for case, _, flags, _ in RULE_CASES:
+        assert cli_main(["prune", "--workspace", str(ws.root), "--name", f"cli-{case}", *flags]) == 0
+    launched = {}
+    for case, url, _, params in RULE_CASES:
+        at = run_page("prune", **url)
+        at.text_input[0].set_value(f"ui-{case}")
+        at.button(key="FormSubmitter:save_manifest-Save manifest").click().run()
+        assert not at.exception and not at.error, case
+        [job] = [j for j in jobs.list_jobs(ws, kind="prune") if j.params["name"] == f"ui-{case}"]
+        assert RuleSpec.from_params(job.params) == RuleSpec.from_params({**params, "web": "web"}), case
+        launched[case] = job
+    for case, _, _, params in RULE_CASES:
+        job = jobs.wait(ws, launched[case].id, timeout=240)
+        assert job.state == "done", (case, job.error)
+        assert _manifest_files(ws, f"ui-{case}") == _manifest_files(ws, f"cli-{case}"), case
+    gap = RULE_CASES[2]
+    assert default_name(RuleSpec.from_params(gap[3])) == "similarity-gap_d0_sketch-rendition"
+    stats = prune.PruneStats.load(ws, "web", ["sketch", "rendition"], ws.reference)
+    removed = prune.rule_similarity_gap(stats, 0.0)
+    assert pd.read_parquet(ws.path("manifests", "ui-gap", "removed.parquet"))["key"].tolist() == list(
+        stats.keys[removed])
+    at = run_page("prune")  # the job's progress and result stay on the page; the saved manifests are listed
+    assert {f"ui-{c[0]}" for c in RULE_CASES} <= set(table(at, "status")["name"])
+    assert any("prune (random) into manifest ui-like" in m.value for m in at.markdown)
 
 
 def test_prune_marks_stale_manifests(writable):

@@ -15,6 +15,9 @@ from clipsim.cli import main
 from clipsim.errors import ReadOnlyError, WorkspaceError
 from clipsim.prune import (
     PruneStats,
+    RuleSpec,
+    apply_rule,
+    default_name,
     exact_post_prune_nn_similarity,
     list_manifests,
     load_manifest,
@@ -23,6 +26,7 @@ from clipsim.prune import (
     rule_near,
     rule_random,
     rule_similarity_gap,
+    rule_stats,
     rule_threshold,
     save_manifest,
 )
@@ -370,10 +374,44 @@ def test_cli_round_trip(ws_copy, capsys):
     assert main(["prune", "--workspace", w, "--rule", "similarity-gap", "--name", "gap"]) == 0  # reference from settings
     assert load_manifest(ws_copy, "gap").summary["reference"] == "curated"
     assert main(["prune", "--workspace", w, "--rule", "near", "--tau", "0.5", "--name", "bad"]) == 2
-    assert "--tau does not apply to rule 'near'" in capsys.readouterr().err
+    assert "tau does not apply to rule 'near'; it takes keep" in capsys.readouterr().err
     assert main(["manifests", "--workspace", w, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in listed] == ["gap", "rnd", "thr"] and not any(r["stale"] for r in listed)
+
+
+def test_rule_spec_checks_its_options_and_names_itself():
+    names = {RuleSpec("similarity-gap"): "similarity-gap_d0", RuleSpec("threshold", tau=0.85): "threshold_t0.85",
+             RuleSpec("threshold", remove_fraction=0.1): "threshold_rf0.1",
+             RuleSpec("near", keep=0.5, tests=["tb", "ta"]): "near_keep0.5_tb-ta", RuleSpec("far", keep=120): "far_keep120",
+             RuleSpec("random", keep=0.5, tests=["ta"]): "random_keep0.5_s0",  # a random subset ignores test sets
+             RuleSpec("random", like="gap", seed=3): "random_like-gap_s3"}
+    for spec, name in names.items():
+        assert default_name(spec) == name
+        assert RuleSpec.from_params(json.loads(json.dumps({**spec.to_params(), "name": "x"}))) == spec  # job params
+    for bad, message in (({"rule": "near", "tau": 0.5}, "tau does not apply to rule 'near'"),
+                         ({"rule": "threshold"}, "needs tau"), ({"rule": "random"}, "needs keep"),
+                         ({"rule": "gap", "delta": 0.0, "remove_fraction": 0.1}, "unknown pruning rule"),
+                         ({"rule": "similarity-gap", "delta": 0.0, "remove_fraction": 0.1}, "not both"),
+                         ({"rule": "random", "keep": 3, "like": "gap"}, "not both")):
+        with pytest.raises(ValueError, match=message):
+            RuleSpec(**bad)
+
+
+def test_one_answer_for_web_set_reference_and_searches(rand_ws):
+    from clipsim.search import completed_searches, has_margins, searched_tests, searched_web_sets
+
+    assert rand_ws.reference == "curated" and rand_ws.web_sets() == ["web"] and rand_ws.web_set() == "web"
+    with pytest.raises(WorkspaceError, match="'curated' is not a web train set"):
+        rand_ws.web_set("curated")
+    assert list(completed_searches(rand_ws, "ta")) == ["curated", "web"]
+    assert completed_searches(rand_ws, "ta")["web"] == rand_ws.search_result("ta", "web").fingerprint
+    assert searched_tests(rand_ws) == TESTS and searched_web_sets(rand_ws, TESTS) == ["web"]
+    assert has_margins(rand_ws, "web", TESTS, "curated") and not has_margins(rand_ws, "curated", TESTS, "web")
+    spec = RuleSpec("similarity-gap", tests=["ta"])
+    pruning = apply_rule(rule_stats(rand_ws, spec), spec)
+    assert pruning.params == {"delta": 0.0} and pruning.stats.tests == ["ta"]
+    assert np.array_equal(pruning.removed, rule_similarity_gap(PruneStats.load(rand_ws, "web", ["ta"], "curated")))
 
 
 def test_threshold_latency_benchmark_runs_small():

@@ -52,7 +52,7 @@ def write_rows(ws) -> None:
     for run, (manifest, rule, control_of, kept, accs) in ACC.items():
         info = {"run": run, "checkpoint": f"/x/{run}/epoch_2.pt", "epoch": 2, "manifest": manifest, "preset": "demo",
                 "rule": rule, "control_of": control_of, "web": "web", "train_samples": kept, "web_samples": 3000}
-        rows += [result_row(info, {"test": t, "accuracy": a, "correct": int(a * 96), "n": 96}, "demo")
+        rows += [result_row(info, {"test": t, "accuracy": a, "correct": int(a * 96), "n": 96, "classes": 12}, "demo")
                  for t, a in accs.items()]
     add_results(ws, rows)
 
@@ -86,13 +86,21 @@ def test_results_page_draws_the_stored_rows(served):
     charts = at.get("plotly_chart")
     assert len(charts) == 3
     bars = {trace["name"]: dict(zip(trace["x"], trace["y"])) for trace in spec(charts[0])["data"]}
-    assert list(bars) == ["full web", "gap", "gap (random control)"]
+    assert list(bars) == ["full web", "gap", "gap (random control)", "chance (1 / classes)"]
+    assert list(bars["full web"]) == ["val", "v2", "sketch"]  # registry order, not alphabetical
     assert bars["full web"] == ACC["r-full"][4] and bars["gap (random control)"]["sketch"] == 0.25
+    assert bars["chance (1 / classes)"] == {t: 1 / 12 for t in ("val", "v2", "sketch")}
     lines = {t["name"]: t for t in spec(charts[1])["data"]}
     assert lines["pruned"]["x"] == [0.0, 0.6] and lines["random"]["x"] == [0.0, 0.6]
     assert lines["random"]["y"][1] == pytest.approx((0.50 + 0.41 + 0.25) / 3)  # mean over the test sets
+    assert any(a["text"].startswith("chance 8.3%") for a in spec(charts[1])["layout"]["annotations"])
     robust = {t["name"]: t for t in spec(charts[2])["data"]}
-    assert set(robust) == {"v2", "sketch", "y = x"} and sorted(robust["sketch"]["x"]) == [0.50, 0.55, 0.61]
+    assert set(robust) == {"v2", "sketch", "full web set", "pruned", "random control", "chance (1 / classes)",
+                           "y = x"}  # the marker shapes are in the legend
+    assert sorted(robust["sketch"]["x"]) == [0.50, 0.55, 0.61] and robust["pruned"]["marker"]["symbol"] == "diamond"
+    ranges = [spec(charts[0])["layout"]["yaxis"]["range"]] + [spec(c)["layout"][a]["range"] for c in charts[1:]
+                                                                for a in ("xaxis", "yaxis")]
+    assert all(0 <= lo < hi <= 1 for lo, hi in ranges), ranges  # shares never run past 0% or 100%
     downloads = [d for d in at.get("download_button") if d.key != "report_download"]  # not the sidebar's report
     assert len(downloads) == 7  # HTML + CSV for each plot, and all rows as CSV
     table = next(d.value for d in at.dataframe if "model" in d.value.columns)
@@ -134,13 +142,22 @@ def test_runs_page_shows_the_training_curve_and_queues_a_chain(served):
     kinds = sorted(j.kind for j in queued)
     assert kinds == ["evaluate", "evaluate", "evaluate", "prune", "train", "train", "train"]
     prune_job = next(j for j in queued if j.kind == "prune")
-    assert prune_job.params["rule"] == "similarity-gap" and prune_job.params["name"] == "similarity-gap-all"
+    assert prune_job.params == {"rule": "similarity-gap", "delta": 0.0, "web": "web", "name": "similarity-gap_d0"}
     trains = {(j.params["manifest"], j.params.get("control")): j for j in queued if j.kind == "train"}
-    assert set(trains) == {("full", None), ("similarity-gap-all", None), ("similarity-gap-all", "random")}
-    assert trains[("similarity-gap-all", "random")].depends_on == prune_job.id
+    assert set(trains) == {("full", None), ("similarity-gap_d0", None), ("similarity-gap_d0", "random")}
+    assert trains[("similarity-gap_d0", "random")].depends_on == prune_job.id
     assert trains[("full", None)].depends_on is None
     evaluates = {j.depends_on: j.params["run"] for j in queued if j.kind == "evaluate"}
     assert evaluates == {t.id: t.id for t in trains.values()}
+    at.run()  # the job rows say what each run is and why it waits
+    rows = [m.value for m in at.markdown]
+    for text in ("train on the full web set", "train on manifest similarity-gap_d0  ",
+                 "train on manifest similarity-gap_d0 (random control of the same size)",
+                 "prune (similarity-gap) into manifest similarity-gap_d0"):
+        assert any(text in r for r in rows), text
+    captions = [c.value for c in at.caption]
+    assert f"waiting for job {prune_job.id} (queued)" in captions  # the pruned run waits for its manifest
+    assert "waiting for a free slot (1 of 1 busy)" in captions  # the prune job only for the slot
 
 
 def test_runs_page_read_only_hides_launching(served, monkeypatch):

@@ -239,11 +239,15 @@ def test_array_on_local_backend_via_cli_and_failed_task_fails_the_array(ws, caps
     out = capsys.readouterr().out
     assert "search-array" in out and "'tests': ['a', 'b']" in out
     assert_same(snapshot(ws, "web"), want)
-    job = launch(ws, "search-array", {"train": "web", "tests": ["a"], "reference": "nope", "tasks": 1})
+    before = len(list_jobs(ws))
+    with pytest.raises(ClipsimError, match="params\\['reference'\\]: no dataset 'nope'"):  # refused at launch
+        launch(ws, "search-array", {"train": "web", "tests": ["a"], "reference": "nope", "tasks": 1})
+    assert len(list_jobs(ws)) == before
+    job = launch(ws, "search-array", {"train": "web", "tests": ["a"], "reference": "tiny", "tasks": 1})  # never searched
     job = wait(ws, job.id, timeout=60)
     task = job.depends_on
     assert job.state == "failed" and f"dependency {task} failed" in job.error
-    assert "nope" in get_job(ws, task).error
+    assert "tiny" in get_job(ws, task).error
 
 
 FAKE_SBATCH = """#!/bin/sh

@@ -3,7 +3,6 @@ staleness and bad inputs. Every streamed answer must equal float32(Q64 @ X64.T) 
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from clipsim import Workspace, fileio, store
 from clipsim.errors import DataError, WorkspaceError
 from clipsim.search import scan as scan_module
 from clipsim.search import search
+from clipsim.search.checkpoint import read_meta
 from clipsim.search.exact import Screen, brute_force
 from clipsim.search.scan import ExactScanner, Group
 from clipsim.store import EmbeddingSet
@@ -351,8 +351,7 @@ def test_interrupted_pass_resumes_without_rereading(tmp_path, monkeypatch):
         run_search(ws, "web", reference="imagenet", progress=interrupt_after(31))  # during shard 2
     assert {i for _, i in reads} == {0, 1, 2}
     pass_dir = ws.path("search", "web", "_pass")
-    assert json.loads((pass_dir / "pass.json").read_text())["done"] == [0, 1]
-    assert (pass_dir / "state.npz").exists()
+    assert read_meta(pass_dir)["done"] == [0, 1]  # the top-k and the progress are one file
     assert not list(ws.path("search", "web").rglob("config.json")) and not list(ws.path("search", "web").rglob("neighbours.npz"))
     with pytest.raises(WorkspaceError, match="no completed search"):
         ws.search_result("val", "web")

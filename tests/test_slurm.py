@@ -213,7 +213,7 @@ def test_job_records_match_the_local_backend_and_sacct_follows_them(chains, slur
     backend, arrays = get_backend("slurm"), {}
     for role, job in rjobs.items():
         assert job.backend == "slurm" and job.pid and job.started >= job.submitted and job.resources["cpus"] == 1
-        assert sacct(slurm, job.backend_id) == "COMPLETED", role
+        until(lambda j=job: sacct(slurm, j.backend_id) == "COMPLETED", 60, f"sacct to show {role} COMPLETED")
         until(lambda j=job: not backend.alive(remote, j), 10, f"sacct to show {role} ended")  # one sacct per 2 s
         assert backend.exit_code(job) == 0
         if "/" in role:  # an array task: `<array id>_<task>`
@@ -253,7 +253,8 @@ def test_cancelling_an_array_job_scancels_its_running_tasks(slurm_ws, slurm, mon
     array = launch(slurm_ws, "sleep-array", {**LONG, "tasks": 2})
     tasks = [started(slurm_ws, t) for t in array.depends_on.split(",")]
     assert sorted(t.backend_id for t in tasks) == [f"{tasks[0].backend_id.split('_')[0]}_{i}" for i in (0, 1)]
-    assert [sacct(slurm, t.backend_id) for t in tasks] == ["RUNNING", "RUNNING"]
+    # slurmdbd records a task a moment after it starts: wait for accounting rather than race it
+    until(lambda: [sacct(slurm, t.backend_id) for t in tasks] == ["RUNNING", "RUNNING"], 60, "sacct to show both tasks")
     assert cancel(slurm_ws, array.id).state == "cancelled"
     for task in tasks:
         assert get_job(slurm_ws, task.id).state == "cancelled"
@@ -277,7 +278,7 @@ def test_node_failure_fails_the_job_with_slurms_state_and_no_requeue(slurm_ws, s
     assert f"sacct -j {soft.backend_id}" in soft.error and "started with params" in soft.error
     assert stuck.state == "failed" and "ended without recording a result (SLURM state NODE_FAIL" in stuck.error
     assert stuck.exit_code is None or stuck.exit_code < 0, stuck.exit_code
-    assert [sacct(slurm, j.backend_id) for j in (soft, stuck)] == ["NODE_FAIL", "NODE_FAIL"]
+    until(lambda: [sacct(slurm, j.backend_id) for j in (soft, stuck)] == ["NODE_FAIL", "NODE_FAIL"], 60, "sacct NODE_FAIL")
     time.sleep(2)
     assert slurm.run("squeue", "-h", "-o", "%A").stdout.strip() == ""  # --no-requeue: nothing runs them again
     reconcile(slurm_ws)

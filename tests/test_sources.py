@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from clipsim.data.keys import first_repeated_key, key_hashes
 from clipsim.data.sources import list_folder, open_source, read_image, read_image_bytes, read_table, row_locator
-from clipsim.data.tars import expand_tars, first_repeated_key, index_tar, key_hashes
+from clipsim.data.tars import expand_tars, index_tar
 from clipsim.errors import DataError
 
 

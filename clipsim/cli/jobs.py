@@ -5,7 +5,7 @@ import argparse
 import json
 import time
 
-from clipsim.cli.common import command
+from clipsim.cli.common import POSITIVE, SECONDS, command
 from clipsim.errors import ClipsimError
 from clipsim.jobs import scheduler, status
 from clipsim.jobs.db import STATES, Job
@@ -18,9 +18,9 @@ def _jobs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--kind", help="list: only this kind")
     p.add_argument("--state", help="list: comma-separated states (" + ", ".join(STATES) + ")")
-    p.add_argument("--limit", type=int, help="list: at most this many (newest first)")
-    p.add_argument("--lines", type=int, default=50, help="logs: lines from the end of log.txt")
-    p.add_argument("--grace", type=float, default=scheduler.CANCEL_GRACE_S,
+    p.add_argument("--limit", type=POSITIVE, help="list: at most this many (newest first)")
+    p.add_argument("--lines", type=POSITIVE, default=50, help="logs: lines from the end of log.txt")
+    p.add_argument("--grace", type=SECONDS, default=scheduler.CANCEL_GRACE_S,
                    help="cancel: seconds between SIGTERM and SIGKILL")
 
 
@@ -109,7 +109,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resources", help="JSON object overriding settings.slurm for this job, e.g. '{\"gpus\": 8}'")
     p.add_argument("--no-dedupe", action="store_true", help="launch even if an identical job is queued or running")
     p.add_argument("--wait", action="store_true", help="block until the job ends; exit 0 only if it is done")
-    p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
+    p.add_argument("--timeout", type=SECONDS, help="with --wait: give up after this many seconds")
     p.add_argument("--json", action="store_true", help="print the job record as JSON")
 
 

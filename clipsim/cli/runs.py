@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from clipsim.cli.common import command, csv_list, print_job
+from clipsim.cli.common import DEVICE, NON_NEGATIVE, SECONDS, command, csv_list, name_type, print_job
 from clipsim.errors import ClipsimError
 from clipsim.workspace import Workspace
 
@@ -21,28 +21,35 @@ def _overrides(pairs: list[str] | None) -> dict:
 
 def _wait_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", action="store_true", help="block until the job ends and print its result")
-    p.add_argument("--timeout", type=float, help="--wait: give up after this many seconds (the job keeps running)")
+    p.add_argument("--timeout", type=SECONDS, help="--wait: give up after this many seconds (the job keeps running)")
     p.add_argument("--backend", help="job backend: local or slurm (default: the workspace's)")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--manifest", default="full", help="manifest name, or 'full' for the whole web set")
-    p.add_argument("--web", default="web", help="the web train set")
+    p.add_argument("--manifest", default="full", type=name_type("manifest"),
+                   help="manifest name, or 'full' for the whole web set")
+    p.add_argument("--web", type=name_type("dataset"),
+                   help="the web train set (default: the first train set that is not the reference)")
+    p.add_argument("--base", type=name_type("manifest"), help="start from this manifest (e.g. a dedup manifest): "
+                   "--manifest full trains on it, other manifests must have been cut from it")
     p.add_argument("--preset", default="demo", help="training preset: demo, paper or one from settings.presets")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="preset override, e.g. --set epochs=1")
     p.add_argument("--control", choices=["random"], help="train on a random subset as large as the manifest")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random control")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of the random control")
     _wait_args(p)
 
 
 @command("train", "train CLIP (open_clip_train) on a manifest's kept samples, as a job", _train_args)
 def cmd_train(args: argparse.Namespace) -> int:
     from clipsim import jobs
-    from clipsim.runs.pipeline import train_resources
+    from clipsim.runs.pipeline import train_manifest, train_resources
 
     ws = Workspace.open(args.workspace)
+    web = ws.web_set(args.web)
+    ws.embeddings(web)  # an incomplete or unreadable web set is refused here, before a job is queued
     overrides = _overrides(args.set)
-    params = {"manifest": args.manifest, "web": args.web, "preset": args.preset, "overrides": overrides}
+    manifest = train_manifest(ws, args.manifest, args.base)
+    params = {"manifest": manifest, "web": web, "preset": args.preset, "overrides": overrides}
     if args.control:
         params.update(control=args.control, seed=args.seed)
     job = jobs.launch(ws, "train", params, backend=args.backend, resources=train_resources(ws, args.preset, overrides))
@@ -53,7 +60,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="training run id (the train job's id) or run folder")
     p.add_argument("--tests", help="comma-separated test sets (default: all)")
     p.add_argument("--templates", help="'openai' (80 ImageNet prompts) or 'demo' (default: by workspace)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    p.add_argument("--device", default="auto", type=DEVICE, help="auto (cuda if available), cpu or cuda")
     _wait_args(p)
 
 

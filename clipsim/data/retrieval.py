@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
-from clipsim.store import EMB_DIR, META_DIR, EmbeddingSet
+from clipsim.data.keys import check_unique_keys
+from clipsim.store import EMB_DIR, META_DIR, EmbeddingSet, parquet_file
 
 log = logging.getLogger(__name__)
 ROW = "#row"  # mapping value: the key is the global row number
@@ -31,7 +31,7 @@ def _first_meta(folder: Path) -> Path | None:
 
 @lru_cache(maxsize=64)
 def _detect(meta: str, mtime_ns: int) -> tuple[tuple[str, str], ...]:
-    file = pq.ParquetFile(meta)
+    file = parquet_file(Path(meta))
     names = list(file.schema_arrow.names)
     mapping: dict[str, str] = {}
     if "key" not in names:
@@ -135,3 +135,22 @@ def open_imported(folder: str | Path, mapping: dict[str, str] | None, allow_part
     if not mapping:
         return EmbeddingSet(Path(folder), allow_partial=allow_partial)
     return MappedEmbeddingSet(Path(folder), mapping, allow_partial=allow_partial)
+
+
+def check_imported(folder: str | Path, mapping: dict[str, str] | None, name: str) -> EmbeddingSet:
+    """Open an imported folder (headers, row alignment, dimensions) and refuse it when keys repeat.
+
+    Args:
+        folder: the clip-retrieval folder.
+        mapping: its column mapping (None: detected now).
+        name: the dataset name, for the message.
+
+    Returns:
+        The folder's EmbeddingSet.
+
+    Raises:
+        DataError: the folder is malformed, or a key occurs twice (the first repeated keys are named).
+    """
+    emb = open_imported(folder, mapping)
+    check_unique_keys(emb, f"imported embeddings {name!r} ({folder})")
+    return emb

@@ -9,27 +9,32 @@ from the dataset record's `extra`.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from clipsim import fileio
-from clipsim.data.tars import expand_tars, index_tar
+from clipsim.data.folders import IMAGE_SUFFIXES, RECORD_COLUMNS, list_folder
+from clipsim.data.imageio import Locator, read_image, read_image_bytes, row_locator, split_locator
+from clipsim.data.keys import check_listing
+from clipsim.data.tars import LOSS_COLUMNS, LOSS_DTYPES, expand_tars, scan_tar
 from clipsim.errors import DataError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+log = logging.getLogger(__name__)
+
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
-RECORD_COLUMNS = ["key", "caption", "label", "path", "offset", "size"]
 DEFAULT_SHARD_SIZE = 100_000  # 128 MB of float16 at dim 640: one shard stays a cheap unit to redo
+LISTED = 5  # rows or keys named in one message
 _PATH_HINTS = ("filepath", "image_path", "image", "file", "filename", "img")  # columns users name `path`
 
-Locator = str | os.PathLike | tuple[str, int, int]
+__all__ = ["DEFAULT_SHARD_SIZE", "IMAGE_SUFFIXES", "RECORD_COLUMNS", "ListedSource", "Locator", "Source", "SourceShard",
+           "TarSource", "list_folder", "no_losses", "open_source", "read_image", "read_image_bytes", "read_table",
+           "row_locator", "split_locator"]  # the image reader lives in clipsim.data.imageio
 
 
 @dataclass(frozen=True)
@@ -50,10 +55,16 @@ class Source:
     shards: list[SourceShard]
     crop_border: int = 0
     options: dict | None = None  # the label_map / crop_border options in force (part of the fingerprint)
+    notes: tuple[str, ...] = ()  # what the listing left out and why (folders reached twice through links, ...)
 
     def records(self, shard: SourceShard) -> pd.DataFrame:
         """The shard's records: RECORD_COLUMNS (tars add `url`), in a fixed order."""
-        raise NotImplementedError
+        return self.read(shard)[0]
+
+    def read(self, shard: SourceShard) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(the shard's records, its losses): samples the source holds but cannot give, one row each (LOSS_COLUMNS:
+        key, path, offset, size, error), e.g. the samples of a cut tar. Listed sources lose nothing here."""
+        return self.records(shard), no_losses()
 
     def fingerprint(self) -> str:
         """Changes when the listing changes (records added, removed or moved) or the options change."""
@@ -97,11 +108,16 @@ class TarSource(Source):
         self.tars = tars
         self.shards = [SourceShard(i, str(t), None) for i, t in enumerate(tars)]
 
-    def records(self, shard: SourceShard) -> pd.DataFrame:
-        return index_tar(self.tars[shard.index])
+    def read(self, shard: SourceShard) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return scan_tar(self.tars[shard.index])
 
     def fingerprint(self) -> str:
         return self._salted(fileio.file_fingerprint(self.tars))
+
+
+def no_losses() -> pd.DataFrame:
+    """An empty losses frame (LOSS_COLUMNS)."""
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in LOSS_DTYPES.items()})[LOSS_COLUMNS]
 
 
 def open_source(kind: str, source: str | Path, shard_size: int = DEFAULT_SHARD_SIZE,
@@ -120,8 +136,9 @@ def open_source(kind: str, source: str | Path, shard_size: int = DEFAULT_SHARD_S
     """
     options = options or {}
     used = {k: options[k] for k in ("label_map", "crop_border") if options.get(k)}
+    notes: list[str] = []
     if kind == "folder":
-        listing, classes = list_folder(source, label_map=used.get("label_map"))
+        listing, classes = list_folder(source, label_map=used.get("label_map"), notes=notes)
         opened: Source = ListedSource(kind, listing, shard_size, classes)
     elif kind == "table":
         opened = ListedSource(kind, read_table(source), shard_size)
@@ -129,66 +146,8 @@ def open_source(kind: str, source: str | Path, shard_size: int = DEFAULT_SHARD_S
         opened = TarSource(expand_tars(source))
     else:
         raise DataError(f"dataset kind {kind!r} has no image source to embed; use 'folder', 'table' or 'wds'")
-    opened.crop_border, opened.options = int(used.get("crop_border", 0)), used
+    opened.crop_border, opened.options, opened.notes = int(used.get("crop_border", 0)), used, tuple(notes)
     return opened
-
-
-def list_folder(root: str | Path, label_map: dict[str, int] | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """List an image folder: `root/<class>/.../<image>` (label = index of the sorted class folder) or flat.
-
-    Images directly in `root` get label -1. Keys are paths relative to root, without extension. With a
-    `label_map`, only the class folders it names are listed, each with its mapped label (benchmarks whose
-    labels are ImageNet class indices); other folders and images directly in root are left out.
-
-    Returns:
-        (records with RECORD_COLUMNS sorted by key, class folder names: in label order, or sorted with a label_map).
-
-    Raises:
-        DataError: the folder is missing, holds no images, or two images share a key (`a.jpg` and `a.png`).
-    """
-    root = Path(root).absolute()
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist; fix the dataset source (expected root/<class>/<image>)")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    if label_map is not None:
-        classes = [c for c in classes if c in label_map]
-        labels = {c: int(label_map[c]) for c in classes}
-        rels = []
-    else:
-        labels = {c: i for i, c in enumerate(classes)}
-        rels = [(rel, -1) for rel in _images_under(root, recursive=False)]
-    for name in classes:
-        rels.extend((f"{name}/{rel}", labels[name]) for rel in _images_under(root / name, recursive=True))
-    if not rels:
-        raise DataError(
-            f"image folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)}, any case); expected "
-            "root/<class>/<image> or images directly in root: check the path"
-            + (f" (only the {len(label_map)} class folders of the label map are read)" if label_map else "")
-        )
-    rel_paths = [r for r, _ in rels]
-    listing = pd.DataFrame({
-        "key": [os.path.splitext(r)[0] for r in rel_paths],
-        "path": [str(root / r) for r in rel_paths],
-        "offset": np.full(len(rels), -1, dtype=np.int64),
-        "size": np.full(len(rels), -1, dtype=np.int64),
-        "caption": pd.Series([None] * len(rels), dtype="str"),
-        "label": np.array([lab for _, lab in rels], dtype=np.int64),
-    })
-    _check_unique(listing, str(root))
-    return listing.sort_values("key", kind="stable", ignore_index=True)[RECORD_COLUMNS], classes
-
-
-def _images_under(folder: Path, recursive: bool) -> list[str]:
-    """Image files under a folder as sorted posix paths relative to it; hidden files and folders skipped."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
-        rel_dir = Path(dirpath).relative_to(folder).as_posix()
-        prefix = "" if rel_dir == "." else f"{rel_dir}/"
-        found.extend(
-            prefix + f for f in filenames if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES
-        )
-    return sorted(found)
 
 
 def read_table(table: str | Path) -> pd.DataFrame:
@@ -202,8 +161,11 @@ def read_table(table: str | Path) -> pd.DataFrame:
         DataError: missing or unreadable file, no `path` column, bad labels, duplicate keys, no path found.
     """
     table = Path(table)
-    if not table.is_file():
+    if not table.exists():
         raise DataError(f"table {table} does not exist; fix the dataset source (a .csv or .parquet file)")
+    if not table.is_file():
+        raise DataError(f"table {table} is not a regular file (a folder, device or pipe); point to a .csv or "
+                        ".parquet file")
     frame = _read_frame(table)
     if "path" not in frame.columns:
         hint = next((c for c in frame.columns if str(c).lower() in _PATH_HINTS), None)
@@ -211,6 +173,9 @@ def read_table(table: str | Path) -> pd.DataFrame:
         raise DataError(f"table {table} has no `path` column (columns: {list(frame.columns)}); {fix}")
     if frame.empty:
         raise DataError(f"table {table} has no rows; add one row per image")
+    _check_filled(frame, "path", table)
+    if "key" in frame:
+        _check_filled(frame, "key", table)
     raw = frame["path"].astype(str)
     records = pd.DataFrame({
         "key": frame["key"].astype(str) if "key" in frame else raw.map(lambda p: os.path.splitext(p)[0]),
@@ -221,7 +186,7 @@ def read_table(table: str | Path) -> pd.DataFrame:
         "label": _int_column(frame, "label", table),
     })
     records = records[RECORD_COLUMNS]
-    _check_unique(records, str(table))
+    check_listing(records, str(table))
     probe = records["path"].head(100)  # stat a few, not millions: a wrong base folder shows at once
     if not any(os.path.exists(p) for p in probe):
         raise DataError(
@@ -243,6 +208,15 @@ def _read_frame(table: Path) -> pd.DataFrame:
         raise DataError(f"cannot read table {table} ({err}); check that it is a valid {suffix[1:]} file") from err
 
 
+def _check_filled(frame: pd.DataFrame, column: str, table: Path) -> None:
+    """Refuse empty cells in a string column that names samples (`path`, `key`): `str(NaN)` would become 'nan'."""
+    blank = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
+    if blank.any():
+        rows = np.flatnonzero(blank.to_numpy())
+        raise DataError(f"table {table}: column `{column}` is empty in {len(rows)} rows (first rows, counting from 0: "
+                        f"{', '.join(map(str, rows[:LISTED]))}); fill them in or remove those rows")
+
+
 def _int_column(frame: pd.DataFrame, column: str, table: Path) -> np.ndarray:
     """An optional integer column, missing values -> -1."""
     if column not in frame:
@@ -253,75 +227,3 @@ def _int_column(frame: pd.DataFrame, column: str, table: Path) -> np.ndarray:
         first = frame[column][bad].iloc[0] if bad.any() else values[values % 1 != 0].iloc[0]
         raise DataError(f"table {table}: column `{column}` holds {first!r}; it must hold integers (empty = unknown)")
     return values.fillna(-1).to_numpy(dtype=np.int64)
-
-
-def _check_unique(records: pd.DataFrame, where: str) -> None:
-    dup = records["key"].duplicated(keep=False)
-    if dup.any():
-        key = records.loc[dup, "key"].iloc[0]
-        paths = records.loc[records["key"] == key, "path"].tolist()
-        raise DataError(
-            f"{where}: key {key!r} occurs {len(paths)} times ({', '.join(paths[:3])}); {int(dup.sum())} rows share "
-            "keys. Keys must be unique within a dataset: rename or remove the duplicates (or add a unique `key` column)"
-        )
-
-
-def split_locator(locator: Locator) -> tuple[str, int, int]:
-    """(path, offset, size) of a locator; a plain path gives offset = size = -1."""
-    if isinstance(locator, (str, os.PathLike)):
-        return os.fspath(locator), -1, -1
-    path, offset, size = locator
-    return os.fspath(path), int(offset), int(size)
-
-
-def row_locator(row) -> Locator:
-    """The locator of a metadata row (a mapping or Series with `path`, `offset`, `size`)."""
-    offset = int(row["offset"]) if "offset" in row else -1
-    return (str(row["path"]), offset, int(row["size"])) if offset >= 0 else str(row["path"])
-
-
-def read_image_bytes(locator: Locator) -> bytes:
-    """The encoded bytes of one image: a whole file, or `size` bytes at `offset` inside a tar.
-
-    Raises:
-        DataError: the file is missing or unreadable, or the tar is shorter than the locator says.
-    """
-    path, offset, size = split_locator(locator)
-    try:
-        with open(path, "rb") as f:
-            if offset < 0:
-                return f.read()
-            f.seek(offset)
-            data = f.read(size)
-    except OSError as err:
-        raise DataError(f"cannot read image {path} ({err}); check that the file exists and is readable") from err
-    if len(data) != size:
-        raise DataError(
-            f"{path}: only {len(data)} of {size} bytes at offset {offset}; the tar changed or is truncated since it "
-            "was indexed: re-create it and re-embed the dataset with force"
-        )
-    return data
-
-
-def read_image(locator: Locator, crop_border: int = 0) -> Image.Image:
-    """Decode one image as RGB, optionally cutting `crop_border` pixels from every side (ObjectNet's frame).
-
-    Raises:
-        DataError: unreadable file or bytes that do not decode as an image (names the path and offset), or an
-            image too small for the crop.
-    """
-    data = read_image_bytes(locator)
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            rgb = image.convert("RGB")
-    except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
-        path, offset, _ = split_locator(locator)
-        where = f"{path} at offset {offset}" if offset >= 0 else path
-        raise DataError(f"image {where} does not decode ({type(err).__name__}: {err}); the file is corrupt") from err
-    if crop_border <= 0:
-        return rgb
-    width, height = rgb.size
-    if min(width, height) <= 2 * crop_border:
-        raise DataError(f"image {split_locator(locator)[0]} is {width}x{height} px, too small to cut a "
-                        f"{crop_border} px border from; remove it or register the dataset without crop_border")
-    return rgb.crop((crop_border, crop_border, width - crop_border, height - crop_border))

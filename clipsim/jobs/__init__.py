@@ -7,6 +7,7 @@
 Backends: 'local' (a detached process) and 'slurm' (submitit). There is no daemon: `launch`, `reconcile` and
 every finishing worker start queued jobs.
 """
+from clipsim.jobs.checks import Launch, check_params
 from clipsim.jobs.db import ACTIVE, STATES, Job
 from clipsim.jobs.kinds import KINDS, register_kind
 from clipsim.jobs.scheduler import (
@@ -21,7 +22,7 @@ from clipsim.jobs.scheduler import (
     wait,
 )
 from clipsim.jobs.slurm import SLURM_DEFAULTS
-from clipsim.jobs.status import jobs_frame, read_progress, tail_log
+from clipsim.jobs.status import change_stamp, describe_job, jobs_frame, read_progress, tail_log, waiting_for
 
 _WORKER_NAMES = ("JobCancelled", "JobContext", "run_job")  # imported on use: `python -m clipsim.jobs.worker` must
 # find the worker module not yet imported (runpy warns otherwise)
@@ -36,5 +37,6 @@ def __getattr__(name: str):
 
 
 __all__ = ["ACTIVE", "CANCEL_GRACE_S", "KINDS", "SLURM_DEFAULTS", "STATES", "Job", "JobCancelled", "JobContext",
-           "JobTimeout", "cancel", "get_job", "jobs_frame", "launch", "list_jobs", "read_progress", "reconcile",
-           "register_kind", "run_job", "slot_count", "tail_log", "wait"]
+           "JobTimeout", "Launch", "cancel", "change_stamp", "check_params", "describe_job", "get_job", "jobs_frame",
+           "launch", "list_jobs", "read_progress", "reconcile", "register_kind", "run_job", "slot_count", "tail_log",
+           "wait", "waiting_for"]

@@ -1,6 +1,7 @@
 """Where a job's worker runs: a detached local process here, or a SLURM job (clipsim.jobs.slurm).
 
-A backend starts the worker (`clipsim.jobs.worker.run_job`), tells whether it is still alive, and signals it.
+A backend starts the worker (`clipsim.jobs.worker.run_job`), tells whether it is still alive, signals it, and kills
+what is left of a job whose worker died (`kill_remnants`: its process group and every process tagged with its id).
 Liveness is checked against the process start time recorded at launch, so a reused pid never looks alive.
 """
 from __future__ import annotations
@@ -15,6 +16,10 @@ from pathlib import Path
 
 from clipsim.errors import ClipsimError
 from clipsim.jobs.db import Job
+from clipsim.jobs.procs import JOB_ENV, kill_job_processes, process_start
+
+__all__ = ["BACKEND_NAMES", "LocalBackend", "get_backend", "hostname", "process_alive", "process_start",
+           "reap_children"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the clipsim package (for PYTHONPATH)
 HEARTBEAT_STALE_S = 90  # the worker beats every 15 s; six missed beats mean the process (or its node) is gone
@@ -24,29 +29,6 @@ _CHILDREN: dict[int, subprocess.Popen] = {}  # processes this process started: p
 def hostname() -> str:
     """This machine's name (jobs record where their process runs)."""
     return socket.gethostname()
-
-
-def process_start(pid: int) -> str | None:
-    """Start time of process `pid` in clock ticks since boot (Linux /proc); None when gone or a zombie.
-
-    Returns "" where /proc is unavailable but the process exists (no pid-reuse guard there).
-    """
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        if Path("/proc/self/stat").exists():
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return ""
-    except OSError:
-        return None
-    rest = text[text.rindex(")") + 2:].split()  # fields after the command name: state is field 3
-    return None if rest[0] in ("Z", "X") else rest[19]  # field 22: starttime
 
 
 def process_alive(pid: int, started: str | None) -> bool:
@@ -88,6 +70,7 @@ class LocalBackend:
         """Start the worker; returns the columns to record (backend_id = pid, its start time, host)."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        env[JOB_ENV] = job.id  # the worker and all it starts carry it (never the launching job's id)
         job.run_dir.mkdir(parents=True, exist_ok=True)
         with open(job.run_dir / "log.txt", "ab") as log:  # stdout/stderr too: import errors land in the log
             proc = subprocess.Popen(
@@ -127,6 +110,20 @@ class LocalBackend:
             raise ClipsimError(f"job {job.id} runs on host {job.host}; cancel it there "
                                "(`python -m clipsim jobs cancel`)")
         _signal_group(int(job.backend_id), signal.SIGKILL if hard else signal.SIGTERM)
+
+    def kill_remnants(self, ws, job: Job) -> list[int]:
+        """SIGKILL what is left of a job whose worker is gone (or being killed): its process group and every process
+        tagged with its id (a trainer, torchrun ranks in their own sessions). Returns the pids signalled.
+
+        Raises:
+            ClipsimError: the job ran on another host (kill its processes there).
+        """
+        if job.backend_id is None:
+            return []
+        if job.host and job.host != hostname():
+            raise ClipsimError(f"job {job.id} ran on host {job.host}; run `python -m clipsim jobs cancel --id {job.id}` "
+                               "there to stop what is left of it")
+        return kill_job_processes(job.id, int(job.backend_id), job.proc_start)
 
 
 BACKEND_NAMES = ("local", "slurm")

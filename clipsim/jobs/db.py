@@ -3,6 +3,9 @@
 Every process (the app, the CLI, workers, SLURM tasks) opens its own short-lived connection; WAL mode lets
 readers and one writer work at once, and `BEGIN IMMEDIATE` serialises the read-then-write steps (claiming a
 slot, deduplicating a launch) so two processes never claim the same job.
+
+History is never lost silently: a database created (or found empty) next to run folders is filled from them in
+the same transaction that creates its schema (clipsim.jobs.recovery); a corrupt file is refused with the fix.
 """
 from __future__ import annotations
 
@@ -100,7 +103,7 @@ def dedupe_key(kind: str, params: dict) -> str:
     return hashlib.sha256(kind.encode() + b"\0" + fileio.json_bytes(params)).hexdigest()[:20]
 
 
-def _open(path: Path, journal_mode: str) -> sqlite3.Connection:
+def _open(ws, path: Path, journal_mode: str) -> sqlite3.Connection:
     con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     con.row_factory = sqlite3.Row
     try:
@@ -108,17 +111,34 @@ def _open(path: Path, journal_mode: str) -> sqlite3.Connection:
         con.execute("PRAGMA synchronous=NORMAL")
         if con.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             con.execute("BEGIN IMMEDIATE")
+            fresh = con.execute("PRAGMA user_version").fetchone()[0] == 0  # another process may have won the race
             for statement in _SCHEMA:
                 con.execute(statement)
+            if fresh:
+                from clipsim.jobs.recovery import recover_jobs
+
+                recover_jobs(ws, con)  # a new (or emptied) database beside run folders: their jobs come back
             con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             con.execute("COMMIT")
+    except sqlite3.OperationalError as err:
+        con.close()
+        if "locked" not in str(err):
+            raise _unusable(ws, path, err) from err
+        raise WorkspaceError(f"{path} stayed locked by another process for {BUSY_TIMEOUT_S} s ({err}); try again, or "
+                             "find the process holding it (`fuser` on the file)") from err
     except sqlite3.DatabaseError as err:
         con.close()
-        raise WorkspaceError(
-            f"{path} is not a usable job database ({err}); move it aside (jobs are then forgotten, their "
-            "run folders stay) or set settings.jobs.journal_mode to 'delete' on filesystems without WAL support"
-        ) from err
+        raise _unusable(ws, path, err) from err
     return con
+
+
+def _unusable(ws, path: Path, err: Exception) -> WorkspaceError:
+    runs = ws.path("runs")
+    return WorkspaceError(
+        f"{path} is not a usable job database ({err}); move it aside (e.g. `mv {path} {path}.bad`): clipsim then "
+        f"rebuilds the job history from the run folders in {runs}. On filesystems without WAL support set "
+        "settings.jobs.journal_mode to 'delete'"
+    )
 
 
 @contextmanager
@@ -128,13 +148,22 @@ def connect(ws, write: bool = True) -> Iterator[sqlite3.Connection | None]:
     Raises:
         WorkspaceError: the file is not a SQLite database.
     """
+    from clipsim.jobs.recovery import has_runs
+    from clipsim.names import check_writable, read_only
+
     path = db_path(ws)
-    if not write and not path.exists():
-        yield None
+    missing = not path.exists() or path.stat().st_size == 0
+    if missing and read_only():
+        if write:
+            check_writable(f"create the job database {path}")
+        yield None  # a database lost beside run folders is rebuilt from them once writes are allowed again
+        return
+    if missing and not write and not has_runs(ws):
+        yield None  # nothing recorded yet
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = str(ws.settings.get("jobs", {}).get("journal_mode", "wal"))
-    con = _open(path, mode)
+    con = _open(ws, path, mode)
     try:
         yield con
     finally:

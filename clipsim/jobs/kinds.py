@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from clipsim import fileio
 from clipsim.errors import ClipsimError
+from clipsim.names import check_name
 
 if TYPE_CHECKING:
     from clipsim.jobs.worker import JobContext
@@ -29,16 +31,33 @@ KINDS: dict[str, str] = {
     "search-part": "clipsim.jobs.arrays:search_part_job",
     "embed-array": "clipsim.jobs.arrays:embed_array_job",  # finalizes after its embed-part tasks
     "embed-part": "clipsim.jobs.arrays:embed_part_job",
+    "dedup": "clipsim.dedup.pipeline:dedup_job",
+    "dedup-array": "clipsim.dedup.pipeline:dedup_array_job",  # commits the clustering after its dedup-part tasks
+    "dedup-part": "clipsim.dedup.pipeline:dedup_part_job",
 }
 # Array kinds: launching one also queues params["tasks"] jobs of its task kind (one per shard range; a SLURM array
 # on the slurm backend); the array job itself runs once all of them are done (clipsim.jobs.arrays).
-ARRAY_TASKS: dict[str, str] = {"search-array": "search-part", "embed-array": "embed-part"}
+ARRAY_TASKS: dict[str, str] = {"search-array": "search-part", "embed-array": "embed-part", "dedup-array": "dedup-part"}
 
 
-def register_kind(name: str, target: str) -> None:
-    """Register (or replace) a kind: `target` is "package.module:function"."""
+def register_kind(name: str, target: str, check: Callable | None = None) -> None:
+    """Register (or replace) a kind: `target` is "package.module:function".
+
+    Args:
+        name: the kind's name (the one name rule: clipsim.names.check_name).
+        target: "package.module:function" run by the worker.
+        check: optional `check(ws, params, launch)` run at launch (see clipsim.jobs.checks).
+
+    Raises:
+        ClipsimError: a bad name or target.
+    """
+    from clipsim.jobs.checks import register_check
+
+    check_name(name, "job kind")
     if ":" not in target:
         raise ClipsimError(f"job kind target {target!r} for {name!r} must look like 'package.module:function'")
+    if check is not None:
+        register_check(name, check)
     KINDS[name] = target
 
 
@@ -88,29 +107,26 @@ def search_job(ws, params: dict, ctx: JobContext) -> dict:
 
 
 def prune_job(ws, params: dict, ctx: JobContext) -> dict:
-    """Apply a pruning rule and save a manifest. params: name, rule, web (default: the train set that is not
-    the reference), tests (default all), reference, the rule's tau | delta | keep | seed, overwrite.
+    """Apply a pruning rule and save its manifest (clipsim.prune.manifest.save_rule, as `python -m clipsim prune` does).
+
+    params: rule and its options as clipsim.prune.rules.RuleSpec takes them (tau | delta | remove_fraction,
+    keep (int count or float fraction), like, seed, tests, web, reference), name (default from the rule), overwrite.
 
     Returns:
         {"manifest", "rule", "params", "kept", "removed"}.
     """
-    from clipsim import prune
+    from clipsim.prune.manifest import save_rule
+    from clipsim.prune.rules import RuleSpec, default_name
 
-    rule = prune.canonical_rule(params["rule"])
-    reference = params.get("reference", ws.settings.get("reference"))
-    web = params.get("web") or next((n for n in ws.dataset_names("train") if n != reference), None)
-    tests = [] if rule == "random" else list(params.get("tests") or ws.dataset_names("test"))
-    stats = prune.PruneStats.load(ws, web, tests, reference if rule == "similarity-gap" else None)
-    rule_params = {k: params[k] for k in ("tau", "delta", "keep", "seed") if k in params}
-    if rule == "random":
-        removed = prune.rule_random(stats.n, rule_params["keep"], int(rule_params.get("seed", 0)))
-    else:
-        removed = getattr(prune, "rule_" + rule.replace("-", "_"))(stats, **rule_params)
-    ctx.log.info("rule %s %s removes %d of %d samples of %s", rule, rule_params, int(removed.sum()), stats.n, web)
-    manifest = prune.save_manifest(ws, params["name"], rule, rule_params, stats, removed,
-                                   overwrite=bool(params.get("overwrite", False)), progress=ctx.progress)
-    return {"manifest": params["name"], "rule": rule, "params": rule_params,
-            "kept": int(manifest.kept_count), "removed": int(removed.sum())}
+    spec = RuleSpec.from_params(params)
+    name = params.get("name") or default_name(spec)
+    ctx.log.info("pruning with %s into manifest %s", spec, name)
+    manifest, pruning = save_rule(ws, spec, name, overwrite=bool(params.get("overwrite", False)),
+                                  progress=ctx.progress)
+    ctx.log.info("rule %s %s removes %d of %d samples of %s", spec.rule, pruning.params, manifest.removed_count,
+                 pruning.stats.n, pruning.stats.web)
+    return {"manifest": manifest.name, "rule": spec.rule, "params": pruning.params,
+            "kept": manifest.kept_count, "removed": manifest.removed_count}
 
 
 def demo_job(ws, params: dict, ctx: JobContext) -> dict:
@@ -131,7 +147,9 @@ def sleep_job(ws, params: dict, ctx: JobContext) -> dict:
     """A test kind: sleeps `seconds` in `steps` steps, reporting progress and checking for cancellation.
 
     params: seconds (1.0), steps (10), fail_at (step at which to raise; `fail: true` = halfway),
-    ignore_term (ignore SIGTERM/SIGINT and never check for cancellation: a stuck worker).
+    ignore_term (ignore SIGTERM/SIGINT and never check for cancellation: a stuck worker), children (0: how many
+    child processes to start first, each with a grandchild in its own session, like torchrun and its ranks; their
+    pids go to children.json), tag (a label that only tells otherwise identical jobs apart).
 
     Returns:
         {"slept_s", "steps"}.
@@ -145,6 +163,8 @@ def sleep_job(ws, params: dict, ctx: JobContext) -> dict:
     if stuck:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if params.get("children"):
+        _start_children(ctx, int(params["children"]))
     for step in range(steps):
         ctx.progress(step, steps, f"sleeping, step {step + 1} of {steps}")
         if fail_at is not None and step >= int(fail_at):
@@ -156,3 +176,20 @@ def sleep_job(ws, params: dict, ctx: JobContext) -> dict:
     ctx.result_path("slept.txt").write_text(f"{seconds}\n")
     ctx.log.info("slept %.2f s in %d steps", seconds, steps)
     return {"slept_s": seconds, "steps": steps}
+
+
+_CHILD = ("import subprocess, sys, time; g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)'], "
+          "start_new_session=True); print(g.pid, flush=True); time.sleep(3600)")  # a process tree that outlives us
+
+
+def _start_children(ctx: JobContext, count: int) -> None:
+    """Start `count` long-sleeping children, each with a grandchild in a new session; record their pids."""
+    import subprocess
+    import sys
+
+    tree = {"children": [], "grandchildren": []}
+    for _ in range(count):
+        child = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, text=True)
+        tree["children"].append(child.pid)
+        tree["grandchildren"].append(int(child.stdout.readline()))
+    fileio.write_json(ctx.result_path("children.json"), tree)

@@ -5,8 +5,10 @@ queued jobs while slots are free and their dependency is done, and mark jobs who
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from clipsim.jobs.backends import get_backend, reap_children
 from clipsim.jobs.db import ACTIVE, Job
 from clipsim.names import read_only
 
+log = logging.getLogger(__name__)
 START_TIMEOUT_S = 120  # a claimed job whose process never appeared (its launcher died) is failed after this
 CANCEL_GRACE_S = 5.0  # SIGTERM first; a worker still alive after this gets SIGKILL
 
@@ -96,8 +99,8 @@ def launch(ws, kind: str, params: dict | None = None, backend: str | None = None
         kind: a registered kind (clipsim.jobs.kinds.KINDS), e.g. 'search', 'train'.
         params: JSON-able parameters passed to the kind function.
         backend: 'local' or 'slurm' (default: settings.jobs.backend, else 'local').
-        depends_on: id of a job (or a list of ids) that must be done first; if one fails or is cancelled, this job
-            fails.
+        depends_on: id of a job (or a list of ids) that must be done first; if one fails this job fails, if one is
+            cancelled this job is cancelled (its error names the dependency).
         dedupe: return the queued or running job with identical (kind, params) instead of launching twice.
         resources: per-job overrides of settings.slurm (e.g. {"gpus": 8, "time_min": 2880}).
 
@@ -109,8 +112,10 @@ def launch(ws, kind: str, params: dict | None = None, backend: str | None = None
 
     Raises:
         ReadOnlyError: the workspace is served read-only.
-        ClipsimError: unknown kind or backend, params not JSON-able, unknown dependency.
+        ClipsimError: unknown kind or backend, params not JSON-able or refused by the kind's check
+            (clipsim.jobs.checks), unknown dependency; nothing is recorded then.
     """
+    from clipsim.jobs.checks import Launch, check_params
     from clipsim.jobs.kinds import KINDS
 
     _refuse_read_only(f"launch a {kind!r} job")
@@ -123,7 +128,9 @@ def launch(ws, kind: str, params: dict | None = None, backend: str | None = None
         raise ClipsimError(f"params of the {kind!r} job must be JSON-able ({err}): {params!r}") from err
     backend = backend or ws.settings.get("jobs", {}).get("backend", "local")
     get_backend(backend)
+    slot_count(ws)  # a bad settings.jobs.slots is refused now, not after the record is written
     depends_on = ",".join(depends_on) if isinstance(depends_on, (list, tuple)) else depends_on
+    check_params(ws, kind, params, Launch(backend, waits=bool(depends_on)))
     job = Job(id=db.new_job_id(kind), kind=kind, params=params, created=time.time(), backend=backend,
               depends_on=depends_on, dedupe_key=db.dedupe_key(kind, params), resources=dict(resources or {}),
               root=str(ws.root))
@@ -178,7 +185,7 @@ def _dependencies(job: Job) -> list[str]:
 
 
 def _claim_ready(ws, start_backends: tuple[str, ...] | None) -> list[Job]:
-    """In one transaction: fail jobs whose dependency failed, claim runnable ones (state -> running)."""
+    """In one transaction: end jobs whose dependency failed or was cancelled, claim runnable ones (-> running)."""
     now, root, claimed = time.time(), str(ws.root), []
     slots = slot_count(ws)
     with db.transaction(ws) as con:
@@ -186,10 +193,11 @@ def _claim_ready(ws, start_backends: tuple[str, ...] | None) -> list[Job]:
         for job in db.select(con, root, "state = 'queued'", order="created ASC, id ASC"):
             deps = {d: db.fetch(con, d, root) for d in _dependencies(job)}
             bad = next((d for d, dep in deps.items() if dep is None or dep.state in ("failed", "cancelled")), None)
-            if bad is not None:
-                why = {"failed": "failed", "cancelled": "was cancelled"}[deps[bad].state] if deps[bad] else "is missing"
-                db.update(con, job.id, only_if=("queued",), state="failed", finished=now,
-                          error=f"dependency {bad} {why}; this job was not run")
+            if bad is not None:  # a cancelled dependency cancels this job too; a failed or missing one fails it
+                gone = deps[bad].state if deps[bad] else "missing"
+                why = {"failed": "failed", "cancelled": "was cancelled", "missing": "is missing"}[gone]
+                db.update(con, job.id, only_if=("queued",), state="cancelled" if gone == "cancelled" else "failed",
+                          finished=now, error=f"dependency {bad} {why}; this job was not run")
                 continue
             if any(dep.state != "done" for dep in deps.values()):
                 continue
@@ -223,9 +231,17 @@ def _start_ready(ws, start_backends: tuple[str, ...] | None = None) -> None:
 
 
 def _mark_dead(ws, job: Job, exit_code: int | None, why: str) -> None:
-    """Record the end of a job whose process is gone: cancelled if a cancel was asked for, else failed."""
+    """Record the end of a job whose process is gone: cancelled if a cancel was asked for, else failed. What is left
+    of it (a trainer, torchrun ranks, loader workers) is killed first, so no process outlives its job."""
     from clipsim.jobs.status import tail_log
 
+    try:
+        killed = get_backend(job.backend).kill_remnants(ws, job)
+    except ClipsimError as err:  # another host: say so in the record
+        why, killed = f"{why}; {err}", []
+    if killed:
+        log.warning("job %s: killed %d leftover process(es) of its dead worker: %s", job.id, len(killed), killed)
+        why = f"{why}; killed {len(killed)} leftover process(es) ({', '.join(map(str, killed))})"
     with db.transaction(ws) as con:
         current = db.fetch(con, job.id, str(ws.root))
         if current is None or current.state != "running":
@@ -277,7 +293,11 @@ def cancel(ws, job_id: str, grace: float = CANCEL_GRACE_S) -> Job:
         WorkspaceError: no such job.
     """
     _refuse_read_only(f"cancel job {job_id}")
-    get_job(ws, job_id)
+    job = get_job(ws, job_id)
+    if not job.is_active:  # already over; still make sure nothing of it runs on (e.g. a trainer whose worker died)
+        with contextlib.suppress(ClipsimError):  # on another host: nothing to do from here
+            get_backend(job.backend).kill_remnants(ws, job)
+        return job
     now = time.time()
     with db.transaction(ws) as con:
         if not db.update(con, job_id, only_if=("queued",), state="cancelled", finished=now, cancel_requested=now):

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from clipsim.errors import ClipsimError
-from clipsim.jobs.backends import REPO_ROOT, process_alive, process_start
+from clipsim.jobs.backends import REPO_ROOT, hostname, process_alive, process_start
 from clipsim.jobs.db import Job
+from clipsim.jobs.procs import kill_job_processes
 
 SLURM_DEFAULTS = {  # ws.settings["slurm"] keys; resources given to launch() override them per job
     "cluster": None,  # None: submitit picks SLURM when `sbatch` is on PATH; "local": run here, without a cluster
@@ -196,6 +197,13 @@ class SlurmBackend:
         record = sacct_record(job.backend_id)
         return f"SLURM state {record.get('State', 'unknown')}, exit code {record.get('ExitCode', '?')}: " \
                f"see `sacct -j {job.backend_id}`"
+
+    def kill_remnants(self, ws, job: Job) -> list[int]:
+        """SLURM ends a job's processes with it (its cgroup); submitit's local cluster: kill the processes tagged with
+        the job's id on this host (clipsim.jobs.procs). Returns the pids signalled."""
+        if job.resources.get("cluster") != "local" or (job.host and job.host != hostname()):
+            return []
+        return kill_job_processes(job.id)
 
     def signal(self, ws, job: Job, hard: bool) -> None:
         """scancel (SLURM sends SIGTERM, SIGKILL after KillWait); locally SIGINT to the controller, then SIGKILL."""

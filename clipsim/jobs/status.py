@@ -1,4 +1,5 @@
-"""Reading a job's state for people: its progress (with ETA), the tail of its log, and a table of all jobs."""
+"""Reading a job's state for people: what it works on, why it waits, its progress (with ETA), the tail of its log,
+and a table of all jobs."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from clipsim.jobs.db import Job
+from clipsim.jobs.db import Job, db_path
 
 TAIL_BLOCK = 16384  # bytes read per step from the end of a log
 
@@ -31,6 +32,64 @@ def read_progress(job: Job) -> dict:
     elif job.state != "running" and progress:
         progress["eta_s"] = None  # failed or cancelled: nothing left to wait for
     return progress
+
+
+def describe_job(job: Job) -> str:
+    """What a job works on, in a few words, so that runs of the same kind can be told apart.
+
+    Returns:
+        e.g. 'train on manifest gap (random control of the same size)', 'train on the full web set',
+        'evaluate run train-1', 'prune (similarity-gap) into manifest similarity-gap_d0'; '' for unknown kinds.
+    """
+    p = job.params
+    if job.kind == "train":
+        what = "the full web set" if p.get("manifest", "full") == "full" else f"manifest {p['manifest']}"
+        return f"train on {what}" + (" (random control of the same size)" if p.get("control") else "")
+    if job.kind == "evaluate":
+        return f"evaluate run {p.get('run')}" + (f" on {', '.join(p['tests'])}" if p.get("tests") else "")
+    if job.kind == "prune":
+        return f"prune ({p.get('rule')})" + (f" into manifest {p['name']}" if p.get("name") else "")
+    if job.kind in ("search", "search-array"):
+        train = p.get("train")
+        return "search " + (", ".join(train) if isinstance(train, list) else train or "every train set")
+    texts = {"umap": f"map {p.get('name') or ''}".strip(), "report": "study report", "demo": "build the demo"}
+    return texts.get(job.kind, "")
+
+
+def waiting_for(ws, job: Job) -> str:
+    """Why a queued job has not started: the dependency it waits for (with its state), or a free slot.
+
+    Returns:
+        'waiting for job ID (running)' or 'waiting for a free slot (1 of 1 busy)'; '' unless queued.
+    """
+    from clipsim.jobs.scheduler import get_job, list_jobs, slot_count
+
+    if job.state != "queued":
+        return ""
+    for dep in (d for d in (job.depends_on or "").split(",") if d):
+        state = get_job(ws, dep).state
+        if state != "done":
+            return f"waiting for job {dep} ({state})"
+    if job.backend != "local":
+        return f"waiting for {job.backend} to start it"
+    busy = len([j for j in list_jobs(ws, states=["running"]) if j.backend == "local"])
+    return f"waiting for a free slot ({busy} of {slot_count(ws)} busy)"
+
+
+def change_stamp(ws) -> tuple:
+    """A cheap stamp of the job records: (size, mtime) of the jobs database and its write-ahead log.
+
+    It changes whenever a job is launched or changes state (progress and logs live in files, not in the database),
+    so a page can watch it with two `stat` calls instead of reading the jobs.
+    """
+    out = []
+    for suffix in ("", "-wal"):
+        try:
+            st = Path(f"{db_path(ws)}{suffix}").stat()
+            out += [st.st_size, st.st_mtime_ns]
+        except FileNotFoundError:
+            out += [0, 0]
+    return tuple(out)
 
 
 def _tail_file(path: Path, lines: int) -> list[str]:

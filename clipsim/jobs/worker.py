@@ -1,7 +1,8 @@
 """The job worker: `python -m clipsim.jobs.worker <workspace> <job_id>` runs one job's kind and records the outcome.
 
 It marks the job started (pid, host), beats a heartbeat, turns SIGTERM/SIGINT into `JobCancelled`, stores
-the result or the log tail, and finally calls `reconcile` so queued jobs start without a daemon.
+the result or the log tail, and finally calls `reconcile` so queued jobs start without a daemon. Everything it starts
+carries CLIPSIM_JOB_ID=<id> (clipsim.jobs.procs); whatever of it still runs when the kind returns is killed.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from clipsim import fileio
 from clipsim.jobs import db
 from clipsim.jobs.backends import hostname
+from clipsim.jobs.procs import JOB_ENV, kill_job_processes
 from clipsim.workspace import Workspace
 
 HEARTBEAT_S = 15  # how often a running worker stamps its record (other hosts judge liveness by it)
@@ -202,6 +204,7 @@ def run_job(root: str, job_id: str) -> int:
     """
     from clipsim.jobs.scheduler import reconcile
 
+    os.environ[JOB_ENV] = job_id  # inherited by the trainer, torchrun and its ranks, loader workers
     ws = Workspace.open(root)
     job = _claim_start(ws, job_id)
     if job is None:
@@ -216,9 +219,14 @@ def run_job(root: str, job_id: str) -> int:
     try:
         state, code, result = _execute(ws, job, ctx)
         ctx.flush_progress()
+        leftover = kill_job_processes(job_id)  # a child that outlived the kind (the kind should have waited for it)
+        if leftover:
+            ctx.log.warning("job %s: killed %d process(es) still running after it ended: %s", job_id, len(leftover),
+                            leftover)
         _finish(ws, job, state, code, result, ctx.stopped_by)
     finally:
         stop.set()
+        os.environ.pop(JOB_ENV, None)  # jobs started from here on (reconcile below) are not this job's
         logging.getLogger().removeHandler(handler)
         handler.close()
     try:  # start what waited for this slot or this result; a SLURM task only submits further SLURM jobs

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 import zlib
 from collections.abc import Callable
@@ -120,9 +119,11 @@ def sample_rows(count: int, size: int, seed: int, dataset: str) -> np.ndarray:
 
 
 def embedded_datasets(ws) -> list[str]:
-    """Datasets with embeddings, test sets first, each role in workspace order."""
+    """Datasets with embeddings (committed and non-empty, or incomplete: a map then refuses them), test sets first,
+    each role in workspace order."""
     names = [n for role in ("test", "train") for n in ws.dataset_names(role)]
-    return [n for n in names if (emb := ws.embeddings(n, required=False)) is not None and emb.count]
+    return [n for n in names if ws.embedding_state(n).state == "incomplete"
+            or ((emb := ws.embeddings(n, required=False)) is not None and emb.count)]
 
 
 def map_config(ws, datasets: list[str] | None = None, sample: int = DEFAULT_SAMPLE, seed: int = 0,
@@ -147,6 +148,8 @@ def map_config(ws, datasets: list[str] | None = None, sample: int = DEFAULT_SAMP
                              f"`python -m clipsim embed --workspace {ws.root}` first")
     counts = {}
     for name in names:
+        if ws.embedding_state(name).state == "incomplete":
+            ws.embeddings(name)  # raises, naming the command that finishes the set
         emb = ws.embeddings(name, required=False)
         if emb is None or not emb.count:
             raise WorkspaceError(f"dataset {name!r} has no embeddings to map; run "
@@ -178,7 +181,8 @@ def compute_map(ws, name: str = DEFAULT_NAME, force: bool = False, progress: Pro
 
     Raises:
         ReadOnlyError: the workspace is served read-only.
-        ClipsimError: umap-learn is missing; WorkspaceError: nothing is embedded.
+        ClipsimError: umap-learn is missing; WorkspaceError: nothing is embedded; DataError: a dataset's
+            embeddings are incomplete (an interrupted embed run).
     """
     if read_only():
         raise ReadOnlyError(f"this workspace is served read-only (CLIPSIM_READ_ONLY=1); map {name!r} was not computed")
@@ -225,7 +229,8 @@ def _write(ws, name: str, config: dict, ids: dict[str, np.ndarray], model, total
     """Write coords.parquet and config.json into a temporary sibling folder and rename it into place."""
     root = ws.path(MAPS)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+    fileio.clear_leftovers(root, name)  # folders of a run killed before its swap
+    tmp = fileio.make_temp_dir(root, f".{name}.", ".tmp")
     try:
         schema = pa.schema([("dataset", pa.string()), ("key", pa.string()), ("row", pa.int64()), ("x", pa.float32()),
                             ("y", pa.float32()), ("fitted", pa.bool_())])

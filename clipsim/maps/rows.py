@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from clipsim.images import dataset_thumbs, frame_thumbs, locator_frame
+from clipsim.search.result import completed_searches
 from clipsim.views import GalleryRow, Tile, tile_texts
 
 
@@ -14,7 +15,7 @@ def nearest_tests(ws, train: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     `train` (the per-sample statistics the search stored)."""
     out = {}
     for test in ws.dataset_names("test"):
-        if ws.path("search", train, test, "config.json").exists():
+        if train in completed_searches(ws, test):
             res = ws.search_result(test, train)
             out[test] = (res.train_stat("max_sim"), res.train_stat("argmax").astype(np.int64))
     return out

@@ -3,8 +3,6 @@ swapped into place atomically. `clipsim.mapping` computes them and re-exports th
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +39,11 @@ class MapInfo:
         reasons = []
         for name, fp in self.config["inputs"].items():
             try:
-                emb = self.ws.embeddings(name, required=False)
+                now = self.ws.embeddings_fingerprint(name)
             except WorkspaceError:
                 reasons.append(f"dataset {name!r} is no longer registered")
                 continue
-            if (emb.fingerprint() if emb is not None and emb.count else None) != fp:
+            if now != fp:
                 reasons.append(f"embeddings of {name!r} changed")
         return reasons
 
@@ -78,12 +76,5 @@ def load_map(ws, name: str = DEFAULT_NAME) -> MapInfo:
 
 
 def swap_into_place(root: Path, name: str, tmp: Path) -> None:
-    """Rename the finished folder `tmp` to root/name, replacing an older map of that name (never half-written)."""
-    final = root / name
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=root))
-        final.rename(old / name)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
+    """Make the finished folder `tmp` the map root/name in one step (fileio.swap_dir), replacing an older one."""
+    fileio.swap_dir(tmp, root / name)

@@ -13,6 +13,7 @@ import pandas as pd
 
 from clipsim.errors import ClipsimError
 from clipsim.maps.compute import MapInfo, allocate_sample, sample_rows
+from clipsim.search.result import completed_searches
 
 COLOURS = ("dataset", "class", "domain", "similarity", "manifest")
 MAX_DRAW = 100_000  # WebGL stays smooth up to about this many points; beyond, a stratified subset is drawn
@@ -37,23 +38,23 @@ def draw_subset(coords: pd.DataFrame, max_points: int = MAX_DRAW, seed: int = 0)
     return np.sort(np.concatenate(picked)).astype(np.int64) if picked else np.zeros(0, np.int64)
 
 
-def web_set(ws, test: str) -> str | None:
-    """The web set whose s(t) a test point shows: the first searched train set that is not the reference."""
-    ref = ws.settings.get("reference")
-    searched = [t for t in ws.dataset_names("train") if ws.path("search", t, test, "config.json").exists()]
-    return next((t for t in searched if t != ref), searched[0] if searched else None)
+def shown_train(ws, test: str) -> str | None:
+    """The train set whose s(t) a test point shows: the first web set searched against `test`, else any searched
+    train set (the reference), else None."""
+    searched = completed_searches(ws, test)
+    return next((t for t in ws.web_sets() if t in searched), next(iter(searched), None))
 
 
 def _similarity(ws, dataset: str, rows: np.ndarray) -> np.ndarray:
     """s_web(t) for test rows; max_t cos(x, t) over every searched test set for train rows; NaN when not searched."""
     out = np.full(len(rows), np.nan, np.float32)
     if ws.dataset(dataset).role == "test":
-        web = web_set(ws, dataset)
+        web = shown_train(ws, dataset)
         if web is not None:
             out[:] = ws.search_result(dataset, web).arrays()[0][rows, 0]
         return out
     for test in ws.dataset_names("test"):
-        if ws.path("search", dataset, test, "config.json").exists():
+        if dataset in completed_searches(ws, test):
             out = np.fmax(out, ws.search_result(test, dataset).train_stat("max_sim")[rows])
     return out
 

@@ -11,9 +11,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from clipsim.plots import train_colours
+from clipsim.plots.palette import dataset_colours
 
-TEST_PALETTE = ["#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#17becf", "#bcbd22"]
 CATEGORY_PALETTE = ["#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6",
                     "#9d755d", "#17becf", "#1f77b4", "#8c564b", "#bcbd22", "#d62728", "#2ca02c", "#9467bd"]
 MANIFEST_COLOURS = {"removed": "#d62728", "kept": "#4c78a8", "not pruned": "#c7c7c7"}
@@ -40,25 +39,21 @@ def _trace(points: pd.DataFrame, rows: np.ndarray, role: str, name: str, colour,
     custom = np.column_stack([rows.astype(np.float64), sub["similarity"].to_numpy(np.float64)])
     return go.Scattergl(x=sub["x"].to_numpy(), y=sub["y"].to_numpy(), mode="markers", name=name, marker=marker,
                         customdata=custom, hovertext=hover[rows], legendgroup=name,
-                        hovertemplate="%{hovertext}<br>s = %{customdata[1]:.3f}<extra>%{fullData.name}</extra>")
+                        hovertemplate="%{hovertext}<br>s = %{customdata[1]:.4f}<extra>%{fullData.name}</extra>")
 
 
-def dataset_colours(points: pd.DataFrame, reference: str | None) -> dict[str, str]:
-    """A colour per dataset: train sets as in the other plots (reference blue), test sets from TEST_PALETTE."""
+def _dataset_colours(points: pd.DataFrame) -> dict[str, str]:
+    """palette.dataset_colours of the datasets in `points` (no reference known; pages pass the workspace's colours)."""
     names = list(pd.unique(points["dataset"]))
     roles = dict(zip(points["dataset"], points["role"]))
-    trains = [n for n in names if roles.get(n) != "test"]
-    colours = train_colours(trains, reference)
-    tests = [n for n in names if roles.get(n) == "test"]
-    colours.update({n: TEST_PALETTE[i % len(TEST_PALETTE)] for i, n in enumerate(tests)})
-    return colours
+    return dataset_colours([n for n in names if roles.get(n) != "test"], [n for n in names if roles.get(n) == "test"])
 
 
-def _categories(points: pd.DataFrame, colour: str, cats: np.ndarray, reference: str | None
+def _categories(points: pd.DataFrame, colour: str, cats: np.ndarray, colours: dict[str, str] | None
                 ) -> tuple[list[str], dict[str, str]]:
     """Legend order and colour of each category (grey 'unknown' / 'not pruned' last)."""
     if colour == "dataset":
-        return list(pd.unique(points["dataset"])), dataset_colours(points, reference)
+        return list(pd.unique(points["dataset"])), colours or _dataset_colours(points)
     if colour == "manifest":
         return [c for c in MANIFEST_COLOURS if (cats == c).any()], MANIFEST_COLOURS
     names = sorted(set(cats) - {UNKNOWN}) + ([UNKNOWN] if (cats == UNKNOWN).any() else [])
@@ -66,10 +61,10 @@ def _categories(points: pd.DataFrame, colour: str, cats: np.ndarray, reference: 
     return names, {**colours, UNKNOWN: MISSING_COLOUR}
 
 
-def _categorical(fig: go.Figure, points: pd.DataFrame, colour: str, cats: np.ndarray, reference: str | None,
-                 hover: np.ndarray) -> None:
+def _categorical(fig: go.Figure, points: pd.DataFrame, colour: str, cats: np.ndarray,
+                 colours: dict[str, str] | None, hover: np.ndarray) -> None:
     """Train traces of every category first, then test traces on top; one legend entry per category."""
-    names, colours = _categories(points, colour, cats, reference)
+    names, colours = _categories(points, colour, cats, colours)
     role = points["role"].to_numpy()
     shown: set[str] = set()
     for which in ("train", "test"):
@@ -82,7 +77,7 @@ def _categorical(fig: go.Figure, points: pd.DataFrame, colour: str, cats: np.nda
 
 
 def map_figure(points: pd.DataFrame, colour: str = "dataset", values: np.ndarray | None = None,
-               reference: str | None = None, selected: np.ndarray | None = None, title: str = "",
+               colours: dict[str, str] | None = None, selected: np.ndarray | None = None, title: str = "",
                height: int = 640) -> go.Figure:
     """The map: WebGL traces per dataset or category (train points first, test points on top).
 
@@ -90,7 +85,8 @@ def map_figure(points: pd.DataFrame, colour: str = "dataset", values: np.ndarray
         points: map_view.map_points frame (dataset, key, x, y, role, text, class, domain, similarity).
         colour: 'dataset', 'class', 'domain', 'similarity' or 'manifest'.
         values: per-point categories for 'manifest' (map_view.removed_by); default the `colour` column.
-        reference: the reference train set (its colour matches the other plots).
+        colours: {dataset: colour} for colour='dataset' (palette.workspace_colours: the same as every other plot
+            and badge; default from the datasets in `points`).
         selected: positions of selected points (others are dimmed), or None.
         title: figure title.
         height: pixels.
@@ -113,7 +109,7 @@ def map_figure(points: pd.DataFrame, colour: str = "dataset", values: np.ndarray
                                                                              "thickness": 12}})
     else:
         cats = np.asarray(values if values is not None else points[colour].to_numpy(), dtype=object)
-        _categorical(fig, points, colour, cats, reference, hover)
+        _categorical(fig, points, colour, cats, colours, hover)
     if selected is not None:
         chosen = np.zeros(len(points), bool)
         chosen[selected] = True

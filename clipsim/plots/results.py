@@ -16,6 +16,9 @@ FULL_COLOUR = "#4c78a8"  # the unpruned model
 PRUNED_COLOURS = ["#e45756", "#f58518", "#b279a2", "#9d755d", "#54a24b", "#72b7b2"]
 RANDOM_COLOUR = "#9e9e9e"  # random controls: grey, dashed where drawn as lines
 DIAGONAL_COLOUR = "#222222"
+CHANCE_COLOUR = "#555555"  # zero-shot chance, 1 / classes scored: the floor every accuracy is read against
+SYMBOLS = {"full": "circle", "pruned": "diamond", "random": "x"}
+KIND_NAMES = {"full": "full web set", "pruned": "pruned", "random": "random control"}
 
 
 def _kind(frame: pd.DataFrame) -> pd.Series:
@@ -28,13 +31,36 @@ def _kind(frame: pd.DataFrame) -> pd.Series:
 
 
 def _models(frame: pd.DataFrame) -> pd.DataFrame:
-    """Newest checkpoint per run, with `model` (label) and `kind` columns, ordered full, pruned+control pairs."""
+    """Newest checkpoint per run, with `model` (label) and `kind` columns, ordered full, pruned+control pairs; test
+    sets keep the frame's order (results_frame: registry order)."""
     latest = latest_per_run(frame).copy()
     latest["model"], latest["kind"] = model_label(latest), _kind(latest)
     base = np.where(latest["control_of"].fillna("") != "", latest["control_of"].fillna(""), latest["manifest"])
     latest["_order"] = latest["kind"].map({"full": 0, "pruned": 1, "random": 1}).astype(int)
     latest["_base"], latest["_ctl"] = base, (latest["kind"] == "random").astype(int)
-    return latest.sort_values(["_order", "_base", "_ctl", "run", "test"], kind="stable", ignore_index=True)
+    latest["_test"] = latest["test"].map({t: i for i, t in enumerate(dict.fromkeys(frame["test"]))})
+    return latest.sort_values(["_order", "_base", "_ctl", "run", "_test"], kind="stable", ignore_index=True)
+
+
+def chance(frame: pd.DataFrame) -> pd.Series:
+    """Zero-shot chance accuracy per test set, 1 / classes scored (NaN where the class count is unknown)."""
+    classes = frame.groupby("test", sort=False)["classes"].max()
+    return (1.0 / classes.where(classes > 0)).astype(float)
+
+
+def unit_range(values, floor: bool = False) -> list[float]:
+    """An axis range for shares in [0, 1] that fits the values with a margin and never runs past 0% or 100%.
+
+    Args:
+        values: the plotted values (NaN ignored).
+        floor: start at 0 (bars).
+    """
+    vals = np.asarray([v for v in np.ravel(np.asarray(values, dtype=np.float64)) if np.isfinite(v)])
+    if not len(vals):
+        return [0.0, 1.0]
+    lo, hi = float(vals.min()), float(vals.max())
+    pad = 0.08 * max(hi - lo, 0.1)
+    return [0.0 if floor else max(0.0, lo - pad), min(1.0, hi + pad)]
 
 
 def bars_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -63,8 +89,13 @@ def accuracy_bars(frame: pd.DataFrame, tests: list[str] | None = None) -> go.Fig
                     customdata=np.stack([rows["n"].fillna(0), rows["train_samples"].fillna(0)], axis=1),
                     hovertemplate="%{x}: %{y:.1%} of %{customdata[0]:.0f} images<br>trained on "
                                   "%{customdata[1]:,.0f} samples<extra>" + model + "</extra>")
+    floor = chance(frame).reindex(tests)
+    fig.add_scatter(x=tests, y=floor, mode="markers", name="chance (1 / classes)",
+                    marker={"symbol": "line-ew-open", "size": 44, "color": CHANCE_COLOUR, "line": {"width": 2}},
+                    hovertemplate="%{x}: chance %{y:.1%}<extra></extra>")
     fig.update_layout(barmode="group", title="Zero-shot top-1 accuracy per test set", height=420,
                       yaxis_title="top-1 accuracy", yaxis_tickformat=".0%", xaxis_title="test set",
+                      yaxis_range=unit_range(np.r_[models["accuracy"].to_numpy(float), floor.to_numpy()], floor=True),
                       legend_title_text="trained on", margin={"l": 10, "r": 10, "t": 50, "b": 10})
     return fig
 
@@ -105,9 +136,16 @@ def accuracy_vs_pruned(frame: pd.DataFrame, test: str | None = None) -> go.Figur
         fig.add_scatter(x=full["pruned_fraction"], y=full["accuracy"], mode="markers", name="full web",
                         marker={"color": FULL_COLOUR, "size": 10}, text=full["model"],
                         hovertemplate="%{text}: %{y:.1%}<extra></extra>")
+    floor = chance(frame)
+    floor = float(floor.get(test, np.nan)) if test else float(floor.mean())
+    if np.isfinite(floor):
+        fig.add_hline(y=floor, line={"color": CHANCE_COLOUR, "dash": "dot", "width": 1.5},
+                      annotation_text=f"chance {floor:.1%}", annotation_position="bottom right")
     what = f"on {test}" if test else "mean over test sets"
     fig.update_layout(title=f"Accuracy ({what}) against the share of the web set pruned", height=420,
                       xaxis_title="fraction of web samples removed", xaxis_tickformat=".0%",
+                      xaxis_range=unit_range(np.r_[0.0, table["pruned_fraction"].to_numpy(float)], floor=True),
+                      yaxis_range=unit_range(np.r_[table["accuracy"].to_numpy(float), floor]),
                       yaxis_title="top-1 accuracy", yaxis_tickformat=".0%", margin={"l": 10, "r": 10, "t": 50, "b": 10})
     return fig
 
@@ -127,21 +165,34 @@ def robustness_table(frame: pd.DataFrame, id_test: str = "val") -> pd.DataFrame:
 
 
 def effective_robustness(frame: pd.DataFrame, id_test: str = "val") -> go.Figure:
-    """In-distribution vs out-of-distribution accuracy, one point per (model, OOD test set), with y = x."""
+    """In-distribution vs out-of-distribution accuracy, one point per (model, OOD test set), with y = x, chance and
+    a legend for both encodings: colour = test set, marker = model kind."""
     table = robustness_table(frame, id_test)
-    symbols = {"full": "circle", "pruned": "diamond", "random": "x"}
+    floor = chance(frame)
     fig = go.Figure()
     for i, (test, rows) in enumerate(table.groupby("test", sort=False)):
         fig.add_scatter(x=rows["id_accuracy"], y=rows["ood_accuracy"], mode="markers", name=test,
+                        legendgroup="tests", legendgrouptitle_text="colour: test set",
                         marker={"size": 11, "color": PRUNED_COLOURS[i % len(PRUNED_COLOURS)],
-                                    "symbol": [symbols[k] for k in rows["kind"]]},
+                                "symbol": [SYMBOLS[k] for k in rows["kind"]]},
                         text=rows["model"], hovertemplate="%{text}<br>" + id_test + " %{x:.1%}, " + test +
                         " %{y:.1%}<extra></extra>")
-    hi = float(np.nanmax(table[["id_accuracy", "ood_accuracy"]].to_numpy())) if len(table) else 1.0
-    fig.add_scatter(x=[0, hi], y=[0, hi], mode="lines", name="y = x", line={"color": DIAGONAL_COLOUR, "dash": "dot"})
+    for kind in dict.fromkeys(table["kind"]):  # legend-only entries explaining the marker shapes
+        fig.add_scatter(x=[None], y=[None], mode="markers", name=KIND_NAMES[kind], legendgroup="kinds",
+                        legendgrouptitle_text="marker: trained on",
+                        marker={"size": 11, "color": "#888888", "symbol": SYMBOLS[kind]})
+    tests = list(dict.fromkeys(table["test"]))
+    points = [(floor.get(id_test, np.nan), floor.get(t, np.nan)) for t in tests]
+    if tests and all(np.isfinite(p).all() for p in points):
+        fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="markers", text=tests,
+                        name="chance (1 / classes)", marker={"symbol": "star-open", "size": 10, "color": CHANCE_COLOUR},
+                        hovertemplate="chance: " + id_test + " %{x:.1%}, %{text} %{y:.1%}<extra></extra>")
+    values = np.r_[table[["id_accuracy", "ood_accuracy"]].to_numpy(float).ravel(), np.ravel(points)]
+    axis = unit_range(values)
+    fig.add_scatter(x=axis, y=axis, mode="lines", name="y = x", line={"color": DIAGONAL_COLOUR, "dash": "dot"})
     fig.update_layout(title=f"Effective robustness: {id_test} (in distribution) vs other test sets", height=460,
                       xaxis_title=f"{id_test} top-1", yaxis_title="out-of-distribution top-1",
-                      xaxis_tickformat=".0%", yaxis_tickformat=".0%", legend_title_text="test set (marker: model)",
+                      xaxis_tickformat=".0%", yaxis_tickformat=".0%", xaxis_range=axis, yaxis_range=axis,
                       margin={"l": 10, "r": 10, "t": 50, "b": 10})
     return fig
 

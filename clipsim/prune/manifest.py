@@ -1,13 +1,12 @@
 """Pruning manifests: `manifests/<name>/` with removed/kept keys, the rule, its counts and input fingerprints.
 
-A manifest is written into a hidden temporary sibling folder and renamed into place, so no half-written
-manifest ever looks whole. It is stale when the web embeddings or a search it was cut from changed since.
+A manifest is written into a hidden temporary sibling folder and swapped into place (fileio.swap_dir), so no
+half-written manifest ever looks whole; its removed and kept keys are checked to be disjoint and to cover the set. It is stale when the web embeddings or a search it was cut from changed since.
 """
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,10 @@ import numpy as np
 import pandas as pd
 
 from clipsim import fileio
+from clipsim.data.keys import key_hashes, repeated_keys
 from clipsim.errors import ReadOnlyError, WorkspaceError
 from clipsim.names import check_name, read_only
+from clipsim.prune.rules import RuleSpec, apply_rule, default_name, rule_stats
 from clipsim.prune.stats import PruneStats, canonical_rule, resolve_keep
 
 MANIFESTS = "manifests"
@@ -59,8 +60,7 @@ class Manifest:
     def stale_reasons(self) -> list[str]:
         """Why the manifest no longer matches its inputs (empty when fresh)."""
         inputs, web, reasons = self.summary["inputs"], self.summary["web"], []
-        emb = self.ws.embeddings(web, required=False)
-        if (emb.fingerprint() if emb is not None and emb.count else None) != inputs["web_embeddings"]:
+        if self.ws.embeddings_fingerprint(web) != inputs["web_embeddings"]:
             reasons.append(f"web set {web!r} embeddings changed")
         for test, fp in inputs["search"].items():
             try:
@@ -71,6 +71,10 @@ class Manifest:
             if res.fingerprint != fp:
                 reasons.append(f"search {test!r} vs {web!r} changed")
             reasons += [f"search {test!r} vs {web!r}: {r}" for r in res.stale_reasons()]
+        if self.summary.get("base"):
+            from clipsim.prune.base import base_changes
+
+            reasons += base_changes(self.ws, self.summary["base"])
         return reasons
 
     @property
@@ -99,15 +103,13 @@ def save_manifest(ws, name: str, rule: str, params: dict, stats: PruneStats, rem
 
     Raises:
         ReadOnlyError: the workspace is served read-only.
-        WorkspaceError: the name exists (without overwrite), or the statistics no longer match the workspace.
+        WorkspaceError: the name exists (without overwrite), the statistics no longer match the workspace, or
+            the web set's keys repeat (removed and kept would not be disjoint).
         ValueError: missing parameters, or a mask that does not match the rule's counts.
     """
     if read_only():
         raise ReadOnlyError(f"this workspace is served read-only (CLIPSIM_READ_ONLY=1); manifest {name!r} was not saved")
-    check_name(name, "manifest")
-    folder = ws.path(MANIFESTS, name)
-    if folder.exists() and not overwrite:
-        raise WorkspaceError(f"manifest {name!r} exists at {folder}; pick another name or pass overwrite=True (CLI: --overwrite)")
+    check_new_manifest(ws, name, overwrite)
     rule, params = canonical_rule(rule), dict(params)
     if rule == "similarity-gap":
         params.setdefault("delta", 0.0)
@@ -119,9 +121,68 @@ def save_manifest(ws, name: str, rule: str, params: dict, stats: PruneStats, rem
     counts = _check_counts(sel, rule, params, removed)
     _check_inputs(ws, sel)
     summary = _summary(ws, rule, params, sel, removed, counts, progress)
-    keys = np.asarray(stats.keys)
+    keys = np.asarray(stats.keys)  # with a base: the base's kept keys, so removed lists what this rule removes
+    check_partition(keys, removed, stats.web)
     _write_atomically(ws.path(MANIFESTS), name, {"removed": keys[removed], "kept": keys[~removed]}, summary, overwrite)
     return load_manifest(ws, name)
+
+
+def write_manifest(ws, name: str, removed_keys: np.ndarray, kept_keys: np.ndarray, summary: dict,
+                   overwrite: bool = False) -> Manifest:
+    """Write manifest `name` made by another tool (e.g. clipsim.dedup), atomically, in the layout of `save_manifest`.
+
+    Args:
+        ws: the workspace.
+        name: manifest name.
+        removed_keys, kept_keys: keys of the removed and kept web samples, in web row order.
+        summary: summary.json; needs at least rule, params, web, tests, n, inputs (web_embeddings, search),
+            combined (removed, kept, share) and created, like a pruning manifest, and may record a `base`.
+        overwrite: replace an existing manifest of that name.
+
+    Raises:
+        ReadOnlyError: the workspace is served read-only.
+        WorkspaceError: a bad name, or the name exists (without overwrite).
+    """
+    if read_only():
+        raise ReadOnlyError(f"this workspace is served read-only (CLIPSIM_READ_ONLY=1); manifest {name!r} was not saved")
+    check_new_manifest(ws, name, overwrite)
+    _write_atomically(ws.path(MANIFESTS), name, {"removed": removed_keys, "kept": kept_keys}, summary, overwrite)
+    return load_manifest(ws, name)
+
+
+def save_rule(ws, spec: RuleSpec, name: str | None = None, overwrite: bool = False, progress=None):
+    """Apply a rule to freshly loaded statistics and save its manifest (what the CLI and the `prune` job run).
+
+    Args:
+        ws: the workspace.
+        spec: the rule.
+        name: manifest name (default: default_name(spec)).
+        overwrite: replace a manifest of that name.
+        progress: optional callable(done, total, description) for the exact post-pruning scan.
+
+    Returns:
+        (the saved Manifest, the Pruning it came from).
+
+    Raises:
+        WorkspaceError, ReadOnlyError, ValueError: see rule_stats, apply_rule and save_manifest.
+    """
+    pruning = apply_rule(rule_stats(ws, spec), spec)
+    manifest = save_manifest(ws, name or default_name(spec), spec.rule, pruning.params, pruning.stats,
+                             pruning.removed, overwrite=overwrite, progress=progress)
+    return manifest, pruning
+
+
+def check_new_manifest(ws, name: str, overwrite: bool = False) -> None:
+    """Check that a manifest can be saved under `name` (before any work is done).
+
+    Raises:
+        WorkspaceError: a bad name, or a manifest of that name exists and overwrite is False.
+    """
+    check_name(name, "manifest")
+    folder = ws.path(MANIFESTS, name)
+    if folder.exists() and not overwrite:
+        raise WorkspaceError(f"manifest {name!r} exists at {folder}; pick another name or pass overwrite=True "
+                             "(CLI: --overwrite; the Prune page: 'Overwrite')")
 
 
 def load_manifest(ws, name: str) -> Manifest:
@@ -139,15 +200,17 @@ def load_manifest(ws, name: str) -> Manifest:
 
 
 def list_manifests(ws) -> pd.DataFrame:
-    """One row per saved manifest: name, rule, params (text), kept, removed, share, stale, created, web, tests."""
+    """One row per saved manifest: name, rule, params (text), kept, removed, share, stale, created, web, tests, base
+    (the manifest it was cut from, '' for the whole web set)."""
     rows = []
     for name in _names(ws):
         m = load_manifest(ws, name)
         c = m.summary["combined"]
         rows.append({"name": name, "rule": m.rule, "params": describe_params(m.summary["params"]),
                      "kept": c["kept"], "removed": c["removed"], "share": c["share"], "stale": m.stale,
-                     "created": m.summary["created"], "web": m.summary["web"], "tests": ",".join(m.summary["tests"])})
-    cols = ["name", "rule", "params", "kept", "removed", "share", "stale", "created", "web", "tests"]
+                     "created": m.summary["created"], "web": m.summary["web"], "tests": ",".join(m.summary["tests"]),
+                     "base": (m.summary.get("base") or {}).get("name", "")})
+    cols = ["name", "rule", "params", "kept", "removed", "share", "stale", "created", "web", "tests", "base"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -200,8 +263,10 @@ def _summary(ws, rule, params, stats, removed, counts, progress) -> dict:
                      "share": float(removed.sum() / stats.n) if stats.n else 0.0},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if stats.base is not None:  # counts and shares above are relative to the base's kept rows
+        summary["base"] = dict(stats.base)
     if rule in ("threshold", "similarity-gap"):
-        summary["post_prune"] = _post_prune_medians(ws, rule, params, stats, removed, progress)
+        summary["post_prune"] = _post_prune_medians(ws, rule, params, stats, stats.full_removed(removed), progress)
     return summary
 
 
@@ -230,24 +295,44 @@ def _post_prune_medians(ws, rule, params, stats, removed, progress) -> dict:
 
 def _write_atomically(root: Path, name: str, keys: dict[str, np.ndarray], summary: dict, overwrite: bool) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+    fileio.clear_leftovers(root, name)  # folders of a save killed before its swap
+    tmp = fileio.make_temp_dir(root, f".{name}.", ".tmp")
     try:
         for part, values in keys.items():
             fileio.write_parquet(tmp / f"{part}.parquet", pd.DataFrame({"key": pd.Series(values, dtype=str)}))
         fileio.write_json(tmp / "summary.json", json.loads(json.dumps(summary, default=_jsonable)))
         final = root / name
-        if final.exists():
-            if not overwrite:
-                raise WorkspaceError(f"manifest {name!r} appeared at {final} while writing; pick another name")
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=root))
-            final.rename(old / name)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
+        if final.exists() and not overwrite:
+            raise WorkspaceError(f"manifest {name!r} appeared at {final} while writing; pick another name")
+        fileio.swap_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_partition(keys: np.ndarray, removed: np.ndarray, web: str) -> None:
+    """Check that a manifest's removed and kept keys are disjoint and together are the web set, key for key.
+
+    Args:
+        keys: (n,) the web set's keys in row order.
+        removed: (n,) bool mask of removed rows.
+        web: the web set's name, for the message.
+
+    Raises:
+        WorkspaceError: a key repeats in the web set (it would be both removed and kept, and training would read
+            removed samples), or the mask does not cover the set.
+    """
+    keys = np.asarray(keys, dtype=object)
+    if len(removed) != len(keys):
+        raise WorkspaceError(f"the removed mask has {len(removed)} rows but web set {web!r} has {len(keys)} keys")
+    # removed = keys[mask] and kept = keys[~mask] cover the rows exactly once, so they are disjoint and cover the
+    # set as keys exactly when no key repeats (checked on 8-byte hashes, confirmed on the keys)
+    repeated = repeated_keys({0: key_hashes(keys)}, lambda _: pd.Series(keys))
+    if repeated:
+        raise WorkspaceError(
+            f"web set {web!r} repeats keys (e.g. {', '.join(repr(k) for k, _, _ in repeated)}), so a manifest would "
+            "list a key as removed and as kept and training would read removed samples; make the keys unique "
+            "(re-embed, or fix the imported metadata) before pruning")
 
 
 def _jsonable(value):

@@ -1,15 +1,23 @@
-"""Exact pruning rules over stored per-sample statistics: build `PruneStats` once, threshold it many times.
+"""Exact pruning rules over stored per-sample statistics, and how a rule is applied: the one place the Prune page,
+`python -m clipsim prune` and the `prune` job share.
 
 All rules are pure functions of the exact float32 statistics that `search` stored per web sample x and test
 set T: m_T(x) = max_t cos(x, t) and the similarity-gap margin g_T(x) = max_t float32(cos(x, t) - s_R(t)).
 Thresholds are compared with these float32 values as real numbers (strict `>`), so counts, masks and a
-brute-force evaluation agree exactly.
+brute-force evaluation agree exactly. A `RuleSpec` holds a rule and every parameter the page offers;
+`rule_stats` loads what it reads, `apply_rule` gives its recorded parameters and removed mask (a `Pruning`) and
+`default_name` its manifest name (`clipsim.prune.manifest.save_rule` saves it).
 """
 from __future__ import annotations
 
-import numpy as np
+import re
+from dataclasses import asdict, dataclass, fields
 
-from clipsim.prune.stats import PruneStats, floor32, resolve_keep
+import numpy as np
+import pandas as pd
+
+from clipsim.errors import WorkspaceError
+from clipsim.prune.stats import PruneStats, canonical_rule, floor32, resolve_keep
 
 
 # ----- rules: boolean `removed` masks (n,) in web row order ---------------------------------------------
@@ -96,3 +104,184 @@ def _sorted_scores(stats: PruneStats, kind: str, tests) -> np.ndarray:
     return np.sort(_scores(stats, kind, tests))
 
 
+# ----- applying a rule: the spec, its statistics, parameters, mask and name --------------------------------
+OPTIONS = {"threshold": ("tau", "remove_fraction"), "similarity-gap": ("delta", "remove_fraction"),
+           "near": ("keep",), "far": ("keep",), "random": ("keep", "like", "seed")}
+CUTS = ("tau", "delta", "remove_fraction", "keep", "like", "seed")
+SHORT = {"tau": "t", "delta": "d", "remove_fraction": "rf", "keep": "keep", "seed": "s"}  # name parts
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A pruning rule with its parameters, as the page, the CLI and a job give it.
+
+    Attributes:
+        rule: one of clipsim.prune.RULES ('similarity_gap' is accepted).
+        tau, delta: the cut of 'threshold' / 'similarity-gap' (delta defaults to 0.0).
+        remove_fraction: instead of tau / delta, the cut removing closest to this share of the web set.
+        keep: 'near' / 'far' / 'random': an int count or a float fraction in (0, 1] of web samples kept.
+        like: 'random': keep as many samples as this saved manifest keeps (instead of keep).
+        seed: 'random': the seed (default 0).
+        tests: test sets the rule looks at (None: every registered test set; ignored by 'random').
+        web: the web set (None: the workspace's first web set, Workspace.web_set).
+        reference: the reference of 'similarity-gap' (None: the workspace's reference).
+        base: prune only the samples this saved manifest keeps (e.g. a dedup manifest, as the study did).
+    """
+
+    rule: str
+    tau: float | None = None
+    delta: float | None = None
+    remove_fraction: float | None = None
+    keep: int | float | None = None
+    like: str | None = None
+    seed: int | None = None
+    tests: tuple[str, ...] | None = None
+    web: str | None = None
+    reference: str | None = None
+    base: str | None = None
+
+    def __post_init__(self) -> None:
+        rule = canonical_rule(self.rule)
+        object.__setattr__(self, "rule", rule)
+        if rule == "similarity-gap" and self.delta is None and self.remove_fraction is None:
+            object.__setattr__(self, "delta", 0.0)  # the paper's rule; one spelling, so equal specs compare equal
+        if rule == "random" and self.seed is None:
+            object.__setattr__(self, "seed", 0)
+        if self.tests is not None:
+            object.__setattr__(self, "tests", tuple(self.tests) if rule != "random" and self.tests else None)
+        wrong = [o for o in CUTS if getattr(self, o) is not None and o not in OPTIONS[rule]]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} does not apply to rule {rule!r}; it takes {', '.join(OPTIONS[rule])}")
+        if self.remove_fraction is not None and (self.tau is not None or self.delta is not None):
+            raise ValueError(f"rule {rule!r} takes either its cut value or remove_fraction, not both")
+        if rule == "threshold" and self.tau is None and self.remove_fraction is None:
+            raise ValueError("rule 'threshold' needs tau (CLI --tau) or remove_fraction (--remove-fraction)")
+        if self.like is not None and self.keep is not None:
+            raise ValueError("rule 'random' takes keep or like (a manifest whose size to copy), not both")
+        if rule in ("near", "far", "random") and self.keep is None and self.like is None:
+            raise ValueError(f"rule {rule!r} needs keep (CLI --keep N or --keep-fraction F)"
+                             + (" or like (--like MANIFEST)" if rule == "random" else ""))
+
+    @classmethod
+    def from_params(cls, params: dict) -> RuleSpec:
+        """The spec in a job's params (`rule` plus the option keys; other keys such as name are ignored).
+
+        Raises:
+            ValueError: no rule, or options that do not fit it.
+        """
+        if "rule" not in params:
+            raise ValueError(f"prune params {sorted(params)} name no rule; add 'rule': one of {', '.join(OPTIONS)}")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in known})
+
+    def to_params(self) -> dict:
+        """The spec as job params (JSON-able; unset options left out)."""
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.tests is not None:
+            out["tests"] = list(self.tests)
+        return out
+
+
+@dataclass
+class Pruning:
+    """A rule applied: the statistics it read (restricted to its test sets), its recorded parameters, the mask."""
+
+    stats: PruneStats
+    rule: str
+    params: dict
+    removed: np.ndarray
+
+    def counts(self) -> pd.DataFrame:
+        """Removed / kept / share of web per test set and combined (random: combined only)."""
+        table = self.stats.summary(self.rule, **{k: v for k, v in self.params.items() if k in ("tau", "delta", "keep")})
+        return table[table["test"] == "combined"].reset_index(drop=True) if self.rule == "random" else table
+
+
+def rule_stats(ws, spec: RuleSpec, tests: list[str] | None = None) -> PruneStats:
+    """Load the statistics a rule reads: its test sets against its web set, with margins for 'similarity-gap'.
+
+    Args:
+        ws: the workspace.
+        spec: the rule.
+        tests: load these test sets instead (a superset, e.g. the page's, which apply_rule then narrows).
+
+    Raises:
+        WorkspaceError: a missing search or reference (the message names the command to run).
+    """
+    web = ws.web_set(spec.web)
+    reference = spec.reference or ws.reference
+    if spec.rule == "similarity-gap" and reference is None:
+        raise WorkspaceError(f"rule 'similarity-gap' needs a reference train set, and workspace {ws.root} has none; "
+                             f"search with one: `python -m clipsim search --workspace {ws.root} --reference NAME`")
+    if tests is None and spec.rule == "random":
+        tests = []
+    elif tests is None:  # registry order, so 'sketch,val' and 'val,sketch' read (and record) the same statistics
+        registered = ws.dataset_names("test")
+        given = list(spec.tests or registered)
+        tests = [t for t in registered if t in given] + [t for t in given if t not in registered]
+    return PruneStats.load(ws, web, tests, reference if spec.rule == "similarity-gap" else None, base=spec.base)
+
+
+def apply_rule(stats: PruneStats, spec: RuleSpec) -> Pruning:
+    """A rule's recorded parameters and removed mask: exactly what a manifest of it stores.
+
+    Args:
+        stats: statistics covering the rule's test sets (more are fine: they are narrowed to spec.tests).
+        spec: the rule.
+
+    Returns:
+        The Pruning: params hold the cut (tau | delta, and remove_fraction when cut by share; keep; seed, like).
+
+    Raises:
+        ValueError: an out-of-range parameter. WorkspaceError: test sets not in `stats`, or `like` names no manifest.
+    """
+    rule = spec.rule
+    sel = stats if rule == "random" or spec.tests is None or list(spec.tests) == stats.tests else stats.subset(
+        list(spec.tests))
+    if rule in ("threshold", "similarity-gap"):
+        name = "tau" if rule == "threshold" else "delta"
+        if spec.remove_fraction is not None:
+            find = sel.tau_for_fraction if rule == "threshold" else sel.delta_for_fraction
+            params = {name: find(spec.remove_fraction), "remove_fraction": spec.remove_fraction}
+        else:
+            params = {name: spec.tau if rule == "threshold" else (spec.delta or 0.0)}
+        cut = rule_threshold if rule == "threshold" else rule_similarity_gap
+        return Pruning(sel, rule, params, cut(sel, params[name]))
+    keep = spec.keep if spec.like is None else _kept_count(stats, spec.like)
+    if rule == "random":
+        seed = int(spec.seed or 0)
+        params = {"keep": keep, "seed": seed, **({"like": spec.like} if spec.like else {})}
+        return Pruning(sel, rule, params, rule_random(sel.n, keep, seed))
+    return Pruning(sel, rule, {"keep": keep}, (rule_near if rule == "near" else rule_far)(sel, keep))
+
+
+def _kept_count(stats: PruneStats, like: str) -> int:
+    from clipsim.prune.manifest import load_manifest
+
+    if stats.ws is None:
+        raise WorkspaceError(f"like={like!r} needs statistics loaded from a workspace (PruneStats.load)")
+    return load_manifest(stats.ws, like).kept_count
+
+
+def default_name(spec: RuleSpec) -> str:
+    """The default manifest name of a rule, from its parameters as given: 'similarity-gap_d0', 'threshold_t0.85',
+    'threshold_rf0.1', 'near_keep0.5_sketch', 'random_keep0.5_s0', 'random_like-gap_s0', 'similarity-gap_d0_on-dedup'.
+
+    Test sets are named only when the rule looks at a subset (spec.tests); the name fits the manifest name rule.
+    """
+    given = asdict(spec)
+    parts = [spec.rule] + [f"{SHORT[k]}{_fmt(given[k])}" for k in ("tau", "delta", "remove_fraction", "keep")
+                           if given[k] is not None]
+    if spec.like:
+        parts.append(f"like-{spec.like}")
+    if spec.rule == "random":
+        parts.append(f"s{given['seed']}")
+    if spec.tests:
+        parts.append("-".join(spec.tests))
+    if spec.base:
+        parts.append(f"on-{spec.base}")
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", "_".join(parts))[:80]
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

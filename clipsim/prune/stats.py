@@ -99,10 +99,12 @@ class PruneStats:
                 self._sorted[(kind, None)] = np.sort(self._vals[(kind, None)])
         if keys is not None:
             self.__dict__["keys"] = np.asarray(keys)
+        self.base: dict | None = None  # set by within_base: the base manifest whose kept rows these are
+        self.base_rows: np.ndarray | None = None  # those rows of the web set, increasing
 
     # ----- construction ------------------------------------------------------------------------------
     @classmethod
-    def load(cls, ws, web: str, tests: list[str], reference: str | None = None) -> PruneStats:
+    def load(cls, ws, web: str, tests: list[str], reference: str | None = None, base: str | None = None) -> PruneStats:
         """Read m_T (and, with a reference, g_T) of every test set from the stored searches against `web`.
 
         Args:
@@ -110,6 +112,7 @@ class PruneStats:
             web: web train set name (its searches must be complete).
             tests: test set names; [] loads no statistics (enough for the random rule).
             reference: reference train set whose margins were stored (`search --reference R`), or None.
+            base: a manifest of `web` (e.g. a dedup manifest): only the rows it keeps are loaded (see within_base).
 
         Returns:
             The statistics, sorted (O(n log n) per array; the demo takes milliseconds).
@@ -133,7 +136,8 @@ class PruneStats:
                     f"{emb.count}; re-run `python -m clipsim search --workspace {ws.root} --train {web}`")
             if reference:
                 margins[test] = _load_margin(ws, res, reference)
-        return cls(web, emb.count, max_sim, margins, reference, fps, emb.fingerprint(), ws=ws)
+        stats = cls(web, emb.count, max_sim, margins, reference, fps, emb.fingerprint(), ws=ws)
+        return stats.within_base(base) if base else stats
 
     @classmethod
     def from_arrays(cls, max_sim: dict[str, np.ndarray], margins: dict[str, np.ndarray] | None = None,
@@ -159,7 +163,22 @@ class PruneStats:
                          ws=self.ws, _sorted={k: v for k, v in self._sorted.items() if k[1] in tests})
         if "keys" in self.__dict__:
             out.__dict__["keys"] = self.__dict__["keys"]
+        out.base, out.base_rows = self.base, self.base_rows
         return out
+
+    def within_base(self, base: str) -> PruneStats:
+        """The statistics of the web rows that manifest `base` keeps (see clipsim.prune.base.restrict_to_base)."""
+        from clipsim.prune.base import restrict_to_base
+
+        return restrict_to_base(self, base)
+
+    def full_removed(self, removed: np.ndarray) -> np.ndarray:
+        """A removed mask over these rows as a mask over the whole web set (rows outside the base count as removed)."""
+        if self.base_rows is None:
+            return np.asarray(removed)
+        full = np.ones(self.base["web_rows"], dtype=bool)
+        full[self.base_rows] = np.asarray(removed)
+        return full
 
     @cached_property
     def keys(self) -> np.ndarray:
@@ -172,9 +191,12 @@ class PruneStats:
         """Why these statistics no longer match the workspace (web embeddings or a search changed); [] if fresh."""
         if self.ws is None:
             return []
-        emb = self.ws.embeddings(self.web, required=False)
-        now = emb.fingerprint() if emb is not None and emb.count else None
+        now = self.ws.embeddings_fingerprint(self.web)
         reasons = [] if now == self.web_fingerprint else [f"web set {self.web!r} embeddings changed"]
+        if self.base is not None:
+            from clipsim.prune.base import base_changes
+
+            reasons += base_changes(self.ws, self.base)
         for test in self.tests:
             try:
                 res = self.ws.search_result(test, self.web)

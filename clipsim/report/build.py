@@ -18,6 +18,7 @@ from clipsim import fileio, plots
 from clipsim.errors import ReadOnlyError
 from clipsim.names import read_only
 from clipsim.report import html as H
+from clipsim.search.result import completed_searches
 
 if TYPE_CHECKING:
     from clipsim.jobs.worker import JobContext
@@ -28,7 +29,7 @@ MODEL_FIELDS = ["model", "pretrained", "dim", "precision", "checkpoint_fingerpri
 
 
 def _searched(ws, test: str) -> list[str]:
-    return [t for t in ws.dataset_names("train") if ws.path("search", t, test, "config.json").exists()]
+    return list(completed_searches(ws, test))
 
 
 def _nn(ws, test: str, train: str) -> np.ndarray:
@@ -59,7 +60,7 @@ def _model(ws) -> str:
 
 
 def _similarity(ws, figures: H.Figures) -> str:
-    ref = ws.settings.get("reference")
+    ref = ws.reference
     rows, figs = [], []
     for test in ws.dataset_names("test"):
         trains = _searched(ws, test)
@@ -85,7 +86,7 @@ def _similarity(ws, figures: H.Figures) -> str:
 def _pairs(ws, pairs: int, thumb: int) -> str:
     from clipsim.images import dataset_thumbs, locator_frame
 
-    ref, parts = ws.settings.get("reference"), []
+    ref, parts = ws.reference, []
     for test in ws.dataset_names("test"):
         for train in [t for t in _searched(ws, test) if t != ref]:
             sims, ids = ws.search_result(test, train).arrays()
@@ -157,7 +158,7 @@ def build_report(ws, pairs: int = PAIRS, thumb: int = THUMB) -> str:
         The HTML document.
     """
     figures = H.Figures()
-    ref = ws.settings.get("reference")
+    ref = ws.reference
     tests, trains = ws.dataset_names("test"), ws.dataset_names("train")
     sections = [("Datasets", _datasets(ws)), ("Similarity model", _model(ws)),
                 ("Nearest-neighbour similarity", _similarity(ws, figures)),

@@ -2,7 +2,8 @@
 
 Registers our own model configs (the demo's `clipsim-demo`) with open_clip, forbids hub downloads, then hands
 the remaining arguments to `open_clip_train.main.main`, so OpenCLIP's logging and distributed set-up live in
-their own process (also under torchrun, where every rank runs this module).
+their own process (also under torchrun, where every rank runs this module). It dies with its parent (the job
+worker, or torchrun), so a killed worker never leaves a trainer running.
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Register model configs and run open_clip_train.main.main(rest); returns an exit code."""
+    from clipsim.jobs.procs import die_with_parent
+
+    die_with_parent()
     configs, rest = split_args(sys.argv[1:] if argv is None else argv)
     from clipsim.models import go_offline, register_model_config
 

@@ -52,7 +52,8 @@ def _path(ws) -> Path:
 
 
 def results_frame(ws) -> pd.DataFrame:
-    """All stored result rows (RESULT_COLUMNS), sorted by run and test; empty when nothing was evaluated."""
+    """All stored result rows (RESULT_COLUMNS), sorted by run, then test set in registry order (unregistered ones
+    last, by name); empty when nothing was evaluated."""
     path = _path(ws)
     if not path.exists():
         return _empty()
@@ -60,7 +61,10 @@ def results_frame(ws) -> pd.DataFrame:
     for column in RESULT_COLUMNS:
         if column not in frame:
             frame[column] = pd.Series(dtype=_DTYPES.get(column, "object"))
-    return frame[RESULT_COLUMNS].sort_values(["run", "test"], kind="stable", ignore_index=True)
+    order = {t: i for i, t in enumerate(ws.dataset_names("test"))}
+    rank = frame["test"].map(order).fillna(len(order))
+    frame = frame[RESULT_COLUMNS].assign(_rank=rank).sort_values(["run", "_rank", "test"], kind="stable")
+    return frame.drop(columns="_rank").reset_index(drop=True)
 
 
 def add_results(ws, rows: pd.DataFrame | list[dict]) -> pd.DataFrame:
@@ -116,8 +120,8 @@ def model_label(frame: pd.DataFrame) -> pd.Series:
 
 
 def latest_per_run(frame: pd.DataFrame) -> pd.DataFrame:
-    """Keep each run's newest checkpoint only (highest epoch, then newest row) per test set."""
+    """Keep each run's newest checkpoint only (highest epoch, then newest row) per test set, in the frame's order."""
     if frame.empty:
         return frame
     ordered = frame.sort_values(["epoch", "created"], kind="stable")
-    return ordered.drop_duplicates(["run", "test"], keep="last").sort_values(["run", "test"], ignore_index=True)
+    return ordered.drop_duplicates(["run", "test"], keep="last").sort_index().reset_index(drop=True)  # frame order

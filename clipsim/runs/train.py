@@ -16,11 +16,12 @@ from pathlib import Path
 
 from clipsim import fileio
 from clipsim.errors import ClipsimError, WorkspaceError
+from clipsim.names import check_writable
 from clipsim.runs.data import FULL, TrainData, materialise
 from clipsim.runs.log import checkpoints, parse_train_log, read_training_progress, summarise
 from clipsim.runs.presets import get_preset, launch_command, trainer_argv
 
-__all__ = ["random_control", "read_training_progress", "resolve_checkpoint", "train", "train_job"]
+__all__ = ["control_name", "random_control", "read_training_progress", "resolve_checkpoint", "train", "train_job"]
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
 POLL_S = 2.0  # how often the trainer's log is read for progress
@@ -28,8 +29,9 @@ STOP_GRACE_S = 10.0  # SIGTERM first, SIGKILL after this
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def random_control(ws, manifest: str, web: str = "web", seed: int = 0) -> str:
-    """Save (or reuse) manifest `<manifest>-random`: a seeded uniform random subset as large as `manifest`'s kept set.
+def random_control(ws, manifest: str, web: str | None = None, seed: int = 0) -> str:
+    """Save (or reuse) manifest `<manifest>-random`: a seeded uniform random subset as large as `manifest`'s kept set,
+    drawn from the samples its base manifest keeps when it has one (else from the whole web set).
 
     Returns:
         The control manifest's name.
@@ -38,11 +40,13 @@ def random_control(ws, manifest: str, web: str = "web", seed: int = 0) -> str:
         WorkspaceError: `manifest` is 'full' or unknown.
     """
     from clipsim import prune
+    from clipsim.prune.manifest import save_rule
+    from clipsim.prune.rules import RuleSpec
 
     if manifest == FULL:
         raise WorkspaceError("a random control needs a pruned manifest to match in size, not 'full'")
     base = prune.load_manifest(ws, manifest)
-    name = f"{manifest}-random" + (f"{seed}" if seed else "")
+    name = control_name(manifest, seed)
     try:
         old = prune.load_manifest(ws, name)
         params = old.summary.get("params", {})
@@ -50,11 +54,14 @@ def random_control(ws, manifest: str, web: str = "web", seed: int = 0) -> str:
             return name
     except WorkspaceError:
         pass
-    stats = prune.PruneStats.load(ws, web, [])
-    removed = prune.rule_random(stats.n, int(base.kept_count), seed)
-    prune.save_manifest(ws, name, "random", {"keep": int(base.kept_count), "seed": seed, "like": manifest}, stats,
-                        removed, overwrite=True)
+    drawn_from = (base.summary.get("base") or {}).get("name")  # a manifest cut from a base: draw from the base too
+    save_rule(ws, RuleSpec("random", like=manifest, seed=seed, web=web, base=drawn_from), name, overwrite=True)
     return name
+
+
+def control_name(manifest: str, seed: int = 0) -> str:
+    """The name of the random control manifest of `manifest`: '<manifest>-random' (seed 0) or '<manifest>-random<seed>'."""
+    return f"{manifest}-random" + (f"{seed}" if seed else "")
 
 
 def _manifest_info(ws, manifest: str, web: str) -> dict:
@@ -163,7 +170,7 @@ def _finish(run_dir: Path, info: dict, code: int) -> dict:
     return info
 
 
-def train(ws, manifest: str = FULL, web: str = "web", preset: str = "demo", overrides: dict | None = None,
+def train(ws, manifest: str = FULL, web: str | None = None, preset: str = "demo", overrides: dict | None = None,
           run_dir: str | Path | None = None, control: str | None = None, seed: int = 0,
           progress: Progress | None = None, check_cancelled: Callable[[], None] | None = None) -> dict:
     """Train CLIP from scratch on a manifest's kept samples with open_clip_train.
@@ -171,7 +178,7 @@ def train(ws, manifest: str = FULL, web: str = "web", preset: str = "demo", over
     Args:
         ws: the workspace.
         manifest: manifest name or 'full' (every sample of `web`).
-        web: the web train set.
+        web: the web train set (default: ws.web_set()).
         preset: 'demo', 'paper' or a workspace preset (clipsim.presets).
         overrides: per-run preset changes, e.g. {'epochs': 1}.
         run_dir: the run folder (default: runs/train-<time>); its name is the run id.
@@ -185,8 +192,10 @@ def train(ws, manifest: str = FULL, web: str = "web", preset: str = "demo", over
 
     Raises:
         WorkspaceError: unknown manifest, preset or web set. ClipsimError: the trainer failed (log tail included).
+        ReadOnlyError: the workspace is served read-only (nothing is written).
     """
-    control_of = None
+    check_writable(f"train on manifest {manifest!r}")
+    control_of, web = None, ws.web_set(web)
     if control == "random":
         control_of, manifest = manifest, random_control(ws, manifest, web, seed)
     elif control:
@@ -207,13 +216,13 @@ def train(ws, manifest: str = FULL, web: str = "web", preset: str = "demo", over
 
 
 def train_job(ws, params: dict, ctx) -> dict:
-    """Job kind 'train'. params: manifest ('full' or a name), web ('web'), preset ('demo'), overrides ({}),
+    """Job kind 'train'. params: manifest ('full' or a name), web (default ws.web_set()), preset ('demo'), overrides ({}),
     control (None | 'random'), seed (0).
 
     Returns:
         {"run", "manifest", "samples", "checkpoint", "seconds", "loss"}.
     """
-    info = train(ws, params.get("manifest", FULL), params.get("web", "web"), params.get("preset", "demo"),
+    info = train(ws, params.get("manifest", FULL), params.get("web"), params.get("preset", "demo"),
                  params.get("overrides"), run_dir=ctx.run_dir, control=params.get("control"),
                  seed=int(params.get("seed", 0)), progress=ctx.progress, check_cancelled=ctx.check_cancelled)
     return {"run": info["run"], "manifest": info["manifest"], "samples": info["samples"],

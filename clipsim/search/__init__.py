@@ -3,7 +3,17 @@ streamed pass over a train set (`passes`), shard-range parts merged exactly (`pa
 and the stored results (`result`)."""
 from clipsim.search.parts import merge_search_parts, part_dir, search_part
 from clipsim.search.passes import DEFAULT_BLOCK_ROWS, Progress, SearchPass, search
-from clipsim.search.result import SearchResult, is_fresh, search_status
+from clipsim.search.result import (
+    SearchResult,
+    completed_searches,
+    has_margins,
+    interrupted_searches,
+    is_fresh,
+    search_status,
+    searched_tests,
+    searched_web_sets,
+)
 
-__all__ = ["DEFAULT_BLOCK_ROWS", "Progress", "SearchPass", "SearchResult", "is_fresh", "merge_search_parts", "part_dir", "search",
-           "search_part", "search_status"]
+__all__ = ["DEFAULT_BLOCK_ROWS", "Progress", "SearchPass", "SearchResult", "completed_searches", "has_margins",
+           "interrupted_searches", "is_fresh", "merge_search_parts", "part_dir", "search", "search_part",
+           "search_status", "searched_tests", "searched_web_sets"]

@@ -1,24 +1,25 @@
 """Search by shard ranges (one cluster task per range) and the exact merge of the parts into the final result.
 
-A part scans train shards [lo, hi) against all test sets and keeps its running top-k and resume state under
-`search/<train>/_parts/<lo>-<hi>/` (`state.npz`, `pass.json`); its per-shard train statistics go straight to
-`search/<train>/<test>/stats/shard_<i>.npz`, as in a single pass. `merge_search_parts` checks that the parts
+A part scans train shards [lo, hi) against all test sets and keeps its running top-k, its progress and its
+per-shard train statistics under `search/<train>/_parts/<lo>-<hi>/` (`checkpoint.npz`, `stats/<test>/`; see
+`clipsim.search.checkpoint`). `merge_search_parts` checks that the parts
 cover every shard once and were made from the current inputs, merges their top-k by (-sim, id) with the
 scanner's own merge, and writes `neighbours.npz` + `config.json`: bit for bit what `search.search` writes.
 """
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from clipsim import fileio
+from clipsim.checks import check_int, check_search_args
 from clipsim.errors import WorkspaceError
-from clipsim.search.passes import DEFAULT_BLOCK_ROWS, Progress, SearchPass, resolve_precision, resume_checkpoint
+from clipsim.names import check_writable
+from clipsim.search.checkpoint import read_meta, read_state, resume_checkpoint, staged_stats
+from clipsim.search.passes import DEFAULT_BLOCK_ROWS, Progress, SearchPass, resolve_precision
 from clipsim.search.result import SearchResult
 from clipsim.search.scan import ExactScanner
 from clipsim.shard_ranges import check_range, index_runs
@@ -51,8 +52,11 @@ def search_part(
 
     Raises:
         WorkspaceError: a bad range, a stale reference search, or a part of another split overlapping this one.
+        ArgumentError, ReadOnlyError: a bad argument, or a read-only workspace (nothing is written).
     """
+    check_search_args(k, block_rows, precision, device)
     lo, hi = check_range(shards)
+    check_writable(f"search part {lo}:{hi} of {train}")
     spec = SearchPass.prepare(ws, train, list(tests), k, reference)
     chosen = [s for s in spec.train_set.shards if lo <= s.index < hi]
     signature = spec.signature
@@ -75,19 +79,18 @@ def search_part(
                 "seconds": round(before + time.time() - t0, 3), "complete": set(done) >= set(out["shards"])}
 
     spec.scan_shards(scanner, chosen, done, block_rows, progress, folder, meta)
-    return {**out, "seconds": fileio.read_json(folder / "pass.json")["seconds"]}
+    return {**out, "seconds": read_meta(folder)["seconds"]}
 
 
 def _read_parts(ws, train: str) -> list[tuple[tuple[int, int], Path, dict | None]]:
-    """Every part folder of `train`: ((lo, hi), folder, pass.json or None when it never checkpointed), by range."""
+    """Every part folder of `train`: ((lo, hi), folder, checkpoint progress or None when it never checkpointed)."""
     parts = []
     for folder in ws.path("search", train, PARTS_DIR).glob("*-*"):
         try:
             lo, hi = (int(v) for v in folder.name.split("-"))
         except ValueError:
             continue
-        meta = fileio.read_json(folder / "pass.json") if (folder / "pass.json").exists() else None
-        parts.append(((lo, hi), folder, meta))
+        parts.append(((lo, hi), folder, read_meta(folder)))
     return sorted(parts, key=lambda p: p[0])
 
 
@@ -97,7 +100,7 @@ def _check_overlaps(ws, train: str, shards: tuple[int, int], signature: str) -> 
     for (a, b), folder, meta in _read_parts(ws, train):
         if meta is not None and meta.get("signature") != signature:
             log.warning("discarding search part %s: made from other inputs (tests, k, embeddings or reference)", folder)
-            shutil.rmtree(folder, ignore_errors=True)
+            fileio.remove_tree(folder)
         elif (a, b) != (lo, hi) and a < hi and lo < b:
             raise WorkspaceError(
                 f"shard range {lo}:{hi} overlaps the part {a}:{b} already in {folder} (same inputs, another split); "
@@ -122,7 +125,10 @@ def merge_search_parts(ws, train: str, tests: list[str], k: int = 10, reference:
     Raises:
         WorkspaceError: no parts, a part made from other inputs, overlapping or unfinished parts, or shards that
             no part covers (the message names the ranges and the command that runs them).
+        ArgumentError, ReadOnlyError: a bad k, or a read-only workspace (nothing is written).
     """
+    check_int(k, "k (neighbours per test image)", minimum=1)
+    check_writable(f"merge the search parts of {train}")
     spec = SearchPass.prepare(ws, train, list(tests), k, reference)
     parts = [p for p in _read_parts(ws, train) if p[0][0] < p[0][1]]
     _check_parts(spec, parts)
@@ -130,15 +136,15 @@ def merge_search_parts(ws, train: str, tests: list[str], k: int = 10, reference:
     merger = ExactScanner(spec.queries, spec.groups, k, "fp32", torch.device("cpu"), row_stats=False)
     seconds, precisions, devices = 0.0, set(), set()
     for _, folder, meta in parts:
-        with np.load(folder / "state.npz") as z:
-            merger.merge_topk(z["top_s"], z["top_i"])
+        state = read_state(folder)
+        merger.merge_topk(state["top_s"], state["top_i"])
         seconds += float(meta["seconds"])
         precisions.add(meta["precision"])
         devices.add(meta["device"])
-    spec.commit(merger, ",".join(sorted(precisions)), ",".join(sorted(devices)), seconds)
+    spec.commit(merger, ",".join(sorted(precisions)), ",".join(sorted(devices)), seconds, [p[1] for p in parts])
     log.info("merged %d search parts of %s (%d shards)", len(parts), train, len(spec.train_set.shards))
     if not keep_parts:
-        shutil.rmtree(ws.path("search", train, PARTS_DIR), ignore_errors=True)
+        fileio.remove_tree(ws.path("search", train, PARTS_DIR))
     return {t: SearchResult.load(ws, t, train) for t in tests}
 
 
@@ -171,9 +177,10 @@ def _check_parts(spec: SearchPass, parts: list) -> None:
         runs = index_runs(missing)
         raise WorkspaceError(f"no search part covers shards {', '.join(f'{a}:{b}' for a, b in runs)} of {train!r}; run "
                              + " and ".join(f"`{command} --shards {a}:{b}`" for a, b in runs) + ", then merge again")
+    folders = {rng: folder for rng, folder, _ in parts}
     for s in train_set.shards:
         for t in tests:
-            if not ws.path("search", train, t, "stats", f"shard_{s.index}.npz").exists():
+            if not staged_stats(folders[owner[s.index]], t, s.index).exists():
                 raise WorkspaceError(f"statistics of shard {s.index} for {t!r} vs {train!r} are missing; re-run "
                                      f"`{command} --shards {owner[s.index][0]}:{owner[s.index][1]}`")
 

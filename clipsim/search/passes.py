@@ -3,13 +3,16 @@
 For each (test, train) pair the pass stores `search/<train>/<test>/neighbours.npz` (top-k sims and global
 train ids per test image), per-shard train-side statistics `stats/shard_<i>.npz` (each train sample's max
 similarity to the test set, its argmax and, given a reference set, its largest margin over s_ref(t)),
-and `config.json` last, which marks the result complete and fingerprints its inputs. `SearchPass` is the
+and `config.json`, which fingerprints its inputs. While scanning, statistics and the running top-k stay in
+`search/<train>/_pass/` (see `clipsim.search.checkpoint`); the result folder is built beside the old one and
+swapped in whole, so `--force` never leaves a result half old, half new. `SearchPass` is the
 typed interface that whole passes and shard-range parts (`clipsim.search.parts`) share.
 """
 from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from clipsim import fileio
+from clipsim.checks import check_search_args
 from clipsim.errors import WorkspaceError
+from clipsim.names import check_writable
+from clipsim.search.checkpoint import link_or_copy, resume_checkpoint, staged_stats, write_checkpoint, write_npz
 from clipsim.search.exact import default_precision, resolve_device
 from clipsim.search.result import SearchResult, digest, is_fresh
 from clipsim.search.scan import TILE_ELEMENTS, ExactScanner, Group
@@ -49,9 +55,17 @@ def search(
 
     Returns:
         {test: SearchResult} for every requested test set.
+
+    Raises:
+        ArgumentError: k or block_rows below 1, an unknown device or precision (nothing is written).
+        ReadOnlyError: a search is due but the workspace is read-only.
+        WorkspaceError: a test set of another dimension, a missing or stale reference search.
+        DataError: embeddings that are incomplete, truncated or malformed.
     """
+    check_search_args(k, block_rows, precision, device)
     todo = [t for t in tests if force or not is_fresh(ws, t, train, k, reference)]
     if todo:
+        check_writable(f"search {', '.join(todo)} against {train}")
         run_pass(SearchPass.prepare(ws, train, todo, k, reference), precision, device, block_rows, progress)
     return {t: SearchResult.load(ws, t, train) for t in tests}
 
@@ -116,8 +130,9 @@ class SearchPass:
 
     def scan_shards(self, scanner: ExactScanner, shards: list, done: list[int], block_rows: int,
                     progress: Progress | None, state_dir: Path, meta: Callable[[], dict]) -> None:
-        """Scan `shards` not in `done`: per-shard statistics to their final place, then a checkpoint of the running
-        top-k (`state_dir/state.npz` + `pass.json` = meta()) after each shard; `done` grows in place."""
+        """Scan `shards` not in `done`: per-shard statistics staged under `state_dir/stats/`, then one checkpoint
+        (`state_dir/checkpoint.npz`: the running top-k and meta(), in one file) after each shard; `done` grows in
+        place."""
         total = sum(s.rows for s in shards)
         done_rows = sum(s.rows for s in shards if s.index in done)
         for shard in shards:
@@ -132,18 +147,17 @@ class SearchPass:
                     progress(done_rows, total, f"search {self.train}")
             for t, got in parts.items():
                 arrays = {n.replace("/", "__"): np.concatenate([p[n] for p in got]) for n in got[0]} if got else {}
-                write_npz(self.ws.path("search", self.train, t, "stats", f"shard_{shard.index}.npz"), arrays)
+                write_npz(staged_stats(state_dir, t, shard.index), arrays)
             done.append(shard.index)
-            write_npz(state_dir / "state.npz", scanner.state())
-            fileio.write_json(state_dir / "pass.json", meta())
+            write_checkpoint(state_dir, scanner.state(), meta())
 
-    def commit(self, scanner: ExactScanner, precision: str, device: str, seconds: float) -> None:
-        """Write every test set's `neighbours.npz`, then its `config.json` (the commit point of its result)."""
+    def commit(self, scanner: ExactScanner, precision: str, device: str, seconds: float, staging: list[Path]) -> None:
+        """Commit every test set's result: a new folder with its statistics (linked from the `staging` folders of
+        the pass or parts), `neighbours.npz` and `config.json`, swapped into place in one step; until then a
+        reader sees the previous result, or none."""
         state = scanner.state()
         for g in self.groups:
             folder = self.ws.path("search", self.train, g.name)
-            write_npz(folder / "neighbours.npz",
-                      {"sims": state["top_s"][g.start : g.stop], "ids": state["top_i"][g.start : g.stop]})
             config = {
                 "test": g.name, "train": self.train, "k": self.k, "precision": precision, "device": str(device),
                 "shards": [s.index for s in self.train_set.shards], "train_count": self.train_set.count,
@@ -154,8 +168,28 @@ class SearchPass:
             }
             config["fingerprint"] = digest({k_: v for k_, v in config.items()
                                             if k_ not in ("seconds", "created", "device", "precision")})
-            fileio.write_json(folder / "config.json", config)
-            _prune_stale_stats(folder, config["shards"])
+            fileio.clear_leftovers(folder.parent, g.name)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{g.name}.", suffix=".tmp", dir=folder.parent))
+            try:
+                (tmp / "stats").mkdir()
+                for index in config["shards"]:
+                    link_or_copy(_staged(staging, g.name, index), tmp / "stats" / f"shard_{index}.npz")
+                write_npz(tmp / "neighbours.npz",
+                          {"sims": state["top_s"][g.start : g.stop], "ids": state["top_i"][g.start : g.stop]})
+                fileio.write_json(tmp / "config.json", config)
+                fileio.swap_dir(tmp, folder)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+
+
+def _staged(staging: list[Path], test: str, index: int) -> Path:
+    """The staged statistics of one shard for one test set, from whichever staging folder holds them."""
+    for folder in staging:
+        if (path := staged_stats(folder, test, index)).exists():
+            return path
+    raise WorkspaceError(f"the statistics of train shard {index} for test set {test!r} are missing from "
+                         f"{', '.join(map(str, staging))}; re-run the search with --force")
 
 
 def reference_offsets(ws, test: str, reference: str) -> tuple[np.ndarray, str]:
@@ -187,40 +221,10 @@ def run_pass(spec: SearchPass, precision: str, device: str, block_rows: int, pro
     done = resume_checkpoint(pass_dir, spec.signature, scanner)["done"]
     t0 = time.time()
     spec.scan_shards(scanner, spec.train_set.shards, done, block_rows, progress, pass_dir,
-                     lambda: {"signature": spec.signature, "done": done})
-    spec.commit(scanner, precision, dev, time.time() - t0)
-    shutil.rmtree(pass_dir, ignore_errors=True)
-
-
-def resume_checkpoint(pass_dir: Path, signature: str, scanner: ExactScanner) -> dict:
-    """The checkpoint (`pass.json`: done shards, ...) of an interrupted pass or part with the same inputs, its
-    running top-k loaded into `scanner`; else {"done": []} after removing a checkpoint made from other inputs."""
-    meta = pass_dir / "pass.json"
-    if meta.exists() and (pass_dir / "state.npz").exists():
-        info = fileio.read_json(meta)
-        if info.get("signature") == signature:
-            with np.load(pass_dir / "state.npz") as z:
-                scanner.load_state({n: z[n] for n in z.files})
-            log.info("resuming search %s: %d shards already done", pass_dir.name, len(info["done"]))
-            return {**info, "done": list(info["done"])}
-    shutil.rmtree(pass_dir, ignore_errors=True)
-    return {"done": []}
-
-
-def _prune_stale_stats(folder: Path, shards: list[int]) -> None:
-    keep = {f"shard_{i}.npz" for i in shards}
-    for f in (folder / "stats").glob("shard_*.npz"):
-        if f.name not in keep:
-            f.unlink()
-
-
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Atomically write arrays as one uncompressed .npz."""
-    def _write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    fileio.atomic_write(path, _write)
+                     lambda: {"signature": spec.signature, "done": done, "tests": spec.tests, "k": spec.k,
+                              "shards": [s.index for s in spec.train_set.shards]})
+    spec.commit(scanner, precision, dev, time.time() - t0, [pass_dir])
+    fileio.remove_tree(pass_dir)
 
 
 def log_memory(n_queries: int, dim: int, k: int, block_rows: int) -> None:

@@ -1,8 +1,10 @@
 """A stored exact search of one test set against one train set, its freshness, and the list of stored searches.
 
 `search/<train>/<test>/` holds `neighbours.npz` (top-k sims and global train ids per test image), per-shard
-train-side statistics `stats/shard_<i>.npz` and `config.json`, written last, which marks the result complete and
-fingerprints its inputs.
+train-side statistics `stats/shard_<i>.npz` and `config.json`, which fingerprints its inputs. The folder is
+built whole beside the old one and swapped in (clipsim.search.passes), so a folder with `config.json` is complete.
+Which searches are complete is answered here (`completed_searches`, `searched_tests`, `searched_web_sets`,
+`has_margins`), reading each config.json once per write; interrupted passes are listed by `interrupted_searches`.
 """
 from __future__ import annotations
 
@@ -15,6 +17,27 @@ import pandas as pd
 
 from clipsim import fileio
 from clipsim.errors import WorkspaceError
+
+_CONFIGS: dict[str, tuple[tuple[int, int, int], dict]] = {}  # path -> (file identity, parsed config)
+
+
+def read_config(folder: Path) -> dict | None:
+    """A search folder's config.json, or None while the search is not complete.
+
+    Parsed once per write: the parse is kept under the file's identity (inode, mtime, size), which the atomic
+    rename of every rewrite changes; a call costs one `stat`. The dict is shared: read it, never change it.
+    """
+    path = Path(folder) / "config.json"
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    ident = (st.st_ino, st.st_mtime_ns, st.st_size)
+    hit = _CONFIGS.get(str(path))
+    if hit is None or hit[0] != ident:
+        hit = (ident, fileio.read_json(path))
+        _CONFIGS[str(path)] = hit
+    return hit[1]
 
 
 def digest(*parts) -> str:
@@ -36,12 +59,13 @@ class SearchResult:
     def load(cls, ws, test: str, train: str) -> SearchResult:
         """Load the result; raises WorkspaceError naming the command to run when it is missing."""
         folder = ws.path("search", train, test)
-        if not (folder / "config.json").exists():
+        config = read_config(folder)
+        if config is None:
             raise WorkspaceError(
                 f"no completed search of test set {test!r} against train set {train!r} in {ws.root}; run "
                 f"`python -m clipsim search --workspace {ws.root} --train {train} --tests {test}`"
             )
-        return cls(ws, test, train, folder, fileio.read_json(folder / "config.json"))
+        return cls(ws, test, train, folder, config)
 
     @property
     def fingerprint(self) -> str:
@@ -52,9 +76,7 @@ class SearchResult:
         """Why this result no longer matches its inputs (empty when fresh)."""
         reasons = []
         for role, name in (("train", self.train), ("test", self.test)):
-            emb = self.ws.embeddings(name, required=False)
-            now = emb.fingerprint() if emb is not None and emb.count else None
-            if now != self.config["inputs"][role]:
+            if self.ws.embeddings_fingerprint(name) != self.config["inputs"][role]:
                 reasons.append(f"{role} set {name!r} embeddings changed")
         for ref, fp in self.config.get("references", {}).items():
             try:
@@ -126,6 +148,38 @@ class SearchResult:
         )
 
 
+def completed_searches(ws, test: str) -> dict[str, str]:
+    """{train set: search fingerprint} for every train set with a complete search of `test`, in registry order.
+
+    The one answer to "which searches of this test set can be read"; one `stat` per train set when nothing changed.
+    """
+    found = {}
+    for train in ws.dataset_names("train"):
+        config = read_config(ws.path("search", train, test))
+        if config is not None:
+            found[train] = config["fingerprint"]
+    return found
+
+
+def searched_tests(ws) -> list[str]:
+    """Test sets with at least one complete search, in registry order."""
+    return [t for t in ws.dataset_names("test") if completed_searches(ws, t)]
+
+
+def searched_web_sets(ws, tests: list[str]) -> list[str]:
+    """Web sets (ws.web_sets()) searched against every one of `tests`, in registry order."""
+    done = [completed_searches(ws, t) for t in tests]
+    return [w for w in ws.web_sets() if all(w in d for d in done)]
+
+
+def has_margins(ws, web: str, tests: list[str], reference: str | None) -> bool:
+    """True when every search of `tests` against `web` stored similarity-gap margins over `reference`."""
+    if not reference:
+        return False
+    configs = [read_config(ws.path("search", web, t)) for t in tests]
+    return all(c is not None and reference in c.get("references", {}) for c in configs)
+
+
 def is_fresh(ws, test: str, train: str, k: int, reference: str | None) -> bool:
     """True when a complete, fresh search of `test` vs `train` with at least `k` neighbours (and margins over
     `reference`, unless it is `train` itself) is stored."""
@@ -140,11 +194,28 @@ def is_fresh(ws, test: str, train: str, k: int, reference: str | None) -> bool:
 
 
 def search_status(ws) -> list[dict]:
-    """Every stored search result with its k and freshness."""
+    """Every stored (committed) search result with its k and freshness."""
     rows = []
     for train_dir in sorted(p for p in ws.path("search").glob("*") if p.is_dir()):
-        for test_dir in sorted(p for p in train_dir.glob("*") if (p / "config.json").exists()):
+        # `.x.tmp` folders are results being built, `_pass`/`_parts` checkpoints: neither is a committed result
+        for test_dir in sorted(p for p in train_dir.glob("[!._]*") if (p / "config.json").exists()):
             res = SearchResult.load(ws, test_dir.name, train_dir.name)
             rows.append({"test": res.test, "train": res.train, "k": res.config["k"], "stale": res.stale_reasons(),
                          "references": sorted(res.config.get("references", {})), "created": res.config["created"]})
+    return rows
+
+
+def interrupted_searches(ws) -> list[dict]:
+    """Every search pass or part that was interrupted: train, tests, k and `state` 'incomplete (k of n shards)'.
+    Its checkpoint resumes when the same search (or part) runs again; its result is not readable until then."""
+    from clipsim.search.checkpoint import read_meta
+
+    rows = []
+    for train_dir in sorted(p for p in ws.path("search").glob("*") if p.is_dir()):
+        for folder in [train_dir / "_pass", *sorted((train_dir / "_parts").glob("*-*"))]:
+            meta = read_meta(folder) if folder.is_dir() else None
+            if meta is not None and "shards" in meta:
+                part = "" if folder.name == "_pass" else f" (part {folder.name})"
+                rows.append({"train": train_dir.name, "tests": list(meta.get("tests", [])), "k": meta.get("k"),
+                             "state": f"incomplete ({len(meta['done'])} of {len(meta['shards'])} shards){part}"})
     return rows

@@ -10,6 +10,7 @@ Secrets are only readable inside Streamlit, so `apply_secrets` copies the flag i
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -46,7 +47,14 @@ def stop_while_building(root: Path) -> None:
 
 
 def no_workspace(root: Path, why: str) -> None:
-    """Say there is no workspace at `root` and how to make one (a button builds the demo unless read-only); stops."""
+    """Say there is no workspace at `root` and how to make one (a button builds the demo unless read-only); stops.
+
+    A registry that exists but does not load (malformed, a bad dataset name) is an error to fix, not a missing
+    workspace: the page shows the message, which names the file and the fix.
+    """
+    if (root / "clipsim.json").exists():
+        st.error(f"The workspace at `{root}` cannot be opened: {why}", icon=":material/error:")
+        st.stop()
     st.info(f"No clipsim workspace at `{root}` ({why}). Build the demo there, or create one and register datasets:",
             icon=":material/info:")
     st.code(f"python -m clipsim demo --workspace {root}\n# or: python -m clipsim init --workspace {root}",
@@ -84,6 +92,23 @@ def apply_secrets() -> None:
         os.environ["CLIPSIM_READ_ONLY"] = "1"
 
 
+def page_failed(err: Exception) -> None:
+    """Show an unexpected error of a page as one message (its traceback goes to the server log), never a raw
+    traceback or a blank page. app.py calls this around the page it runs.
+
+    Raises:
+        Exception: `err` again when Streamlit already showed it (an error inside a fragment).
+    """
+    from streamlit.errors import FragmentHandledException
+
+    if isinstance(err, FragmentHandledException):
+        raise err
+    logging.getLogger("clipsim.ui").error("page failed", exc_info=err)
+    st.error(f"This page stopped on an unexpected error: {type(err).__name__}: {err}. Nothing was changed by it; "
+             "the full traceback is in the log of the server running the app. Please report it.",
+             icon=":material/error:")
+
+
 READ_ONLY_TEXT = ("Read-only presentation mode: launching jobs, saving manifests and computing maps are disabled; "
                   "this app serves one workspace.")
 
@@ -102,15 +127,10 @@ def read_only_notice() -> None:
         st.caption(f":orange-badge[:material/lock: Read-only] {READ_ONLY_TEXT}")
 
 
-def leave_legacy_pages_mode() -> None:
-    """Serve every page through app.py's navigation, also for a deep link on a freshly started server.
-
-    Streamlit treats a `pages/` folder beside the main script as its legacy multipage mode until some session
-    has run `st.navigation`; a shared link such as `/neighbours?test=sketch` opened first would then run the
-    page without app.py (no sidebar, default layout). Switching the flag and rerunning routes it through app.py.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
+def can_write(what: str) -> bool:
+    """False (and a notice saying so) when the app is served read-only."""
+    if read_only():
+        st.info(f"Read-only presentation mode (CLIPSIM_READ_ONLY=1): {what} is disabled here; use the CLI on a "
+                "writable copy of the workspace.", icon=":material/lock:")
+        return False
+    return True

@@ -1,4 +1,6 @@
-"""Job widgets: a live job monitor (a fragment re-run every 2 s) and a launch button; both respect read-only mode."""
+"""Job widgets: a job monitor that polls only while a job it shows is active and reruns the page when one ends (so
+what the job made appears at once), a cheap watcher for jobs launched elsewhere, and a launch button; both respect
+read-only mode."""
 from __future__ import annotations
 
 import json
@@ -11,6 +13,8 @@ from clipsim.names import read_only
 
 STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew:", "done": ":material/check_circle:",
                "failed": ":material/error:", "cancelled": ":material/cancel:"}
+POLL_S = 2  # while a shown job is queued or running: progress bars move
+WATCH_S = 10  # otherwise: two `stat` calls notice a job launched from the CLI or another tab
 
 
 def format_eta(seconds: float | None) -> str:
@@ -31,23 +35,25 @@ def _cancel(ws, job_id: str) -> None:
         st.toast(f"could not cancel {job_id}: {err}")
 
 
-def _summary(job: jobs.Job) -> str:
+def _summary(ws, job: jobs.Job) -> str:
     if job.state == "queued":
-        return f"waiting for job `{job.depends_on}`" if job.depends_on else "waiting for a free slot"
+        return jobs.waiting_for(ws, job)
     if job.state == "done":
         text = json.dumps(job.result, default=str) if job.result else "done"
         return text if len(text) < 200 else text[:197] + "..."
-    if job.state == "failed":
-        lines = [line for line in (job.error or "").splitlines() if line.strip()]
-        last = lines[-1] if lines else "no log"
-        return f"exit code {job.exit_code}: {last}" if job.exit_code is not None else last
-    return "cancelled"
+    lines = [line for line in (job.error or "").splitlines() if line.strip()]
+    if job.state == "cancelled":
+        return lines[0] if lines else "cancelled"
+    last = lines[-1] if lines else "no log"
+    return f"exit code {job.exit_code}: {last}" if job.exit_code is not None else last
 
 
 def _job_row(ws, job: jobs.Job, key: str) -> None:
     with st.container(border=True):
         left, mid, right = st.columns([3, 5, 2], vertical_alignment="center")
-        left.markdown(f"{STATE_ICONS.get(job.state, '')} **{job.kind}** · {job.state}  \n`{job.id}`")
+        what = jobs.describe_job(job)
+        left.markdown(f"{STATE_ICONS.get(job.state, '')} **{job.kind}** · {job.state}  \n"
+                      + (f"{what}  \n" if what else "") + f"`{job.id}`")
         with mid:
             if job.state == "running":
                 progress = jobs.read_progress(job)
@@ -56,7 +62,7 @@ def _job_row(ws, job: jobs.Job, key: str) -> None:
                     text += f" · ETA {format_eta(progress['eta_s'])}"
                 st.progress(min(1.0, float(progress.get("fraction") or 0.0)), text=text)
             else:
-                st.caption(_summary(job))
+                st.caption(_summary(ws, job))
         if job.is_active and not read_only():
             right.button("Cancel", key=f"{key}-cancel-{job.id}", icon=":material/close:", on_click=_cancel,
                          args=(ws, job.id))
@@ -64,12 +70,30 @@ def _job_row(ws, job: jobs.Job, key: str) -> None:
             st.code(jobs.tail_log(job, lines=30) or "(no output yet)", language="text")
 
 
-@st.fragment(run_every=2)
-def job_monitor(ws, kinds: str | list[str] | None = None, limit: int = 20, key: str = "jobs") -> None:
-    """Jobs of the workspace, newest first, refreshed every 2 s: state, progress bar with ETA, cancel, log tail.
+def _read(ws, kinds, limit: int) -> list[jobs.Job] | None:
+    try:
+        if not read_only() and jobs.list_jobs(ws, states=jobs.ACTIVE, limit=1):  # nothing active: nothing to do
+            jobs.reconcile(ws)
+        return jobs.list_jobs(ws, kind=kinds, limit=limit)
+    except ClipsimError as err:
+        st.warning(str(err))
+        return None
 
-    Each refresh reconciles (starts queued jobs, notices dead ones) unless the app is read-only, where the
-    cancel buttons are hidden too.
+
+def _draw(ws, shown: list[jobs.Job], key: str) -> None:
+    if not shown:
+        st.caption("No jobs yet.")
+    for job in shown:
+        _job_row(ws, job, key)
+
+
+def job_monitor(ws, kinds: str | list[str] | None = None, limit: int = 20, key: str = "jobs") -> None:
+    """Jobs of the workspace, newest first: what each works on, state, progress bar with ETA, cancel, log tail.
+
+    While a shown job is queued or running the monitor refreshes every POLL_S seconds, and when one ends it reruns
+    the whole page (a finished map, manifest or result appears at once). Otherwise it draws once and only watches
+    the jobs database's stamp every WATCH_S seconds. While any job is queued or running, each refresh reconciles
+    (starts queued jobs, notices dead ones) unless the app is read-only, where the cancel buttons are hidden too.
 
     Args:
         ws: the workspace.
@@ -77,18 +101,38 @@ def job_monitor(ws, kinds: str | list[str] | None = None, limit: int = 20, key: 
         limit: at most this many jobs.
         key: widget key prefix (when a page shows two monitors).
     """
-    try:
-        if not read_only():
-            jobs.reconcile(ws)
-        shown = jobs.list_jobs(ws, kind=kinds, limit=limit)
-    except ClipsimError as err:
-        st.warning(str(err))
+    shown = _read(ws, kinds, limit)
+    if shown is None:
         return
-    if not shown:
-        st.caption("No jobs yet.")
+    st.session_state[f"{key}__states"] = {j.id: j.state for j in shown}
+    if any(j.is_active for j in shown):
+        _live(ws, kinds, limit, key)
+    else:
+        _draw(ws, shown, key)
+        _watch(ws, key)
+
+
+@st.fragment(run_every=POLL_S)
+def _live(ws, kinds, limit: int, key: str) -> None:
+    shown = _read(ws, kinds, limit)
+    if shown is None:
         return
-    for job in shown:
-        _job_row(ws, job, key)
+    before = st.session_state.get(f"{key}__states", {})
+    now = {j.id: j.state for j in shown}
+    st.session_state[f"{key}__states"] = now
+    ended = [i for i, s in now.items() if before.get(i) in jobs.ACTIVE and s not in jobs.ACTIVE]
+    if ended or not any(s in jobs.ACTIVE for s in now.values()):
+        st.rerun(scope="app")
+    _draw(ws, shown, key)
+
+
+@st.fragment(run_every=WATCH_S)
+def _watch(ws, key: str) -> None:
+    stamp, name = jobs.change_stamp(ws), f"{key}__stamp"
+    if st.session_state.get(name, stamp) != stamp:
+        st.session_state[name] = stamp
+        st.rerun(scope="app")
+    st.session_state[name] = stamp
 
 
 def launch_button(ws, label: str, kind: str, params: dict, key: str, backend: str | None = None,

@@ -12,6 +12,7 @@ import streamlit as st
 
 from clipsim import views
 from clipsim.errors import ClipsimError
+from clipsim.search import result as searches
 from clipsim.ui.common import no_workspace, read_only_notice, stop_while_building, workspace_root
 from clipsim.workspace import REGISTRY, Workspace
 
@@ -42,11 +43,14 @@ def explore_context() -> tuple[Workspace, list[str], str | None]:
     share.report_button(ws)
     tests = searched_tests(ws)
     warn_stale(ws, tests)
-    return ws, tests, reference(ws, required=False)
+    return ws, tests, ws.reference
 
 
 def searched_tests(ws: Workspace) -> list[str]:
     """Test sets with a completed search; stops with the command to run (register, embed or search) if none."""
+    found = searches.searched_tests(ws)  # one stat per search folder: the usual answer, checked first
+    if found:
+        return found
     tests = ws.dataset_names("test")
     root = ws.root
     if not tests or not ws.dataset_names("train"):
@@ -58,26 +62,27 @@ def searched_tests(ws: Workspace) -> list[str]:
         st.info("No test set is embedded yet. Embed every dataset:", icon=":material/info:")
         st.code(f"python -m clipsim embed --workspace {root}", language="bash")
         st.stop()
-    found = views.searched_tests(ws)
-    if not found:
-        ref = ws.settings.get("reference")
-        st.info("No search yet: run the exact nearest-neighbour search of the test sets against the train sets:",
-                icon=":material/info:")
-        st.code(f"python -m clipsim search --workspace {root}" + (f" --reference {ref}" if ref else ""),
-                language="bash")
-        st.stop()
-    return found
+    ref = ws.settings.get("reference")
+    st.info("No search yet: run the exact nearest-neighbour search of the test sets against the train sets:",
+            icon=":material/info:")
+    st.code(f"python -m clipsim search --workspace {root}" + (f" --reference {ref}" if ref else ""), language="bash")
+    st.stop()
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _stale(root: str, tests: tuple, stamps: tuple, _ws: Workspace) -> list[str]:
     out = []
     for test in tests:
-        for train in views.searched_trains(_ws, test):
+        for train in searches.completed_searches(_ws, test):
             reasons = _ws.search_result(test, train).stale_reasons()
             if reasons:
                 out.append(f"{test} vs {train} ({'; '.join(reasons)})")
     return out
+
+
+def embedding_stamps(ws: Workspace) -> tuple:
+    """embeddings_stamp of every dataset: changes when any dataset's shards change."""
+    return tuple(embeddings_stamp(ws, n) for n in ws.dataset_names())
 
 
 def _stamps(ws: Workspace) -> tuple:
@@ -98,9 +103,9 @@ def warn_stale(ws: Workspace, tests: list[str]) -> None:
 
 
 def reference(ws: Workspace, required: bool = True) -> str | None:
-    """The workspace's reference train set (settings['reference']); stops with the command to set it if required."""
-    ref = ws.settings.get("reference")
-    if ref in ws.dataset_names("train"):
+    """The workspace's reference train set (ws.reference); stops with the command to set it if required."""
+    ref = ws.reference
+    if ref is not None:
         return ref
     if required:
         st.info("No reference train set (the ImageNet-like set defining s_ref(t)) is set for this workspace. "
@@ -117,7 +122,7 @@ def _test_neighbours(root: str, test: str, fingerprints: tuple, _ws: Workspace) 
 
 def test_neighbours(ws: Workspace, test: str) -> views.TestNeighbours:
     """A test set's stored neighbours in every searched train set (cached by search fingerprints)."""
-    fps = tuple(sorted(views.searched_trains(ws, test).items()))
+    fps = tuple(searches.completed_searches(ws, test).items())
     return _test_neighbours(str(ws.root.resolve()), test, fps, ws)
 
 
@@ -157,6 +162,21 @@ def planted(ws: Workspace) -> set:
     return _planted(str(path), path.stat().st_mtime_ns, ws) if path.exists() else set()
 
 
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _rows(key: tuple, rows: tuple, k: int, size: int, trains: tuple, test_size: int | None, planted_stamp: tuple,
+          _ws: Workspace, _nn, _planted: set) -> list[views.GalleryRow]:
+    return views.gallery_rows(_ws, _nn, np.asarray(rows, dtype=np.int64), k, size, list(trains), _planted, test_size)
+
+
+def gallery_rows(ws: Workspace, nn: views.TestNeighbours, rows: np.ndarray, k: int, size: int, trains: list[str],
+                 test_size: int | None = None) -> list[views.GalleryRow]:
+    """views.gallery_rows with the demo's planted pairs flagged, cached per page of rows (reopening or re-sorting
+    back to a page costs nothing)."""
+    path = ws.path("demo", "planted.parquet")
+    return _rows(_key(nn), tuple(int(r) for r in rows), k, size, tuple(trains), test_size, file_stamp(path), ws, nn,
+                 planted(ws))
+
+
 def sim_bounds(nns: list[views.TestNeighbours]) -> tuple[float, float]:
     """Slider bounds covering every s(t): lowest value floored to 0.05, and 1.0."""
     lows = [float(nn.nn(t).min()) for nn in nns for t in nn.trains if len(nn.keys)]
@@ -174,27 +194,42 @@ def similarity_summary(nns: dict[str, views.TestNeighbours], reference: str | No
     return _summary(tuple(_key(nn) for nn in nns.values()), reference, nns)
 
 
-def web_sets(ws: Workspace, tests: list[str], reference: str | None) -> list[str]:
-    """Train sets other than the reference that every given test set was searched against (the web sets)."""
-    return [t for t in ws.dataset_names("train")
-            if t != reference and all(ws.path("search", t, test, "config.json").exists() for test in tests)]
-
-
 @st.cache_resource(show_spinner="Loading pruning statistics…", max_entries=8)
-def _prune_stats(root: str, web: str, tests: tuple, reference: str | None, fingerprints: tuple, _ws: Workspace):
+def _prune_stats(root: str, web: str, tests: tuple, reference: str | None, fingerprints: tuple, base: str | None,
+                 _ws: Workspace):
     from clipsim.prune import PruneStats
 
-    return PruneStats.load(_ws, web, list(tests), reference)
+    return PruneStats.load(_ws, web, list(tests), reference, base=base)
 
 
-def stats_key(ws: Workspace, web: str, tests: list[str], reference: str | None) -> tuple:
-    """Identity of PruneStats inputs: workspace, sets, and fingerprints of the web embeddings and every search."""
-    fps = [ws.embeddings(web).fingerprint()]
+def file_stamp(path) -> tuple:
+    """(inode, mtime, size) of a file or folder, () when missing: every atomic rewrite (a rename) changes it."""
+    try:
+        st_ = path.stat()
+    except FileNotFoundError:
+        return ()
+    return st_.st_ino, st_.st_mtime_ns, st_.st_size
+
+
+def embeddings_stamp(ws: Workspace, name: str) -> tuple:
+    """A cheap identity of a dataset's embeddings: the stamps of its img_emb/ and metadata/ folders, which change
+    whenever a shard is added, removed or rewritten (shards are written by atomic rename), and of summary.json,
+    whose writing commits the set (until then it reads as not embedded)."""
+    root = ws.embedding_dir(name)
+    return file_stamp(root / "img_emb"), file_stamp(root / "metadata"), file_stamp(root / "summary.json")
+
+
+def stats_key(ws: Workspace, web: str, tests: list[str], reference: str | None, base: str | None = None) -> tuple:
+    """Identity of PruneStats inputs: workspace, sets, the web embeddings' stamp and the fingerprint of every search
+    read (from each search's config.json, parsed once per write): a handful of `stat` calls; and the base manifest
+    (its name and the stamps of its kept keys and summary) when the statistics are restricted to one."""
+    fps = [embeddings_stamp(ws, web)]
     for test in tests:
-        fps.append(ws.search_result(test, web).fingerprint)
-        if reference:
-            fps.append(ws.search_result(test, reference).fingerprint)
-    return str(ws.root.resolve()), web, tuple(tests), reference, tuple(fps)
+        done = searches.completed_searches(ws, test)
+        fps.append((done.get(web), done.get(reference) if reference else None))
+    if base:
+        fps.append(tuple(file_stamp(ws.path("manifests", base, f)) for f in ("kept.parquet", "summary.json")))
+    return str(ws.root.resolve()), web, tuple(tests), reference, tuple(fps), base
 
 
 def prune_stats(ws: Workspace, web: str, tests: list[str], reference: str | None):
@@ -204,43 +239,68 @@ def prune_stats(ws: Workspace, web: str, tests: list[str], reference: str | None
     Raises:
         WorkspaceError: a search or the reference margins are missing (the message names the command).
     """
-    return _prune_stats(*stats_key(ws, web, tests, reference), ws)
+    return keyed_prune_stats(ws, web, tests, reference)[0]
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _rule(key: tuple, tests: tuple, rule: str, options: tuple, _stats):
-    from clipsim.prune import apply as pruning
+def keyed_prune_stats(ws: Workspace, web: str, tests: list[str], reference: str | None,
+                      base: str | None = None) -> tuple:
+    """(prune_stats(...), its stats_key): the key, computed once per script run, keys what is derived from them;
+    with `base`, only the rows that manifest keeps (PruneStats.load(..., base=base))."""
+    key = stats_key(ws, web, tests, reference, base)
+    return _prune_stats(*key, ws), key
 
-    sel = _stats if list(tests) == _stats.tests else _stats.subset(list(tests))
-    params, removed = pruning.rule_params(sel, rule, **dict(options))
-    return sel, params, removed
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _pairs(key: tuple, train: str, rows: tuple, size: int, _ws: Workspace, _nn) -> list:
+    return views.nearest_pairs(_ws, _nn, train, np.asarray(rows, dtype=np.int64), size)
 
 
-def apply_rule(ws: Workspace, stats, tests: list[str], rule: str, **options):
-    """(stats restricted to `tests`, params, removed mask) of a rule (cached per parameters; see pruning.rule_params).
-
-    Raises:
-        ValueError: a missing or out-of-range parameter.
-    """
-    key = stats_key(ws, stats.web, stats.tests, stats.reference)
-    return _rule(key, tuple(tests), rule, tuple(sorted(options.items())), stats)
+def nearest_pairs(ws: Workspace, nn: views.TestNeighbours, train: str, rows: np.ndarray, size: int) -> list:
+    """(test tile, nearest `train` tile) for some test rows (cached: a threshold moved back and forth is free)."""
+    return _pairs(_key(nn), train, tuple(int(r) for r in rows), size, ws, nn)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _post_prune(key: tuple, tests: tuple, rule: str, params: tuple, test: str, _ws, _sel, _removed) -> pd.DataFrame:
-    from clipsim.prune import apply as pruning
-
-    return pruning.post_prune(_ws, _sel, test, rule, dict(params), _removed)
-
-
-def post_prune(ws: Workspace, stats, sel, test: str, rule: str, params: dict, removed: np.ndarray) -> pd.DataFrame:
-    """s_web(t) before/after pruning for one test set (cached per rule and parameters)."""
-    key = stats_key(ws, stats.web, stats.tests, stats.reference)
-    return _post_prune(key, tuple(sel.tests), rule, tuple(sorted(params.items())), test, ws, sel, removed)
+def _count(root: str, name: str, stamp: tuple, _ws: Workspace) -> int:
+    emb = _ws.embeddings(name, required=False)
+    return emb.count if emb is not None else 0
 
 
-def has_margins(ws: Workspace, web: str, tests: list[str], reference: str | None) -> bool:
-    """True when every search of `tests` against `web` stored similarity-gap margins for `reference`."""
-    if not reference:
-        return False
-    return all(reference in ws.search_result(t, web).config.get("references", {}) for t in tests)
+def dataset_count(ws: Workspace, name: str) -> int:
+    """Embedded rows of a dataset (0 before embedding), cached until its shards change."""
+    return _count(str(ws.root.resolve()), name, embeddings_stamp(ws, name), ws)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _manifests(root: str, stamps: tuple, _ws: Workspace) -> pd.DataFrame:
+    from clipsim.prune.manifest import list_manifests
+
+    return list_manifests(_ws)
+
+
+def manifests(ws: Workspace) -> pd.DataFrame:
+    """Saved manifests with their freshness (clipsim.prune.list_manifests), cached until a manifest, an embedding
+    or a search folder changes."""
+    root = ws.path("manifests")
+    summaries = tuple(file_stamp(p / "summary.json") for p in sorted(root.iterdir())) if root.is_dir() else ()
+    return _manifests(str(ws.root.resolve()), (file_stamp(root), summaries, _stamps(ws)), ws)
+
+
+@st.cache_data(show_spinner=False, max_entries=8, ttl=600)
+def _status(root: str, stamps: tuple, _ws: Workspace) -> dict:
+    from clipsim.status import workspace_status
+
+    return workspace_status(_ws)
+
+
+def status(ws: Workspace) -> dict:
+    """clipsim.status.workspace_status, cached until an embedding, search, manifest, map, result or job record
+    changes (a few `stat` calls instead of opening every shard)."""
+    from clipsim.jobs import change_stamp
+
+    manifests, maps = ws.path("manifests"), ws.path("maps")
+    stamps = (_stamps(ws), file_stamp(ws.path(REGISTRY)), change_stamp(ws), file_stamp(ws.path("results")),
+              file_stamp(ws.path("results", "results.parquet")), file_stamp(manifests), file_stamp(maps),
+              tuple(file_stamp(p / "summary.json") for p in sorted(manifests.iterdir())) if manifests.is_dir() else (),
+              tuple(file_stamp(p / "config.json") for p in sorted(maps.iterdir())) if maps.is_dir() else ())
+    return _status(str(ws.root.resolve()), stamps, ws)

@@ -8,12 +8,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clipsim import views
+from clipsim import plots, views
 from clipsim.errors import ClipsimError
 from clipsim.maps import compute as mapping
 from clipsim.maps import rows as map_rows
 from clipsim.maps import view as map_view
 from clipsim.names import read_only
+from clipsim.plots import maps as plots_map
+from clipsim.search.result import completed_searches
 from clipsim.ui import gallery, loaders
 from clipsim.ui.jobs import job_monitor, launch_button
 from clipsim.workspace import Workspace
@@ -46,6 +48,49 @@ def removed(ws: Workspace, info: mapping.MapInfo, pts: pd.DataFrame, manifest: s
     stamp = (info.folder / "config.json").stat().st_mtime_ns
     stamp += (ws.path("manifests", manifest, "summary.json").stat().st_mtime_ns)
     return _removed(str(ws.root.resolve()), info.name, stamp, manifest, ws, pts)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _stale(root: str, name: str, stamp: int, stamps: tuple, _ws: Workspace) -> list[str]:
+    return mapping.load_map(_ws, name).stale_reasons()
+
+
+def stale_reasons(ws: Workspace, info: mapping.MapInfo) -> list[str]:
+    """Why the map no longer matches its embeddings (MapInfo.stale_reasons), cached until the map or an embedding
+    folder changes."""
+    stamp = (info.folder / "config.json").stat().st_mtime_ns
+    return _stale(str(ws.root.resolve()), info.name, stamp, loaders.embedding_stamps(ws), ws)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _figure(key: tuple, colour: str, shown: tuple, shapes: tuple, _ws: Workspace, _info, _points: pd.DataFrame,
+            _manifest: str | None):
+    view = _points[_points["dataset"].isin(shown)].reset_index(drop=True)
+    values = None
+    if _manifest:
+        values = removed(_ws, _info, _points, _manifest)[_points["dataset"].isin(shown).to_numpy()]
+    parsed = [map_view.parse_shape(t) for t in shapes]
+    chosen = map_view.selected(view, parsed)
+    fig = plots_map.map_figure(view, colour if colour != "manifest" or _manifest else "dataset", values,
+                               plots.workspace_colours(_ws), chosen if parsed else None)
+    return fig, view, chosen
+
+
+def figure(ws: Workspace, info: mapping.MapInfo, pts: pd.DataFrame, colour: str, shown: list[str],
+           manifest: str | None, shapes: list[map_view.Shape]):
+    """(the map figure, the points drawn, the selected positions among them), cached per view: reopening a map or
+    going back to a colouring costs nothing.
+
+    Args:
+        ws, info, pts: the workspace, the map and its points (see points()).
+        colour: a map_view.COLOURS entry; shown: datasets drawn; manifest: for colour 'manifest';
+        shapes: the selection (url_shapes()).
+    """
+    stamp = (info.folder / "config.json").stat().st_mtime_ns
+    mstamp = loaders.file_stamp(ws.path("manifests", manifest, "summary.json")) if manifest else ()
+    texts = tuple(map_view.format_shape(s) for s in shapes)
+    key = (str(ws.root.resolve()), info.name, stamp, len(pts), mstamp, manifest)
+    return _figure(key, colour, tuple(shown), texts, ws, info, pts, manifest)
 
 
 def url_shapes() -> list[map_view.Shape]:
@@ -87,14 +132,13 @@ def _nearest(root: str, train: str, fingerprints: tuple, _ws: Workspace) -> dict
 
 
 def _train_stats(ws: Workspace, train: str) -> dict:
-    fps = tuple(ws.search_result(t, train).fingerprint for t in ws.dataset_names("test")
-                if ws.path("search", train, t, "config.json").exists())
+    fps = tuple(completed_searches(ws, t).get(train) for t in ws.dataset_names("test"))
     return _nearest(str(ws.root.resolve()), train, fps, ws)
 
 
 def selection_gallery(ws: Workspace, pts: pd.DataFrame, chosen: np.ndarray, per_page: int = 8) -> None:
     """The selected points, closest first, grouped by dataset: each image beside its neighbours."""
-    ref = loaders.reference(ws, required=False)
+    ref, colours = ws.reference, plots.workspace_colours(ws)
     planted = loaders.planted(ws)
     sub = pts.iloc[chosen].copy()
     sub["_s"] = sub["similarity"].fillna(-2.0)
@@ -114,7 +158,8 @@ def selection_gallery(ws: Workspace, pts: pd.DataFrame, chosen: np.ndarray, per_
         except (ClipsimError, IndexError) as err:  # IndexError: a stale map's rows beyond the current set
             st.caption(f"No neighbours to show for {dataset}: {err}")
             continue
-        gallery.show(gallery.gallery_html(grows, THUMB, TEST_THUMB, ref))
+        gallery.show(gallery.gallery_html(grows, THUMB, TEST_THUMB, ref, colours=colours,
+                                          roles=("test", "train") if role == "test" else ("train", "test")))
 
 
 def compute_controls(ws: Workspace, key: str = "map_compute") -> None:

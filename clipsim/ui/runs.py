@@ -15,39 +15,9 @@ from clipsim.runs.presets import get_preset, preset_names
 from clipsim.ui.jobs import format_eta
 from clipsim.ui.state import BIND
 
-RULE_LABELS = {"similarity-gap": "Similarity gap (paper)", "threshold": "Threshold τ", "near": "Near pruning",
-               "far": "Far pruning", "random": "Random subset"}
 HAS_KALEIDO = importlib.util.find_spec("kaleido") is not None  # plotly's static image export
 PNG_NOTE = ("PNG export needs kaleido (`pip install kaleido`), which is not installed; the HTML file is interactive "
             "and opens offline, and the camera icon in each plot's toolbar saves a PNG snapshot.")
-
-
-def rule_form(ws, tests: list[str]) -> tuple[str, dict, list[str]]:
-    """Rule, its parameters and the test sets it looks at; the similarity gap over all test sets by default.
-
-    Returns:
-        (rule, rule params, chosen test sets).
-    """
-    rule = st.selectbox("Pruning rule", list(RULE_LABELS), format_func=RULE_LABELS.get, key="runs_rule",
-                        bind=BIND)
-    params: dict = {}
-    chosen = tests
-    if rule != "random":
-        chosen = st.multiselect("Test sets the rule looks at", tests, default=tests, key="runs_tests",
-                                bind=BIND) or tests
-    if rule == "similarity-gap":
-        st.caption(f"Reference set (s_ref(t)): `{ws.settings.get('reference') or 'not set'}`")
-        params["delta"] = float(st.number_input("Gap δ", -1.0, 1.0, 0.0, step=0.01, format="%.3f", key="runs_delta",
-                                                 bind=BIND))
-    elif rule == "threshold":
-        params["tau"] = float(st.number_input("Threshold τ", 0.0, 1.0, 0.9, step=0.01, format="%.3f", key="runs_tau",
-                                               bind=BIND))
-    else:
-        params["keep"] = float(st.slider("Share of web samples kept", 0.05, 1.0, 0.5, 0.05, key="runs_keep",
-                                          bind=BIND))
-        if rule == "random":
-            params["seed"] = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="runs_seed", bind=BIND))
-    return rule, params, chosen
 
 
 def preset_form(ws) -> tuple[str, dict]:
@@ -67,12 +37,13 @@ def preset_form(ws) -> tuple[str, dict]:
 
 def _show_run(job) -> None:
     state = read_training_progress(job.run_dir)
+    eta = jobs.read_progress(job).get("eta_s") if job.state == "running" else None  # the job row's ETA, not a second one
     cols = st.columns(5)
     cols[0].metric("Epoch", f"{state['epoch'] or 0}/{state['epochs'] or '?'}")
     cols[1].metric("Step", f"{state['step'] or 0}/{state['steps_total'] or '?'}")
     cols[2].metric("Loss", f"{state['loss']:.3f}" if state["loss"] is not None else "–")
     cols[3].metric("Samples/s", f"{state['samples_per_s']:.0f}" if state["samples_per_s"] else "–")
-    cols[4].metric("ETA", format_eta(state["eta_s"]) or "–")
+    cols[4].metric("ETA", format_eta(eta) or "–", help="the same estimate as the job's progress bar")
     if state["curve"].empty:
         st.caption(f"{state['state']}: no training step logged yet ({state['log']})")
     else:
@@ -80,21 +51,34 @@ def _show_run(job) -> None:
                         key=f"loss-{job.id}")
 
 
-@st.fragment(run_every=3)
-def training_progress(ws) -> None:
-    """Running training jobs: epoch, step, loss, samples/s, ETA and the loss curve, refreshed every 3 s;
-    otherwise the newest finished run's curve."""
+def _show_runs(ws) -> bool:
+    """Draw the running training jobs (or the newest finished one); True while one runs."""
     running = jobs.list_jobs(ws, kind="train", states=["running"])
     shown = running or jobs.list_jobs(ws, kind="train", states=["done"], limit=1)
     if not shown:
         st.caption("No training run yet.")
-        return
+        return False
     if not running:
         st.caption(f"No training running; the newest finished run is `{shown[0].id}`.")
     for job in shown:
-        st.markdown(f"**{job.params.get('manifest', 'full')}**"
-                    + (" (random control)" if job.params.get("control") else "") + f" · `{job.id}`")
+        st.markdown(f"**{jobs.describe_job(job)}** · `{job.id}`")
         _show_run(job)
+    return bool(running)
+
+
+def training_progress(ws) -> None:
+    """Running training jobs: epoch, step, loss, samples/s, ETA and the loss curve, refreshed every 3 s while one
+    runs; otherwise the newest finished run's curve, drawn once."""
+    if jobs.list_jobs(ws, kind="train", states=["running"]):
+        _live_training(ws)
+    else:
+        _show_runs(ws)
+
+
+@st.fragment(run_every=3)
+def _live_training(ws) -> None:
+    if not _show_runs(ws):
+        st.rerun(scope="app")  # the run ended: draw its final state once, stop polling
 
 
 def figure_downloads(fig: go.Figure, table: pd.DataFrame, stem: str, key: str) -> None:

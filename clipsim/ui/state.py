@@ -74,3 +74,15 @@ def reset(*keys: str) -> Callable[[], None]:
             st.session_state.pop(key, None)
 
     return _reset
+
+
+def follow(key: str, context: tuple, default) -> None:
+    """Put widget `key` back to `default` when what its value refers to (`context`, e.g. the set whose s(t) a range
+    filters) changed since the last run; call it before the widget. A link's value is kept on the first run.
+
+    (Dropping the state of a URL-bound widget is not enough: the URL would restore the old value.)
+    """
+    mark = f"{key}__context"
+    if mark in st.session_state and st.session_state[mark] != context:
+        st.session_state[key] = default
+    st.session_state[mark] = context

@@ -16,6 +16,7 @@ from clipsim.data.demo import model as demo_model
 from clipsim.data.demo import world
 from clipsim.data.demo.draw import CLASSES
 from clipsim.errors import WorkspaceError
+from clipsim.names import check_writable
 from clipsim.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 REFERENCE = "curated"  # the ImageNet-train stand-in: s_ref(t) for the similarity-gap rule
+DEDUP_EPS = 0.05  # the demo's SemDeDup eps (cosine 0.95): >= 95% of planted groups keep one member; see README
 
 
 def build_demo(root: str | Path, seed: int = 0, size: str = "full", workers: int = 2, progress=None) -> Workspace:
@@ -50,6 +52,7 @@ def build_demo(root: str | Path, seed: int = 0, size: str = "full", workers: int
             f"{ws.root} already holds a demo built with seed {info.get('seed')} size {info.get('size')}; "
             "use another --workspace folder or delete this one"
         )
+    check_writable("build the demo")
     timings: dict[str, float] = {}
     t = time.time()
     items = world.plan(seed, world.PRESETS[size])
@@ -66,8 +69,12 @@ def build_demo(root: str | Path, seed: int = 0, size: str = "full", workers: int
     t = time.time()
     _search_all(ws, progress)
     timings["search"] = time.time() - t
+    t = time.time()
+    _dedup(ws, progress)
+    timings["dedup"] = time.time() - t
     fileio.write_parquet(ws.path("demo", "planted.parquet"), world.planted_table(items))
     fileio.write_parquet(ws.path("demo", "web_truth.parquet"), world.web_truth(items))
+    fileio.write_parquet(ws.path("demo", "web_duplicates.parquet"), world.web_duplicates(items))
     fileio.write_json(done_file, {"seed": seed, "size": size, "seconds": {k: round(v, 1) for k, v in timings.items()},
                                   "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     log.info("demo built in %.0f s (%s)", sum(timings.values()), timings)
@@ -92,12 +99,12 @@ def _write_world(ws: Workspace, items: list[world.Item], size: world.DemoSize, w
     for name, domain in world.TEST_SETS.items():
         ws.register_dataset(name, "test", f"demo/data/{name}", "folder", classes=classes, domain=domain)
     fileio.write_json(data / "complete.json", {"images": len(items)})
-    return smalls[web]
+    return smalls[[i for i in web if items[i].copy_of is None]]  # the model never sees the planted web copies
 
 
 def _train(ws: Workspace, items, smalls, size: world.DemoSize, seed: int, progress) -> Path:
     out = ws.path("models", "demo-similarity")
-    captions = [it.caption for it in items if it.dataset == "web"]
+    captions = [it.caption for it in items if it.dataset == "web" and it.copy_of is None]
     ckpt = demo_model.train_similarity_model(smalls, captions, out, size.train_steps, size.batch, seed, progress)
     ws.update_settings(reference=REFERENCE, similarity_model={"model": "models/demo-similarity/clipsim-demo.json",
                                          "pretrained": "models/demo-similarity/checkpoint.pt"})
@@ -121,6 +128,32 @@ def _search_all(ws: Workspace, progress) -> None:
     for train in ws.dataset_names("train"):
         if train != REFERENCE:
             search(ws, train, tests, k=10, reference=REFERENCE, progress=progress)
+
+
+def _dedup(ws: Workspace, progress) -> None:
+    """SemDeDup statistics of `web` at the demo's settings (no manifest: the Dedup page saves one)."""
+    from clipsim.dedup.pipeline import DedupOptions, run_dedup
+
+    ws.update_settings(dedup={"eps": DEDUP_EPS})
+    run_dedup(ws, DedupOptions("web", device="cpu"), progress)
+
+
+def duplicate_group_recall(ws: Workspace, removed_keys) -> dict:
+    """How many planted web duplicate groups a dedup removed all but one member of.
+
+    Args:
+        ws: a demo workspace (with demo/web_duplicates.parquet).
+        removed_keys: keys the dedup removed.
+
+    Returns:
+        {"groups", "one_left" (exactly one member kept), "none_left", "several_left", "recall" (one_left / groups)}.
+    """
+    import pandas as pd
+
+    truth = pd.read_parquet(ws.path("demo", "web_duplicates.parquet"))
+    kept = (~truth["key"].isin(set(map(str, removed_keys)))).groupby(truth["group"]).sum()
+    return {"groups": len(kept), "one_left": int((kept == 1).sum()), "none_left": int((kept == 0).sum()),
+            "several_left": int((kept > 1).sum()), "recall": float((kept == 1).mean()) if len(kept) else 1.0}
 
 
 def planted_recall(ws: Workspace) -> pd.DataFrame:

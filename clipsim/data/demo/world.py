@@ -1,5 +1,6 @@
 """Plan and write the demo's datasets: a web set (webdataset tars) with planted near-duplicates of test
-images, a curated photo-only set and five test sets (image folders), plus the planted ground truth.
+images and planted duplicate groups inside itself (exact copies, re-encodings, small crops), a curated
+photo-only set and five test sets (image folders), plus the ground truth of both plantings.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from clipsim.data.demo.draw import CLASSES, Scene, jitter_scene, perturb, render
 TEST_SETS = {"val": "photo", "v2": "photo", "sketch": "sketch", "rendition": "rendition", "hard": "hard"}
 WEB_DOMAIN_MIX = {"photo": 0.4, "sketch": 0.2, "rendition": 0.2, "hard": 0.2}  # LAION holds every style
 TRAIN_PX = 32  # the demo model's input side
+COPY_KINDS = ("exact", "reencode", "crop")  # how a planted web duplicate is made from its original
+GROUP_SIZES = (2, 3, 4)  # members per planted web duplicate group, the original included
 
 
 @dataclass(frozen=True)
@@ -34,11 +37,19 @@ class DemoSize:
     web_shard: int  # samples per web tar shard
     train_steps: int
     batch: int
+    dup_groups: int = 0  # planted within-web duplicate groups; their copies are appended after the `web` samples
+
+    @property
+    def web_total(self) -> int:
+        """Web samples in all: `web` plus the planted copies (an upper bound: a group holds 1 to 3 copies)."""
+        return self.web + self.dup_groups * (max(GROUP_SIZES) - 1)
 
 
 PRESETS = {
-    "full": DemoSize(web=24_000, curated=6_000, test=480, planted_share=0.1, web_shard=6_000, train_steps=240, batch=256),
-    "small": DemoSize(web=3_000, curated=960, test=96, planted_share=0.125, web_shard=1_000, train_steps=60, batch=128),
+    "full": DemoSize(web=24_000, curated=6_000, test=480, planted_share=0.1, web_shard=6_000, train_steps=240, batch=256,
+                     dup_groups=240),
+    "small": DemoSize(web=3_000, curated=960, test=96, planted_share=0.125, web_shard=1_000, train_steps=60, batch=128,
+                      dup_groups=40),
 }
 
 
@@ -52,6 +63,8 @@ class Item:
     caption: str
     near_dup_of: str | None = None  # "<test set>/<test key>"
     post_seed: int = 0
+    copy_of: str | None = None  # web key of the original of a planted web duplicate
+    copy_kind: str | None = None  # one of COPY_KINDS
 
 
 def plan(seed: int, size: DemoSize) -> list[Item]:
@@ -83,7 +96,24 @@ def plan(seed: int, size: DemoSize) -> list[Item]:
         else:
             scene = sample_scene(rng, int(rng.integers(0, n_cls)), str(rng.choice(domains, p=probs)))
             items.append(Item("web", key, scene, captions.web_caption(rng, scene)))
-    return items
+    return items + _plan_copies(rng, items, size)
+
+
+def _plan_copies(rng: np.random.Generator, items: list[Item], size: DemoSize) -> list[Item]:
+    """Planted within-web duplicate groups: originals drawn from the plain web samples, 1-3 copies each, appended
+    after them (drawn last from the same generator, so every earlier item stays as it was)."""
+    plain = [it for it in items if it.dataset == "web" and it.near_dup_of is None]
+    originals = [plain[j] for j in sorted(rng.choice(len(plain), size=min(size.dup_groups, len(plain)), replace=False))]
+    copies, i = [], size.web
+    for original in originals:
+        for _ in range(int(rng.choice(GROUP_SIZES)) - 1):
+            kind = str(rng.choice(COPY_KINDS))
+            caption = original.caption if kind == "exact" else captions.web_caption(rng, original.scene)
+            key = f"{i // size.web_shard:05d}{i % size.web_shard:04d}"
+            copies.append(Item("web", key, original.scene, caption, post_seed=int(rng.integers(0, 2**31 - 1)),
+                               copy_of=original.key, copy_kind=kind))
+            i += 1
+    return copies
 
 
 def _pick_planted(rng: np.random.Generator, tests: list[Item], size: DemoSize) -> list[Item]:
@@ -95,14 +125,35 @@ def _pick_planted(rng: np.random.Generator, tests: list[Item], size: DemoSize) -
     return picked
 
 
+def _jpeg(img: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _copy(data: bytes, kind: str, rng: np.random.Generator) -> bytes:
+    """A planted web duplicate of the original's JPEG bytes: the same bytes, re-encoded at another quality (60-89),
+    or a 1 px strip cut from one side and the rest scaled back to full size (the demo model sees 32 px, where a
+    1 px crop of the 64 px image is already a half-pixel shift)."""
+    if kind == "exact":
+        return data
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    if kind == "reencode":
+        return _jpeg(img, int(rng.integers(60, 90)))
+    box = [0, 0, img.size[0], img.size[1]]
+    side = int(rng.integers(0, 4))
+    box[side] += 1 if side < 2 else -1
+    return _jpeg(img.crop(tuple(box)).resize(img.size, Image.BILINEAR), 90)
+
+
 def _draw(item: Item) -> tuple[bytes, np.ndarray]:
     """Render one item: (JPEG bytes, TRAIN_PX x TRAIN_PX x 3 uint8 thumbnail for model training)."""
     img = render(item.scene)
     if item.near_dup_of is not None:
         img = perturb(img, np.random.default_rng(item.post_seed))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90)
-    data = buf.getvalue()
+    data = _jpeg(img, 90)
+    if item.copy_of is not None:
+        data = _copy(data, item.copy_kind, np.random.default_rng(item.post_seed))
     small = Image.open(io.BytesIO(data)).convert("RGB").resize((TRAIN_PX, TRAIN_PX), Image.BICUBIC)
     return data, np.asarray(small, dtype=np.uint8)
 
@@ -150,6 +201,18 @@ def web_truth(items: list[Item]) -> pd.DataFrame:
     return pd.DataFrame({"key": [it.key for it in web], "domain": [it.scene.domain for it in web],
                          "label": np.array([it.scene.cls for it in web], np.int64),
                          "near_dup_of": [it.near_dup_of for it in web]})
+
+
+def web_duplicates(items: list[Item]) -> pd.DataFrame:
+    """Ground truth of the planted web duplicate groups: key, group (int), kind ('original' or a COPY_KINDS entry);
+    one row per member, originals first in each group."""
+    copies = [it for it in items if it.copy_of is not None]
+    groups = {key: g for g, key in enumerate(dict.fromkeys(it.copy_of for it in copies))}
+    rows = [{"key": key, "group": g, "kind": "original"} for key, g in groups.items()]
+    rows += [{"key": it.key, "group": groups[it.copy_of], "kind": it.copy_kind} for it in copies]
+    frame = pd.DataFrame(rows, columns=["key", "group", "kind"])
+    return frame.sort_values(["group", "kind"], key=lambda c: c if c.name == "group" else c != "original",
+                             kind="stable").reset_index(drop=True)
 
 
 def planted_table(items: list[Item]) -> pd.DataFrame:
