@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     max_sim, margins = make_stats(args.n, args.tests, args.seed)
     rss_inputs = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
-    stats = PruneStats.from_arrays(max_sim, margins, reference="reference")
+    stats = PruneStats.from_arrays(max_sim, margins, reference="reference").prepare()
     report["build_seconds"] = round(time.perf_counter() - t0, 3)
     report["stats_bytes"] = stats.nbytes
     report.update(time_changes(stats, args.changes, args.seed))

@@ -27,6 +27,8 @@ CONFIG = "config.json"
 SUMMARY = "summary.json"
 NORM_TOLERANCE = 1e-2  # float16 storage keeps norms within ~1e-3 of 1; 1e-2 flags unnormalised input
 _SHARD_RE = re.compile(r"img_emb_(\d+)\.npy$")
+SPARSE_SHARE = 0.01  # metadata_at takes fewer rows than this share of a shard from its Arrow table (1M keys: ~16 MB)
+# instead of its pandas frame (~70 MB of Python strings): a page of neighbours spread over 12 LAION shards stays small
 
 
 def emb_path(root: Path, index: int) -> Path:
@@ -263,8 +265,11 @@ class EmbeddingSet:
         for si in np.unique(where):
             sel = np.flatnonzero(where == si)
             shard = self.shards[si]
-            meta = _read_meta(shard.meta, tuple(columns) if columns else None)
-            parts.append(meta.iloc[ids[sel] - shard.start])
+            cols = tuple(columns) if columns else None
+            if len(sel) < SPARSE_SHARE * shard.rows:  # a few rows of a big shard: taken from its Arrow table
+                parts.append(_read_table(shard.meta, cols).take(ids[sel] - shard.start).to_pandas())
+            else:
+                parts.append(_read_meta(shard.meta, cols).iloc[ids[sel] - shard.start])
             order.append(sel)
         frame = pd.concat(parts, ignore_index=True)
         return frame.iloc[np.argsort(np.concatenate(order), kind="stable")].reset_index(drop=True)
@@ -353,6 +358,16 @@ def _read_meta_cached(path: str, mtime_ns: int, columns: tuple[str, ...] | None)
     except (OSError, ValueError, KeyError) as err:  # pyarrow: ArrowInvalid (a ValueError), ArrowIOError, ...
         raise DataError(f"metadata file {path} cannot be read ({err}); restore it, or re-create the dataset's "
                         "embeddings (`python -m clipsim embed --force`)") from err
+
+
+@lru_cache(maxsize=16)
+def _read_table_cached(path: str, mtime_ns: int, columns: tuple[str, ...] | None):
+    return pq.read_table(path, columns=list(columns) if columns else None)
+
+
+def _read_table(path: Path, columns: tuple[str, ...] | None):
+    """A metadata shard as an Arrow table (cached per file version, like _read_meta)."""
+    return _read_table_cached(str(path), Path(path).stat().st_mtime_ns, columns)
 
 
 def _read_meta(path: Path, columns: tuple[str, ...] | None) -> pd.DataFrame:

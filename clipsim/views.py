@@ -274,6 +274,8 @@ def threshold_counts(sorted_s: dict[str, np.ndarray], stats, tau: float) -> pd.D
 
     Returns:
         DataFrame: test, test_images, above (count), share_above, web_removed, share_of_web; last row 'combined'.
+        While the combination is not stored and its count not exact, that row's web_removed is <NA> and
+        `frame.attrs["bounds"]` holds (low, high) (PruneStats.combined_count).
     """
     rows = []
     for test, s in sorted_s.items():
@@ -282,11 +284,14 @@ def threshold_counts(sorted_s: dict[str, np.ndarray], stats, tau: float) -> pd.D
                      "web_removed": stats.count_threshold(tau, test)})
     total = sum(len(s) for s in sorted_s.values())
     above = sum(r["above"] for r in rows)
-    combined = stats.subset(list(sorted_s)).count_threshold(tau) if sorted_s else 0
+    low, high = stats.select(list(sorted_s)).combined_count("m", tau) if sorted_s else (0, 0)
     rows.append({"test": "combined", "test_images": total, "above": above, "share_above": above / max(total, 1),
-                 "web_removed": combined})
+                 "web_removed": low if low == high else pd.NA})
     frame = pd.DataFrame(rows)
-    frame["share_of_web"] = frame["web_removed"] / max(stats.n, 1)
+    frame["web_removed"] = frame["web_removed"].astype("Int64" if low != high else "int64")
+    frame["share_of_web"] = (frame["web_removed"] / max(stats.n, 1)).astype(float)
+    if low != high:
+        frame.attrs["bounds"] = (low, high)
     return frame
 
 

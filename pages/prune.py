@@ -1,7 +1,6 @@
 """Prune: choose a rule and its parameters, see what it removes per test set, save it as a named manifest (a job)."""
 from dataclasses import replace
 
-import numpy as np
 import streamlit as st
 
 from clipsim import plots
@@ -55,32 +54,35 @@ except (ValueError, ClipsimError) as err:
     st.error(f"{err}")
     st.stop()
 table = applied.counts()
-total = table.iloc[-1]
+total, bounds = table.iloc[-1], table.attrs.get("bounds")
+kept_bounds = (stats.n - bounds[1], stats.n - bounds[0]) if bounds else None
 m = st.columns(3)
-m[0].metric("Web samples removed", f"{int(total['removed']):,}", help="combined over the chosen test sets")
-m[1].metric("Web samples kept", f"{int(total['kept']):,}",
-            help=f"of {stats.n:,} {web} samples" + (f" that manifest {base} keeps" if base else ""))
-m[2].metric("Share of web removed", f"{total['share_of_web']:.2%}")
+m[0].metric("Web samples removed", pruning.count_text(total["removed"], bounds), help="combined over the chosen test sets")
+m[1].metric("Web samples kept", pruning.count_text(total["kept"], kept_bounds), help=f"of {stats.n:,} {web} samples" +
+            (f" that manifest {base} keeps" if base else ""))
+m[2].metric("Share of web removed", f"{bounds[0] / stats.n:.2%} – {bounds[1] / stats.n:.2%}" if bounds else
+            f"{total['share_of_web']:.2%}")
+kind = pruning.RULE_KIND.get(rule)
+ready = kind is None or pruning.combined_notice(ws, applied.stats, kind)
 if "remove_fraction" in applied.params:
     st.caption(f"Cut at {'τ' if rule == 'threshold' else 'δ'} = "
                f"{applied.params.get('tau', applied.params.get('delta')):.6f}")
 st.dataframe(table, hide_index=True, width="stretch", key="prune_counts", column_config={
     "share_of_web": st.column_config.ProgressColumn("share of web", format="percent", min_value=0.0, max_value=1.0)})
+if rule in ("threshold", "similarity-gap"):
+    cut = applied.params["tau" if rule == "threshold" else "delta"]
+    st.plotly_chart(plots.removal_curve(applied.stats.removal_curves(kind), stats.n, cut,
+                                        "τ" if rule == "threshold" else "δ", plots.workspace_colours(ws)),
+                    width="stretch", key="removal_curve")
 
 st.subheader("After pruning")
 chosen = list(spec.tests or tests)
 show = st.selectbox("Test set", tests, index=tests.index(chosen[0]) if rule != "random" else 0, key="show", bind=BIND)
-after = pruning.post_prune(ws, key, spec, applied, show)
-nn = loaders.test_neighbours(ws, show)
-fig = plots.post_prune_histogram(after["s_after"].to_numpy(), after["exact"].to_numpy(),
-                                 nn.nn(ref) if ref in nn.trains else None, after["s_before"].to_numpy(), web,
-                                 ref or "reference", title=f"{show}: s_{web}(t) after pruning")
-st.plotly_chart(fig, width="stretch", key="post_prune_hist")
-bounds = int((~after["exact"]).sum())
-st.caption(f"Median s_{web}(t): {after['s_before'].median():.4f} before → {after['s_after'].median():.4f} after"
-           + (f" (reference s_{ref}(t): {np.median(nn.nn(ref)):.4f})" if ref in nn.trains else "")
-           + (f". {bounds} test images lost all stored neighbours: their value is an upper bound (hatched)."
-              if bounds else ". Every value is exact."))
+if ready or rule in ("threshold", "similarity-gap", "random"):  # near/far cut on the combination's sorted order
+    pruning.post_prune_chart(ws, key, spec, applied, show)
+else:
+    st.info("The post-pruning similarity appears once the combined statistics are stored (see above).",
+            icon=":material/hourglass_top:")
 
 st.subheader("Save")
 if can_write("saving manifests"):

@@ -45,13 +45,15 @@ tau = pruning.threshold_input(f"Threshold τ on s_{web}(t)", "tau", default, lo,
                               help_text="Test images whose web neighbour is above τ; web samples x with "
                                         "max_t cos(x, t) > τ")
 counts = views.threshold_counts(sorted_s, stats, tau)
-combined = counts.iloc[-1]
+combined, bounds = counts.iloc[-1], counts.attrs.get("bounds")
 m = st.columns(3)
 m[0].metric(f"Test images with s_{web}(t) > τ", f"{int(combined['above']):,}",
             help=f"of {int(combined['test_images']):,} test images in {len(tests)} test sets")
-m[1].metric("Web samples removed (combined)", f"{int(combined['web_removed']):,}",
-            help="max_t cos(x, t) > τ over all test sets (PruneStats.count_threshold)")
-m[2].metric("Share of web removed", f"{combined['share_of_web']:.2%}", help=f"of {stats.n:,} {web} samples")
+m[1].metric("Web samples removed (combined)", pruning.count_text(combined["web_removed"], bounds),
+            help="max_t cos(x, t) > τ over all test sets (PruneStats.combined_count)")
+m[2].metric("Share of web removed", f"{bounds[0] / stats.n:.2%} – {bounds[1] / stats.n:.2%}" if bounds else
+            f"{combined['share_of_web']:.2%}", help=f"of {stats.n:,} {web} samples")
+pruning.combined_notice(ws, stats, "m")
 st.dataframe(counts, hide_index=True, width="stretch", key="threshold_counts", column_config={
     "test_images": st.column_config.NumberColumn("test images"),
     "above": st.column_config.NumberColumn("test images > τ"),

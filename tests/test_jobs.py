@@ -20,12 +20,15 @@ from clipsim.errors import ClipsimError, ReadOnlyError
 from clipsim.jobs import (
     ACTIVE,
     Job,
+    QueueSpot,
     cancel,
     describe_job,
     get_job,
     jobs_frame,
+    lane_slots,
     launch,
     list_jobs,
+    queue_spots,
     read_progress,
     reconcile,
     slot_count,
@@ -56,6 +59,11 @@ def _gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return state in ("Z", "X")
+
+
+def _eta(ws: Workspace, job_id: str) -> float:
+    """The running job's progress ETA in seconds, once it reports one."""
+    return _until(lambda: read_progress(get_job(ws, job_id)).get("eta_s"), what=f"an ETA from job {job_id}")
 
 
 def _started(ws: Workspace, job_id: str):
@@ -209,6 +217,46 @@ def test_one_slot_queues_the_second_job_and_its_worker_starts_it(ws):
     assert get_job(ws, c.id).started is None
 
 
+def test_a_light_job_starts_while_a_heavy_one_runs_on_a_one_slot_machine(ws, capsys):
+    """Heavy and light lanes take separate slots; a queued job knows its place in its lane and when it should start."""
+    ws.update_settings(jobs={"slots": 1})  # an int: the heavy lane's slots; light keeps its default
+    assert lane_slots(ws) == {"heavy": 1, "light": 2}
+    done = launch(ws, "sleep", {"seconds": 0.3, "steps": 3, "tag": "typical"})  # a finished sleep: its typical length
+    done = wait(ws, done.id, timeout=30)
+    heavy = launch(ws, "sleep", LONG)
+    second = launch(ws, "sleep", {"seconds": 0.2, "steps": 2, "tag": "second heavy"})
+    third = launch(ws, "sleep", {"seconds": 0.2, "steps": 2, "tag": "third heavy"})
+    light = launch(ws, "sleep", {"seconds": 0.2, "steps": 2, "lane": "light"})
+    assert (heavy.state, second.state, third.state, light.state) == ("running", "queued", "queued", "running")
+    assert wait(ws, light.id, timeout=30).state == "done" and get_job(ws, heavy.id).state == "running"
+    eta = _eta(ws, heavy.id)
+    spots = queue_spots(ws)
+    assert (spots[second.id].lane, spots[second.id].position, spots[second.id].after) == ("heavy", 1, heavy.id)
+    assert abs(spots[second.id].start_in_s - eta) < 5  # when the running job's progress ETA runs out
+    typical = done.finished - done.started  # then `second` holds the slot for a typical sleep job
+    assert spots[third.id].position == 2 and spots[third.id].after == second.id
+    assert spots[third.id].start_in_s == pytest.approx(spots[second.id].start_in_s + typical, abs=5)
+    assert "2nd in the heavy lane, starts in about" in waiting_for(ws, get_job(ws, third.id))
+    assert main(["jobs", "list", "--workspace", str(ws.root)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert " heavy " in lines[third.id] and " #2 ~" in lines[third.id] and " light " in lines[light.id]
+    frame = jobs_frame(ws).set_index("id")
+    assert frame.loc[third.id, "queue_position"] == 2 and frame.loc[light.id, "lane"] == "light"
+    ws.update_settings(jobs={"slots": {"heavy": 1, "light": 1}})  # one light slot: light jobs queue among themselves
+    first_light = launch(ws, "sleep", {**LONG, "lane": "light"})
+    queued_light = launch(ws, "sleep", {"seconds": 0.1, "steps": 1, "lane": "light", "tag": "waits"})
+    assert first_light.state == "running" and queued_light.state == "queued"
+    assert queue_spots(ws)[queued_light.id] == QueueSpot("light", 1, queue_spots(ws)[queued_light.id].start_in_s,
+                                                         first_light.id)
+    for bad, match in (({"gpu": 1}, "unknown lane"), ({"light": 0}, r"slots\.light = 0"), ("2", "must be an integer")):
+        ws.update_settings(jobs={"slots": bad})
+        with pytest.raises(ClipsimError, match=match):
+            launch(ws, "sleep", {"seconds": 0.1, "tag": "refused"})
+    ws.update_settings(jobs={"slots": 1})  # the fixture's teardown cancels what is left
+    with pytest.raises(ClipsimError, match="lane"):
+        launch(ws, "sleep", {"lane": "medium"})
+
+
 def test_depends_on_waits_for_done_and_fails_with_its_dependency(ws):
     a = launch(ws, "sleep", {"seconds": 0.8, "steps": 4})
     b = launch(ws, "sleep", {"seconds": 0.1, "steps": 1}, depends_on=a.id)
@@ -231,7 +279,10 @@ def test_a_cancelled_dependency_cancels_and_the_monitor_says_why_a_job_waits(ws)
     after = launch(ws, "sleep", {"seconds": 0.1, "steps": 1, "tag": "after"}, depends_on=long.id)
     free = launch(ws, "sleep", {"seconds": 0.1, "steps": 1, "tag": "waits for a slot"})
     assert waiting_for(ws, get_job(ws, after.id)) == f"waiting for job {long.id} (running)"
-    assert waiting_for(ws, get_job(ws, free.id)) == "waiting for a free slot (1 of 1 busy)"
+    _eta(ws, long.id)
+    assert waiting_for(ws, get_job(ws, free.id)).startswith(
+        "waiting for a free heavy slot (1 of 1 busy); 1st in the heavy lane, starts in about")
+    assert waiting_for(ws, get_job(ws, free.id)).endswith(f"(when job {long.id} ends)")
     control = Job("t1", "train", {"manifest": "gap", "control": "random", "web": "web"})
     assert describe_job(control) == "train on manifest gap (random control of the same size)"
     assert describe_job(Job("t2", "train", {"manifest": "full"})) == "train on the full web set"

@@ -315,6 +315,28 @@ def test_page_cli_and_job_write_identical_manifests(writable):
     assert any("prune (random) into manifest ui-like" in m.value for m in at.markdown)
 
 
+def test_prune_computes_a_new_combination_of_test_sets_as_a_job(writable):
+    """Two of five test sets: their combination is not stored, so the page counts exactly from the stored row orders
+    meanwhile, says it is computing, launches the sort-stats job once, and reads the stored combination after."""
+    from clipsim import jobs
+
+    ws, chosen = writable, ["sketch", "rendition"]
+    stats = prune.PruneStats.load(ws, "web", chosen, ws.reference)
+    url = {"rule": "Threshold", "tau": "0.8", "tests": chosen}
+    at = run_page("prune", **url)
+    assert not at.exception and any("computing…" in i.value for i in at.info)
+    [job] = jobs.list_jobs(ws, kind="sort-stats")
+    assert job.params == {"web": "web", "tests": chosen, "reference": ws.reference}
+    assert metric(at, "Web samples removed") == f"{stats.count_threshold(0.8):,}"
+    assert len(at.get("plotly_chart")) == 2  # removal curve, and the post-pruning histogram needs no combination
+    run_page("prune", **url)
+    assert len(jobs.list_jobs(ws, kind="sort-stats")) == 1  # launched once
+    assert jobs.wait(ws, job.id, timeout=120).state == "done"
+    at = run_page("prune", rule="Near", keep="0.5", tests=chosen)
+    assert not at.exception and not any("computing…" in i.value for i in at.info)
+    assert len(at.get("plotly_chart")) == 1 and metric(at, "Web samples kept") == f"{round(0.5 * stats.n):,}"
+
+
 def test_prune_marks_stale_manifests(writable):
     ws = writable
     stats = prune.PruneStats.load(ws, "web", ws.dataset_names("test"))

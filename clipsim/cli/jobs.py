@@ -7,7 +7,7 @@ import time
 
 from clipsim.cli.common import POSITIVE, SECONDS, command
 from clipsim.errors import ClipsimError
-from clipsim.jobs import scheduler, status
+from clipsim.jobs import lanes, scheduler, status
 from clipsim.jobs.db import STATES, Job
 from clipsim.workspace import Workspace
 
@@ -24,8 +24,25 @@ def _jobs_args(p: argparse.ArgumentParser) -> None:
                    help="cancel: seconds between SIGTERM and SIGKILL")
 
 
-def _record(job: Job) -> dict:
-    return {**job.to_dict(), "progress": status.read_progress(job)}
+def _record(job: Job, ws: Workspace | None = None, spots: dict | None = None) -> dict:
+    out = {**job.to_dict(), "progress": status.read_progress(job)}
+    if ws is not None:
+        spot = (spots or {}).get(job.id)
+        out["lane"] = lanes.lane_of(ws, job)
+        out["queue"] = None if spot is None else {"position": spot.position, "start_in_s": spot.start_in_s,
+                                                  "after": spot.after, "text": lanes.describe_spot(spot)}
+    return out
+
+
+def _queue_text(spot) -> str:
+    """'#2 ~12 min', '#1 now', '#3 ?' (no estimate yet) or 'after ID' for a queued job; '' otherwise."""
+    if spot is None:
+        return ""
+    if spot.position is None:
+        return f"after {spot.after}"
+    if spot.start_in_s is None:
+        return f"#{spot.position} ?"
+    return f"#{spot.position} " + ("now" if spot.start_in_s < 1 else f"~{_fmt_eta(spot.start_in_s)}")
 
 
 def _fmt_eta(seconds: float | None) -> str:
@@ -34,23 +51,25 @@ def _fmt_eta(seconds: float | None) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f} d"
 
 
-def _print_list(ws: Workspace, jobs: list[Job]) -> None:
+def _print_list(ws: Workspace, jobs: list[Job], spots: dict) -> None:
+    """One line per job; a queued one shows its place in its lane and estimated start (`queue`: '#2 ~00:12:00')."""
     if not jobs:
         print(f"no jobs in {ws.root}")
         return
-    print(f"{'id':32} {'kind':9} {'state':9} {'progress':>8} {'eta':>8}  backend")
+    print(f"{'id':32} {'kind':9} {'state':9} {'progress':>8} {'eta':>8} {'lane':5} {'queue':16} backend")
     for job in jobs:
         p = status.read_progress(job)
         frac = f"{100 * p['fraction']:.0f}%" if p.get("fraction") is not None else ""
-        print(f"{job.id:32} {job.kind:9} {job.state:9} {frac:>8} {_fmt_eta(p.get('eta_s')):>8}  "
-              f"{job.backend} {job.backend_id or ''}")
+        print(f"{job.id:32} {job.kind:9} {job.state:9} {frac:>8} {_fmt_eta(p.get('eta_s')):>8} "
+              f"{lanes.lane_of(ws, job):5} {_queue_text(spots.get(job.id)):16} {job.backend} {job.backend_id or ''}")
 
 
-def _print_show(job: Job) -> None:
-    rec = _record(job)
+def _print_show(job: Job, ws: Workspace) -> None:
+    rec = _record(job, ws, lanes.queue_spots(ws) if job.state == "queued" else {})
+    rec["queue"] = rec["queue"]["text"] if rec["queue"] else ""
     progress = rec.pop("progress")
-    for key in ("id", "kind", "state", "params", "backend", "backend_id", "depends_on", "exit_code", "result",
-                "run_dir"):
+    for key in ("id", "kind", "state", "lane", "queue", "params", "backend", "backend_id", "depends_on", "exit_code",
+                "result", "run_dir"):
         value = rec[key]
         print(f"{key:11} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     for key in ("created", "started", "finished"):
@@ -82,10 +101,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         if bad:
             raise ClipsimError(f"--state {args.state!r}: unknown state(s) {bad}; use {', '.join(STATES)}")
         jobs = scheduler.list_jobs(ws, kind=args.kind, states=states, limit=args.limit)
+        spots = lanes.queue_spots(ws) if any(j.state == "queued" for j in jobs) else {}
         if args.json:
-            print(json.dumps([_record(j) for j in jobs], indent=2, default=str))
+            print(json.dumps([_record(j, ws, spots) for j in jobs], indent=2, default=str))
         else:
-            _print_list(ws, jobs)
+            _print_list(ws, jobs, spots)
         return 0
     job = scheduler.get_job(ws, _need_id(args))
     if args.action == "cancel":
@@ -93,9 +113,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.action == "logs":
         print(status.tail_log(job, lines=args.lines))
     elif args.json:
-        print(json.dumps(_record(job), indent=2, default=str))
+        print(json.dumps(_record(job, ws, lanes.queue_spots(ws) if job.state == "queued" else {}), indent=2,
+                         default=str))
     elif args.action == "show":
-        _print_show(job)
+        _print_show(job, ws)
     else:
         print(f"{job.id}: {job.state}")
     return 0
@@ -133,7 +154,8 @@ def cmd_run_job(args: argparse.Namespace) -> int:
     if args.wait:
         job = scheduler.wait(ws, job.id, timeout=args.timeout)
     if args.json:
-        print(json.dumps(_record(job), indent=2, default=str))
+        print(json.dumps(_record(job, ws, lanes.queue_spots(ws) if job.state == "queued" else {}), indent=2,
+                         default=str))
     else:
         print(f"{job.id}: {job.state}" + (f" {json.dumps(job.result)}" if job.result else ""))
         if job.state == "failed" and job.error:

@@ -1,4 +1,5 @@
-"""CLI commands `prune` (apply a rule to the web set, save a manifest) and `manifests` (list them)."""
+"""CLI commands `prune` (apply a rule to the web set, save a manifest), `manifests` (list them) and `sort-stats`
+(store the sorted statistics the pages memory-map)."""
 from __future__ import annotations
 
 import argparse
@@ -80,4 +81,25 @@ def cmd_manifests(args: argparse.Namespace) -> int:
         print(f"no manifests yet; create one with `python -m clipsim prune --workspace {args.workspace} ...`")
     else:
         print(table.to_string(index=False))
+    return 0
+
+
+def _sort_stats_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--web", help="web train set (default: the first train set that is not the reference)")
+    p.add_argument("--tests", help="comma-separated test sets (default: every searched one); several also store "
+                   "their elementwise maximum")
+    p.add_argument("--reference", default="auto", help="reference of the margins (default: the workspace's, when "
+                   "every search stored them)")
+
+
+@command("sort-stats", "store the sorted per-sample statistics (and a combination of test sets) that the pages read",
+         _sort_stats_args)
+def cmd_sort_stats(args: argparse.Namespace) -> int:
+    from clipsim.prune.stored import sort_stats
+
+    out = sort_stats(Workspace.open(args.workspace), args.web, csv_list(args.tests), args.reference, tqdm_progress())
+    written = ", ".join(out["written"]) or "none (all current)"
+    print(f"sorted statistics of {out['web']} against {', '.join(out['tests'])}: written for {written}")
+    if out["combined"]:
+        print(f"combined: {out['combined']} ({'written' if out['combined_written'] else 'already current'})")
     return 0

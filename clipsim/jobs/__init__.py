@@ -10,6 +10,7 @@ every finishing worker start queued jobs.
 from clipsim.jobs.checks import Launch, check_params
 from clipsim.jobs.db import ACTIVE, STATES, Job
 from clipsim.jobs.kinds import KINDS, register_kind
+from clipsim.jobs.lanes import HEAVY, LANES, LIGHT, QueueSpot, describe_spot, lane_of, lane_slots, queue_spots
 from clipsim.jobs.scheduler import (
     CANCEL_GRACE_S,
     JobTimeout,
@@ -22,7 +23,15 @@ from clipsim.jobs.scheduler import (
     wait,
 )
 from clipsim.jobs.slurm import SLURM_DEFAULTS
-from clipsim.jobs.status import change_stamp, describe_job, jobs_frame, read_progress, tail_log, waiting_for
+from clipsim.jobs.status import (
+    change_stamp,
+    describe_job,
+    format_eta,
+    jobs_frame,
+    read_progress,
+    tail_log,
+    waiting_for,
+)
 
 _WORKER_NAMES = ("JobCancelled", "JobContext", "run_job")  # imported on use: `python -m clipsim.jobs.worker` must
 # find the worker module not yet imported (runpy warns otherwise)
@@ -36,7 +45,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'clipsim.jobs' has no attribute {name!r}")
 
 
-__all__ = ["ACTIVE", "CANCEL_GRACE_S", "KINDS", "SLURM_DEFAULTS", "STATES", "Job", "JobCancelled", "JobContext",
-           "JobTimeout", "Launch", "cancel", "change_stamp", "check_params", "describe_job", "get_job", "jobs_frame",
-           "launch", "list_jobs", "read_progress", "reconcile", "register_kind", "run_job", "slot_count", "tail_log",
-           "wait", "waiting_for"]
+__all__ = ["ACTIVE", "CANCEL_GRACE_S", "HEAVY", "KINDS", "LANES", "LIGHT", "SLURM_DEFAULTS", "STATES", "Job",
+           "JobCancelled", "JobContext", "JobTimeout", "Launch", "QueueSpot", "cancel", "change_stamp", "check_params",
+           "describe_job", "describe_spot", "format_eta", "get_job", "jobs_frame", "lane_of", "lane_slots", "launch",
+           "list_jobs", "queue_spots", "read_progress", "reconcile", "register_kind", "run_job", "slot_count",
+           "tail_log", "wait", "waiting_for"]

@@ -154,6 +154,15 @@ def check_prune(ws, params: dict, launch: Launch) -> None:
                             "overwrite")
 
 
+def check_sort_stats(ws, params: dict, launch: Launch) -> None:
+    """sort-stats: web (default the workspace's web set), tests (default every searched one), reference ('auto')."""
+    _only("sort-stats", params, {"web", "tests", "reference"})
+    ws.web_set(params.get("web"))
+    _datasets(ws, params, "tests", "test")
+    if params.get("reference") not in (None, "auto"):
+        check_datasets(ws, [params["reference"]], "params['reference']", "train")
+
+
 def check_train(ws, params: dict, launch: Launch) -> None:
     """train: manifest ('full' or a saved manifest), web, preset, overrides, control, seed."""
     from clipsim.prune.manifest import MANIFESTS
@@ -242,8 +251,11 @@ def check_demo(ws, params: dict, launch: Launch) -> None:
 
 
 def check_sleep(ws, params: dict, launch: Launch) -> None:
-    """sleep (the test kind): seconds, steps, fail_at, fail, ignore_term, children, tag (any label)."""
-    _only("sleep", params, {"seconds", "steps", "fail_at", "fail", "ignore_term", "children", "tag"})
+    """sleep (the test kind): seconds, steps, lane, fail_at, fail, ignore_term, children, tag (any label)."""
+    from clipsim.jobs.lanes import LANES
+
+    _only("sleep", params, {"seconds", "steps", "lane", "fail_at", "fail", "ignore_term", "children", "tag"})
+    _opt(params, "lane", check_choice, LANES)
     _opt(params, "seconds", check_float, 0.0)
     _opt(params, "steps", check_int, 1)
     _opt(params, "fail_at", check_int, 0)
@@ -254,9 +266,41 @@ def check_sleep(ws, params: dict, launch: Launch) -> None:
 
 CHECKS: dict[str, Callable[[object, dict, Launch], None]] = {
     "search": check_search, "search-array": check_search_array, "search-part": check_search_array,
-    "embed-array": check_embed_array, "embed-part": check_embed_array, "prune": check_prune, "train": check_train,
+    "embed-array": check_embed_array, "embed-part": check_embed_array, "prune": check_prune,
+    "sort-stats": check_sort_stats, "train": check_train,
     "evaluate": check_evaluate, "umap": check_umap, "report": check_report, "demo": check_demo, "sleep": check_sleep,
 }
+
+
+def check_slots(value, where) -> dict[str, int]:
+    """settings.jobs.slots: None (defaults), an int (the heavy lane's slots) or {"heavy": N, "light": M} (either key
+    may be left out); see clipsim.jobs.lanes.
+
+    Returns:
+        {lane: slots} for the lanes given.
+
+    Raises:
+        ClipsimError: another type, an unknown lane or a count below 1 (the message names the value and the file).
+    """
+    from clipsim.jobs.lanes import LANES
+
+    form = 'an integer >= 1 (the heavy lane\'s slots) or {"heavy": N, "light": M}'
+    if value is None:
+        return {}
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ClipsimError(f"settings.jobs.slots = {value!r} in {where} must be {form}")
+        return {"heavy": value}
+    if not isinstance(value, dict):
+        raise ClipsimError(f"settings.jobs.slots = {value!r} in {where} must be {form}")
+    unknown = sorted(set(value) - set(LANES))
+    if unknown:
+        raise ClipsimError(f"settings.jobs.slots in {where} names unknown lane(s) {unknown}; the lanes are "
+                           f"{', '.join(LANES)} (e.g. {{\"heavy\": 1, \"light\": 2}})")
+    for lane, count in value.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ClipsimError(f"settings.jobs.slots.{lane} = {count!r} in {where} must be an integer >= 1")
+    return dict(value)
 
 
 def check_dedup(ws, params: dict, launch: Launch) -> None:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 KINDS: dict[str, str] = {
     "search": "clipsim.jobs.kinds:search_job",
     "prune": "clipsim.jobs.kinds:prune_job",
+    "sort-stats": "clipsim.prune.stored:sort_stats_job",  # the sorted statistics the pages memory-map
     "demo": "clipsim.jobs.kinds:demo_job",
     "train": "clipsim.runs.train:train_job",
     "evaluate": "clipsim.runs.evaluate:evaluate_job",
@@ -40,22 +41,26 @@ KINDS: dict[str, str] = {
 ARRAY_TASKS: dict[str, str] = {"search-array": "search-part", "embed-array": "embed-part", "dedup-array": "dedup-part"}
 
 
-def register_kind(name: str, target: str, check: Callable | None = None) -> None:
+def register_kind(name: str, target: str, check: Callable | None = None, lane: str | None = None) -> None:
     """Register (or replace) a kind: `target` is "package.module:function".
 
     Args:
         name: the kind's name (the one name rule: clipsim.names.check_name).
         target: "package.module:function" run by the worker.
         check: optional `check(ws, params, launch)` run at launch (see clipsim.jobs.checks).
+        lane: 'heavy' or 'light' (clipsim.jobs.lanes; default: light unless the name is a known heavy kind).
 
     Raises:
-        ClipsimError: a bad name or target.
+        ClipsimError: a bad name, target or lane.
     """
     from clipsim.jobs.checks import register_check
+    from clipsim.jobs.lanes import set_kind_lane
 
     check_name(name, "job kind")
     if ":" not in target:
         raise ClipsimError(f"job kind target {target!r} for {name!r} must look like 'package.module:function'")
+    if lane is not None:
+        set_kind_lane(name, lane)
     if check is not None:
         register_check(name, check)
     KINDS[name] = target
@@ -146,7 +151,8 @@ def demo_job(ws, params: dict, ctx: JobContext) -> dict:
 def sleep_job(ws, params: dict, ctx: JobContext) -> dict:
     """A test kind: sleeps `seconds` in `steps` steps, reporting progress and checking for cancellation.
 
-    params: seconds (1.0), steps (10), fail_at (step at which to raise; `fail: true` = halfway),
+    params: seconds (1.0), steps (10), lane ('heavy' by default, or 'light': clipsim.jobs.lanes), fail_at (step at
+    which to raise; `fail: true` = halfway),
     ignore_term (ignore SIGTERM/SIGINT and never check for cancellation: a stuck worker), children (0: how many
     child processes to start first, each with a grandchild in its own session, like torchrun and its ranks; their
     pids go to children.json), tag (a label that only tells otherwise identical jobs apart).

@@ -6,17 +6,16 @@ queued jobs while slots are free and their dependency is done, and mark jobs who
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import time
-from pathlib import Path
 
 from clipsim import fileio
 from clipsim.errors import ClipsimError, ReadOnlyError, WorkspaceError
 from clipsim.jobs import db
 from clipsim.jobs.backends import get_backend, reap_children
 from clipsim.jobs.db import ACTIVE, Job
+from clipsim.jobs.lanes import gpu_count, lane_of, lane_slots, slot_count  # noqa: F401  (gpu_count, slot_count: public here too)
 from clipsim.names import read_only
 
 log = logging.getLogger(__name__)
@@ -26,30 +25,6 @@ CANCEL_GRACE_S = 5.0  # SIGTERM first; a worker still alive after this gets SIGK
 
 class JobTimeout(ClipsimError, TimeoutError):
     """`wait` gave up while the job was still queued or running."""
-
-
-@functools.cache
-def gpu_count() -> int:
-    """Visible CUDA devices (torch.cuda.device_count()); 0 without an NVIDIA driver, without importing torch."""
-    if not (Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia/gpus").is_dir()):
-        return 0  # importing torch takes seconds; skip it on machines that cannot have a GPU
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def slot_count(ws) -> int:
-    """How many local jobs may run at once: settings.jobs.slots, else one per visible GPU (one on a CPU machine).
-
-    Raises:
-        ClipsimError: settings.jobs.slots is not a positive integer.
-    """
-    configured = ws.settings.get("jobs", {}).get("slots")
-    if configured is None:
-        return max(1, gpu_count())
-    if not isinstance(configured, int) or configured < 1:
-        raise ClipsimError(f"settings.jobs.slots = {configured!r} in {ws.path('clipsim.json')} must be an integer >= 1")
-    return configured
 
 
 def _refuse_read_only(action: str) -> None:
@@ -128,7 +103,7 @@ def launch(ws, kind: str, params: dict | None = None, backend: str | None = None
         raise ClipsimError(f"params of the {kind!r} job must be JSON-able ({err}): {params!r}") from err
     backend = backend or ws.settings.get("jobs", {}).get("backend", "local")
     get_backend(backend)
-    slot_count(ws)  # a bad settings.jobs.slots is refused now, not after the record is written
+    lane_slots(ws)  # a bad settings.jobs.slots is refused now, not after the record is written
     depends_on = ",".join(depends_on) if isinstance(depends_on, (list, tuple)) else depends_on
     check_params(ws, kind, params, Launch(backend, waits=bool(depends_on)))
     job = Job(id=db.new_job_id(kind), kind=kind, params=params, created=time.time(), backend=backend,
@@ -187,9 +162,11 @@ def _dependencies(job: Job) -> list[str]:
 def _claim_ready(ws, start_backends: tuple[str, ...] | None) -> list[Job]:
     """In one transaction: end jobs whose dependency failed or was cancelled, claim runnable ones (-> running)."""
     now, root, claimed = time.time(), str(ws.root), []
-    slots = slot_count(ws)
+    slots = lane_slots(ws)
     with db.transaction(ws) as con:
-        busy = len(db.select(con, root, "state = 'running' AND backend = 'local'"))
+        busy = dict.fromkeys(slots, 0)
+        for running in db.select(con, root, "state = 'running' AND backend = 'local'"):
+            busy[lane_of(ws, running)] += 1
         for job in db.select(con, root, "state = 'queued'", order="created ASC, id ASC"):
             deps = {d: db.fetch(con, d, root) for d in _dependencies(job)}
             bad = next((d for d, dep in deps.items() if dep is None or dep.state in ("failed", "cancelled")), None)
@@ -203,10 +180,11 @@ def _claim_ready(ws, start_backends: tuple[str, ...] | None) -> list[Job]:
                 continue
             if start_backends and job.backend not in start_backends:
                 continue
-            if job.backend == "local":
-                if busy >= slots:
+            if job.backend == "local":  # each lane has its own slots: a light job never waits behind a heavy one
+                lane = lane_of(ws, job)
+                if busy[lane] >= slots[lane]:
                     continue
-                busy += 1
+                busy[lane] += 1
             if db.update(con, job.id, only_if=("queued",), state="running", submitted=now):
                 claimed.append(db.fetch(con, job.id, root))
     return claimed

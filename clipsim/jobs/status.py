@@ -57,12 +57,15 @@ def describe_job(job: Job) -> str:
 
 
 def waiting_for(ws, job: Job) -> str:
-    """Why a queued job has not started: the dependency it waits for (with its state), or a free slot.
+    """Why a queued job has not started: the dependency it waits for (with its state), or a free slot in its lane
+    with its place there and an estimated start (clipsim.jobs.lanes).
 
     Returns:
-        'waiting for job ID (running)' or 'waiting for a free slot (1 of 1 busy)'; '' unless queued.
+        'waiting for job ID (running)', or 'waiting for a free heavy slot (1 of 1 busy); 2nd in the heavy lane,
+        starts in about 12 min (when job X ends)'; '' unless queued.
     """
-    from clipsim.jobs.scheduler import get_job, list_jobs, slot_count
+    from clipsim.jobs.lanes import describe_spot, lane_of, lane_slots, queue_spots
+    from clipsim.jobs.scheduler import get_job, list_jobs
 
     if job.state != "queued":
         return ""
@@ -72,8 +75,21 @@ def waiting_for(ws, job: Job) -> str:
             return f"waiting for job {dep} ({state})"
     if job.backend != "local":
         return f"waiting for {job.backend} to start it"
-    busy = len([j for j in list_jobs(ws, states=["running"]) if j.backend == "local"])
-    return f"waiting for a free slot ({busy} of {slot_count(ws)} busy)"
+    lane = lane_of(ws, job)
+    busy = len([j for j in list_jobs(ws, states=["running"]) if j.backend == "local" and lane_of(ws, j) == lane])
+    spot = queue_spots(ws).get(job.id)
+    return f"waiting for a free {lane} slot ({busy} of {lane_slots(ws)[lane]} busy)" + (
+        f"; {describe_spot(spot)}" if spot is not None else "")
+
+
+def format_eta(seconds: float | None) -> str:
+    """'1 h 02 min', '3 min 05 s', '42 s'; '' when unknown."""
+    if seconds is None:
+        return ""
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 
 def change_stamp(ws) -> tuple:
@@ -123,15 +139,21 @@ def _fmt_time(ts: float | None) -> pd.Timestamp | None:
 
 def jobs_frame(ws, kind: str | list[str] | None = None, limit: int | None = None) -> pd.DataFrame:
     """One row per job, newest first: id, kind, state, fraction, message, eta_s, created, started, finished,
-    duration_s, backend, backend_id, depends_on, exit_code, params, result, error (params/result as JSON text).
+    duration_s, backend, backend_id, depends_on, exit_code, params, result, error (params/result as JSON text),
+    lane, queue_position and start_in_s (queued local jobs: clipsim.jobs.lanes.queue_spots).
     """
+    from clipsim.jobs.lanes import lane_of, queue_spots
     from clipsim.jobs.scheduler import list_jobs
 
     columns = ["id", "kind", "state", "fraction", "message", "eta_s", "created", "started", "finished", "duration_s",
-               "backend", "backend_id", "depends_on", "exit_code", "params", "result", "error"]
+               "backend", "backend_id", "depends_on", "exit_code", "params", "result", "error", "lane",
+               "queue_position", "start_in_s"]
     rows = []
     now = time.time()
-    for job in list_jobs(ws, kind=kind, limit=limit):
+    listed = list_jobs(ws, kind=kind, limit=limit)
+    spots = queue_spots(ws) if any(j.state == "queued" for j in listed) else {}
+    for job in listed:
+        spot = spots.get(job.id)
         progress = read_progress(job)
         end = job.finished or (now if job.started else None)
         rows.append({
@@ -142,6 +164,7 @@ def jobs_frame(ws, kind: str | list[str] | None = None, limit: int | None = None
             "backend_id": job.backend_id, "depends_on": job.depends_on, "exit_code": job.exit_code,
             "params": json.dumps(job.params, sort_keys=True),
             "result": json.dumps(job.result, sort_keys=True) if job.result is not None else None,
-            "error": job.error,
+            "error": job.error, "lane": lane_of(ws, job), "queue_position": spot.position if spot else None,
+            "start_in_s": spot.start_in_s if spot else None,
         })
     return pd.DataFrame(rows, columns=columns)

@@ -149,3 +149,34 @@ def post_prune_histogram(
     shapes += [_vline(med, colours[web])] if med is not None else []
     traces += _bounds_traces(after[~exact], xbins)
     return _figure(traces, shapes, title, height, "nearest-neighbour cosine similarity s(t)", xbins)
+
+
+def removal_curve(curves: dict[str, tuple[np.ndarray, np.ndarray]], n: int, cut: float | None, x_title: str,
+                  colours: dict[str, str] | None = None, title: str = "") -> go.Figure:
+    """Share of web samples a cut would remove, as a function of the cut, from stored cumulative histograms.
+
+    Args:
+        curves: {name: (edges (b,) float32, above (b,) int64: how many values are > each edge)} per test set
+            (and 'combined'); clipsim.prune.columns.Column.hist.
+        n: web samples.
+        cut: the current cut, drawn as a line (None: none).
+        x_title: the cut's name, e.g. 'τ' or 'δ'.
+        colours: {name: colour}.
+
+    Returns:
+        The figure (x: cut, y: share removed), zoomed to where the share changes.
+    """
+    colours = colours or dataset_colours(list(curves))
+    traces, lo, hi = [], np.inf, -np.inf
+    for name, (edges, above) in curves.items():
+        share = above / max(n, 1)
+        moving = np.flatnonzero((share > 0) & (share < 1))
+        if len(moving):
+            lo, hi = min(lo, float(edges[max(moving[0] - 1, 0)])), max(hi, float(edges[min(moving[-1] + 1, len(edges) - 1)]))
+        traces.append({"type": "scatter", "mode": "lines", "x": edges, "y": share, "name": name,
+                       "line": {"color": colours.get(name, THRESHOLD_COLOUR), "width": 2 if name == "combined" else 1.2,
+                                "shape": "hv"}})
+    xbins = {"start": lo if np.isfinite(lo) else -1.0, "end": hi if np.isfinite(hi) else 1.0, "size": 0.01}
+    fig = _figure(traces, [_vline(cut, THRESHOLD_COLOUR)] if cut is not None else [], title, 260, x_title, xbins, cut)
+    fig.update_yaxes(title_text="share of web removed", tickformat=".0%")
+    return fig

@@ -24,6 +24,7 @@ def restrict_to_base(stats, base: str):
     Raises:
         WorkspaceError: unknown or stale base, a base of another web set, or statistics already restricted.
     """
+    from clipsim.prune.columns import Column
     from clipsim.prune.stats import PruneStats
 
     if stats.base is not None or stats.ws is None:
@@ -31,9 +32,13 @@ def restrict_to_base(stats, base: str):
         raise WorkspaceError(f"cannot restrict to base {base!r}: these statistics {why}; load them with "
                              "PruneStats.load(ws, web, tests, base=NAME)")
     rows, info = base_rows(stats.ws, base, stats.web)
-    margins = {t: stats.margin(t)[rows] for t in stats.tests} if stats.has_margins else None
-    out = PruneStats(stats.web, len(rows), {t: stats.max_sim(t)[rows] for t in stats.tests}, margins, stats.reference,
-                     stats.fingerprints, stats.web_fingerprint, ws=stats.ws, keys=stats.keys[rows])
+    # the kept rows' values are read into memory and sorted there: stored sorted statistics (and stored combinations
+    # of test sets) cover the whole web set, not a base's subset
+    kinds = ("m", "g") if stats.has_margins else ("m",)
+    columns = {(kind, test): Column(np.ascontiguousarray(stats.column(kind, test).values[rows]),
+                                    stats.column(kind, test).name) for kind in kinds for test in stats.tests}
+    out = PruneStats(stats.web, len(rows), columns, stats.tests, stats.reference, stats.fingerprints,
+                     stats.web_fingerprint, ws=stats.ws, keys=stats.keys[rows])
     out.base, out.base_rows = info, rows
     return out
 

@@ -18,7 +18,7 @@ from clipsim.search.scan import ExactScanner, Group
 Progress = Callable[[int, int, str], None]
 
 
-def post_prune_nn_similarity(ws, test: str, web: str, removed: np.ndarray, rule: str | None = None,
+def post_prune_nn_similarity(ws, test: str, web: str, removed, rule: str | None = None,
                              params: dict | None = None, tests: list[str] | None = None,
                              reference: str | None = None) -> pd.DataFrame:
     """s_web(t) before and after removing web rows, from the stored top-k (no scan).
@@ -32,7 +32,8 @@ def post_prune_nn_similarity(ws, test: str, web: str, removed: np.ndarray, rule:
         ws: the workspace.
         test: test set name.
         web: web train set name (searched against `test`).
-        removed: (n_web,) bool mask in web row order.
+        removed: (n_web,) bool mask in web row order, or the clipsim.prune.rules.Pruning that makes it (then only
+            the stored neighbours' rows are looked up: no full mask is built).
         rule, params, tests, reference: the rule that made the mask (optional; tightens the bounds). tests: the
             rule's test sets (default: all, so the bound applies); reference: default ws.settings['reference'].
 
@@ -41,10 +42,14 @@ def post_prune_nn_similarity(ws, test: str, web: str, removed: np.ndarray, rule:
         web_id (nearest kept web row, -1 when not known).
     """
     res = ws.search_result(test, web)
-    removed = _check_mask(removed, res.config["train_count"], web)
     sims, ids = res.arrays()
     valid = ids >= 0
-    kept = valid & ~removed[np.where(valid, ids, 0)]
+    rows = np.where(valid, ids, 0)
+    if isinstance(removed, np.ndarray) or not hasattr(removed, "removed_at"):
+        flags = _check_mask(removed, res.config["train_count"], web)[rows]
+    else:
+        flags = removed.removed_at(rows)
+    kept = valid & ~flags
     has = kept.any(axis=1)
     first = np.argmax(kept, axis=1)
     rows = np.arange(len(sims))

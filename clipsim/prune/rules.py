@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
 from clipsim.errors import WorkspaceError
+from clipsim.prune.columns import Cut, keep_cut
 from clipsim.prune.stats import PruneStats, canonical_rule, floor32, resolve_keep
 
 
@@ -27,7 +29,7 @@ def rule_threshold(stats: PruneStats, tau: float, tests: list[str] | str | None 
     Returns:
         removed (n,) bool.
     """
-    return _scores(stats, "m", tests) > floor32(tau)
+    return stats.select(tests).mask(Cut("m", floor32(tau)))
 
 
 def rule_similarity_gap(stats: PruneStats, delta: float = 0.0, tests: list[str] | str | None = None) -> np.ndarray:
@@ -38,7 +40,7 @@ def rule_similarity_gap(stats: PruneStats, delta: float = 0.0, tests: list[str] 
     Raises:
         WorkspaceError: the statistics were loaded without a reference.
     """
-    return _scores(stats, "g", tests) > floor32(delta)
+    return stats.select(tests).mask(Cut("g", floor32(delta)))
 
 
 def rule_near(stats: PruneStats, keep: float, tests: list[str] | str | None = None) -> np.ndarray:
@@ -46,7 +48,8 @@ def rule_near(stats: PruneStats, keep: float, tests: list[str] | str | None = No
 
     Ties at the cut: order is a stable sort on (m, row), so among equal scores the lower row is kept.
     """
-    return _keep_extreme(stats, keep, tests, lowest=True)
+    sel = stats.select(tests)
+    return sel.mask(keep_cut(sel.column("m"), "m", resolve_keep(sel.n, keep), lowest=True))
 
 
 def rule_far(stats: PruneStats, keep: float, tests: list[str] | str | None = None) -> np.ndarray:
@@ -54,7 +57,8 @@ def rule_far(stats: PruneStats, keep: float, tests: list[str] | str | None = Non
 
     Ties at the cut: order is a stable sort on (-m, row), so among equal scores the lower row is kept.
     """
-    return _keep_extreme(stats, keep, tests, lowest=False)
+    sel = stats.select(tests)
+    return sel.mask(keep_cut(sel.column("m"), "m", resolve_keep(sel.n, keep), lowest=False))
 
 
 def rule_random(n: int, keep: float, seed: int = 0) -> np.ndarray:
@@ -67,41 +71,6 @@ def rule_random(n: int, keep: float, seed: int = 0) -> np.ndarray:
     removed = np.ones(n, dtype=bool)
     removed[np.random.default_rng(seed).choice(n, count, replace=False)] = False
     return removed
-
-
-def _keep_extreme(stats: PruneStats, keep: float, tests, lowest: bool) -> np.ndarray:
-    count = resolve_keep(stats.n, keep)
-    m, ordered = _scores(stats, "m", tests), _sorted_scores(stats, "m", tests)
-    if count == 0:
-        return np.ones(stats.n, dtype=bool)
-    cut = ordered[count - 1] if lowest else ordered[stats.n - count]
-    strictly = m < cut if lowest else m > cut
-    ties = np.flatnonzero(m == cut)[: count - int(strictly.sum())]  # lower rows first
-    kept = strictly
-    kept[ties] = True
-    return ~kept
-
-
-def _selected(stats: PruneStats, tests) -> list[str] | None:
-    """None when the selection is all loaded tests (their combined arrays are cached), else the list."""
-    if tests is None:
-        return None
-    tests = stats.check_tests(tests)
-    return None if tests == stats.tests else tests
-
-
-def _scores(stats: PruneStats, kind: str, tests) -> np.ndarray:
-    sel = _selected(stats, tests)
-    if sel is None or len(sel) == 1:
-        return stats.array(kind, sel[0] if sel else None, False)
-    return np.maximum.reduce([stats.array(kind, t, False) for t in sel])
-
-
-def _sorted_scores(stats: PruneStats, kind: str, tests) -> np.ndarray:
-    sel = _selected(stats, tests)
-    if sel is None or len(sel) == 1:
-        return stats.array(kind, sel[0] if sel else None, True)
-    return np.sort(_scores(stats, kind, tests))
 
 
 # ----- applying a rule: the spec, its statistics, parameters, mask and name --------------------------------
@@ -184,15 +153,43 @@ class RuleSpec:
 
 @dataclass
 class Pruning:
-    """A rule applied: the statistics it read (restricted to its test sets), its recorded parameters, the mask."""
+    """A rule applied: the statistics it read (restricted to its test sets), its recorded parameters, and which rows it
+    removes, as a Cut on those statistics (random: an explicit mask). The full mask is built on first use, chunk by
+    chunk; `removed_at` answers for a few rows without it (what a page needs)."""
 
     stats: PruneStats
     rule: str
     params: dict
-    removed: np.ndarray
+    random_mask: np.ndarray | None = None
+
+    @cached_property
+    def cut(self) -> Cut | None:
+        """The rule's cut (None for 'random').
+
+        Raises:
+            CombinedPending: near/far over several test sets whose combination a page's statistics lack.
+        """
+        if self.rule == "random":
+            return None
+        if self.rule in ("threshold", "similarity-gap"):
+            return Cut("m", floor32(self.params["tau"])) if self.rule == "threshold" else Cut(
+                "g", floor32(self.params["delta"]))
+        count = resolve_keep(self.stats.n, self.params["keep"])
+        return keep_cut(self.stats.column("m"), "m", count, lowest=self.rule == "near")
+
+    @cached_property
+    def removed(self) -> np.ndarray:
+        """The removed mask (n,) bool in web row order."""
+        return self.random_mask if self.cut is None else self.stats.mask(self.cut)
+
+    def removed_at(self, rows: np.ndarray) -> np.ndarray:
+        """Whether each of some web rows (any shape of valid row indices) is removed, without the full mask."""
+        if self.cut is None:
+            return self.random_mask[rows]
+        return self.cut.removed(self.stats.values_at(self.cut.kind, rows), rows)
 
     def counts(self) -> pd.DataFrame:
-        """Removed / kept / share of web per test set and combined (random: combined only)."""
+        """Removed / kept / share of web per test set and combined (random: combined only); see PruneStats.summary."""
         table = self.stats.summary(self.rule, **{k: v for k, v in self.params.items() if k in ("tau", "delta", "keep")})
         return table[table["test"] == "combined"].reset_index(drop=True) if self.rule == "random" else table
 
@@ -236,8 +233,7 @@ def apply_rule(stats: PruneStats, spec: RuleSpec) -> Pruning:
         ValueError: an out-of-range parameter. WorkspaceError: test sets not in `stats`, or `like` names no manifest.
     """
     rule = spec.rule
-    sel = stats if rule == "random" or spec.tests is None or list(spec.tests) == stats.tests else stats.subset(
-        list(spec.tests))
+    sel = stats if rule == "random" else stats.select(spec.tests)
     if rule in ("threshold", "similarity-gap"):
         name = "tau" if rule == "threshold" else "delta"
         if spec.remove_fraction is not None:
@@ -245,14 +241,16 @@ def apply_rule(stats: PruneStats, spec: RuleSpec) -> Pruning:
             params = {name: find(spec.remove_fraction), "remove_fraction": spec.remove_fraction}
         else:
             params = {name: spec.tau if rule == "threshold" else (spec.delta or 0.0)}
-        cut = rule_threshold if rule == "threshold" else rule_similarity_gap
-        return Pruning(sel, rule, params, cut(sel, params[name]))
+            if sel.tests:  # missing margins are refused now, not when the mask is first read
+                sel.column("m" if rule == "threshold" else "g", sel.tests[0])
+        return Pruning(sel, rule, params)
     keep = spec.keep if spec.like is None else _kept_count(stats, spec.like)
     if rule == "random":
         seed = int(spec.seed or 0)
         params = {"keep": keep, "seed": seed, **({"like": spec.like} if spec.like else {})}
         return Pruning(sel, rule, params, rule_random(sel.n, keep, seed))
-    return Pruning(sel, rule, {"keep": keep}, (rule_near if rule == "near" else rule_far)(sel, keep))
+    resolve_keep(sel.n, keep)  # an out-of-range keep is refused now, not when the mask is first read
+    return Pruning(sel, rule, {"keep": keep})
 
 
 def _kept_count(stats: PruneStats, like: str) -> int:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from clipsim.errors import WorkspaceError
+from clipsim.prune.columns import Column, Cut, cut_for_fraction, max_column
 
 RULES = ("threshold", "similarity-gap", "near", "far", "random")
 
@@ -61,8 +62,25 @@ def resolve_keep(n: int, keep: float) -> int:
     raise ValueError(f"keep={keep!r} must be an int count or a float fraction in (0, 1]")
 
 
+KIND_NAMES = {"m": "max similarity m_T", "g": "similarity-gap margin g_T"}
+UNION_ROWS = 500_000  # a combined count not stored yet is made exact from the stored row orders up to this many rows
+
+
+class CombinedPending(WorkspaceError):
+    """The elementwise maximum over these test sets is not stored yet, and these statistics never compute it (a page's:
+    combined='stored'); the `sort-stats` job writes it (clipsim.prune.stored.build_sorted_stats)."""
+
+    def __init__(self, web: str, tests: list[str], root) -> None:
+        self.web, self.tests = web, list(tests)
+        super().__init__(f"the combined statistics of {', '.join(tests)} against {web!r} are not stored yet; run "
+                         f"`python -m clipsim sort-stats --workspace {root} --web {web} --tests {','.join(tests)}`")
+
+
 class PruneStats:
     """Per-web-sample statistics of one web set against test sets, sorted once for O(log n) counting.
+
+    Each statistic is a Column: memory-mapped from the search's stored sorted statistics when they are current
+    (clipsim.sorted_stats), else read from the search's shards and sorted in memory. Both give the same bits.
 
     Attributes:
         web: web (train) set name.
@@ -73,30 +91,21 @@ class PruneStats:
         fingerprints: {test: fingerprint of the search result the statistics came from}.
         web_fingerprint: fingerprint of the web embeddings when loaded (None when built from arrays).
         ws: the workspace the statistics were loaded from (None when built from arrays).
+        combined: 'compute' (the max over several test sets is computed in memory when not stored: jobs, CLI) or
+            'stored' (read only from disk; else CombinedPending: pages).
         keys: web keys (n,) in row order, read on first use.
     """
 
-    def __init__(self, web: str, n: int, max_sim: dict[str, np.ndarray], margins: dict[str, np.ndarray] | None,
-                 reference: str | None, fingerprints: dict[str, str] | None = None,
-                 web_fingerprint: str | None = None, ws=None, keys: np.ndarray | None = None,
-                 _sorted: dict[tuple[str, str], np.ndarray] | None = None):
-        self.web, self.n, self.reference, self.tests = web, int(n), reference, list(max_sim)
+    def __init__(self, web: str, n: int, columns: dict[tuple[str, str], Column], tests: list[str],
+                 reference: str | None, fingerprints: dict[str, str] | None = None, web_fingerprint: str | None = None,
+                 ws=None, keys: np.ndarray | None = None, combined: str = "compute"):
+        if combined not in ("compute", "stored"):
+            raise ValueError(f"combined={combined!r}; use 'compute' or 'stored'")
+        self.web, self.n, self.reference, self.tests, self.combined = web, int(n), reference, list(tests), combined
         self.fingerprints, self.web_fingerprint, self.ws = dict(fingerprints or {}), web_fingerprint, ws
-        self.has_margins = margins is not None
-        self._vals = {("m", t): _check_array(a, n, f"max_sim[{t!r}]") for t, a in max_sim.items()}
-        if margins is not None:
-            self._vals.update({("g", t): _check_array(margins[t], n, f"margins[{t!r}]") for t in self.tests})
-        self._sorted = {k: v for k, v in (_sorted or {}).items() if k in self._vals}
-        for key, arr in self._vals.items():
-            if key not in self._sorted:
-                self._sorted[key] = np.sort(arr)
-        for kind in ("m", "g") if margins is not None else ("m",):
-            if len(self.tests) == 1:
-                self._vals[(kind, None)] = self._vals[(kind, self.tests[0])]
-                self._sorted[(kind, None)] = self._sorted[(kind, self.tests[0])]
-            elif self.tests:
-                self._vals[(kind, None)] = np.maximum.reduce([self._vals[(kind, t)] for t in self.tests])
-                self._sorted[(kind, None)] = np.sort(self._vals[(kind, None)])
+        self._cols = dict(columns)
+        self.has_margins = any(k == "g" for k, _ in self._cols) if self.tests else reference is not None
+        self._combined: dict[str, Column] = {}
         if keys is not None:
             self.__dict__["keys"] = np.asarray(keys)
         self.base: dict | None = None  # set by within_base: the base manifest whose kept rows these are
@@ -104,7 +113,8 @@ class PruneStats:
 
     # ----- construction ------------------------------------------------------------------------------
     @classmethod
-    def load(cls, ws, web: str, tests: list[str], reference: str | None = None, base: str | None = None) -> PruneStats:
+    def load(cls, ws, web: str, tests: list[str], reference: str | None = None, combined: str = "compute",
+             base: str | None = None) -> PruneStats:
         """Read m_T (and, with a reference, g_T) of every test set from the stored searches against `web`.
 
         Args:
@@ -112,31 +122,35 @@ class PruneStats:
             web: web train set name (its searches must be complete).
             tests: test set names; [] loads no statistics (enough for the random rule).
             reference: reference train set whose margins were stored (`search --reference R`), or None.
+            combined: 'compute' or 'stored' (see the class).
             base: a manifest of `web` (e.g. a dedup manifest): only the rows it keeps are loaded (see within_base).
 
         Returns:
-            The statistics, sorted (O(n log n) per array; the demo takes milliseconds).
+            The statistics: memory-mapped when stored sorted (nothing read), else read and sorted in memory.
 
         Raises:
             WorkspaceError: unknown set, missing search or missing reference margins (the message gives the command).
         """
-        tests = _as_list(tests)
-        emb = ws.embeddings(web)
-        max_sim, margins, fps = {}, ({} if reference else None), {}
+        from clipsim.prune.stored import open_search_stats, stat_names
+
+        tests, emb, names = _as_list(tests), ws.embeddings(web), stat_names(reference)
+        columns, fps = {}, {}
         for test in tests:
             if ws.dataset(test).role != "test":
                 raise WorkspaceError(f"{test!r} is a {ws.dataset(test).role} set; pass test sets "
                                      f"(registered: {', '.join(ws.dataset_names('test'))})")
             res = ws.search_result(test, web)
             fps[test] = res.fingerprint
-            max_sim[test] = res.train_stat("max_sim")
-            if len(max_sim[test]) != emb.count:
-                raise WorkspaceError(
-                    f"the search of {test!r} against {web!r} covers {len(max_sim[test])} web rows but {web!r} now has "
-                    f"{emb.count}; re-run `python -m clipsim search --workspace {ws.root} --train {web}`")
             if reference:
-                margins[test] = _load_margin(ws, res, reference)
-        stats = cls(web, emb.count, max_sim, margins, reference, fps, emb.fingerprint(), ws=ws)
+                _check_margins(ws, res, reference)
+            disk = open_search_stats(res, names)
+            for kind, name in zip(("m", "g"), names):
+                columns[(kind, test)] = col = disk[name] if disk else Column(res.train_stat(name), name)
+                if col.n != emb.count:
+                    raise WorkspaceError(
+                        f"the search of {test!r} against {web!r} covers {col.n} web rows but {web!r} now has "
+                        f"{emb.count}; re-run `python -m clipsim search --workspace {ws.root} --train {web}`")
+        stats = cls(web, emb.count, columns, tests, reference, fps, emb.fingerprint(), ws=ws, combined=combined)
         return stats.within_base(base) if base else stats
 
     @classmethod
@@ -152,19 +166,32 @@ class PruneStats:
         n = len(next(iter(max_sim.values())))
         if margins is not None and set(margins) != set(max_sim):
             raise ValueError(f"margins cover {sorted(margins)} but max_sim covers {sorted(max_sim)}; pass both per test set")
-        return cls(web, n, max_sim, margins, reference, keys=keys)
+        columns = {("m", t): Column(_check_array(a, n, f"max_sim[{t!r}]"), "max_sim") for t, a in max_sim.items()}
+        for t in max_sim if margins is not None else ():
+            columns[("g", t)] = Column(_check_array(margins[t], n, f"margins[{t!r}]"), f"margin/{reference}")
+        return cls(web, n, columns, list(max_sim), reference, keys=keys)
 
     def subset(self, tests: list[str] | str) -> PruneStats:
-        """The same statistics restricted to some test sets (per-test arrays and sorted copies reused)."""
+        """The same statistics restricted to some test sets (their columns, and sorted copies, shared)."""
         tests = self.check_tests(tests)
-        margins = {t: self._vals[("g", t)] for t in tests} if self.has_margins else None
-        out = PruneStats(self.web, self.n, {t: self._vals[("m", t)] for t in tests}, margins, self.reference,
-                         {t: self.fingerprints[t] for t in tests if t in self.fingerprints}, self.web_fingerprint,
-                         ws=self.ws, _sorted={k: v for k, v in self._sorted.items() if k[1] in tests})
+        out = PruneStats(self.web, self.n, {k: c for k, c in self._cols.items() if k[1] in tests}, tests,
+                         self.reference, {t: self.fingerprints[t] for t in tests if t in self.fingerprints},
+                         self.web_fingerprint, ws=self.ws, combined=self.combined)
         if "keys" in self.__dict__:
             out.__dict__["keys"] = self.__dict__["keys"]
         out.base, out.base_rows = self.base, self.base_rows
         return out
+
+    def select(self, tests: list[str] | str | None) -> PruneStats:
+        """self when `tests` is None or every loaded test set (in order), else subset(tests)."""
+        return self if tests is None or _as_list(tests) == self.tests else self.subset(tests)
+
+    def prepare(self) -> PruneStats:
+        """Sort every column and compute the combinations now (else on first use); returns self."""
+        for kind in ("m", "g") if self.has_margins else ("m",):
+            for test in [*self.tests, *([None] if self.tests else [])]:
+                self.column(kind, test).sorted  # noqa: B018  (a cached property: computed here, once)
+        return self
 
     def within_base(self, base: str) -> PruneStats:
         """The statistics of the web rows that manifest `base` keeps (see clipsim.prune.base.restrict_to_base)."""
@@ -208,7 +235,52 @@ class PruneStats:
             reasons += [f"search {test!r} vs {self.web!r} is stale: {r}" for r in res.stale_reasons()]
         return reasons
 
-    # ----- arrays ------------------------------------------------------------------------------------
+    # ----- columns and arrays --------------------------------------------------------------------------
+    def column(self, kind: str, test: str | None = None) -> Column:
+        """The Column of statistic `kind` ("m" | "g") for one test set, or (None) the max over all loaded ones.
+
+        Raises:
+            WorkspaceError: no margins loaded, or a test set not loaded. CombinedPending: combined='stored' and
+                the max over several test sets is not stored yet. ValueError: no test sets loaded.
+        """
+        if kind == "g" and not self.has_margins:
+            raise WorkspaceError(
+                f"no similarity-gap statistics loaded for {self.web!r}; load with "
+                "PruneStats.load(ws, web, tests, reference='<reference set>') (CLI: --reference)")
+        if test is not None:
+            return self._cols[(kind, self.check_tests([test])[0])]
+        if not self.tests:
+            raise ValueError("no test sets loaded; PruneStats.load(ws, web, tests=[...]) with at least one test set")
+        if len(self.tests) == 1:
+            return self._cols[(kind, self.tests[0])]
+        if not self.combined_ready(kind):
+            raise CombinedPending(self.web, self.tests, self.ws.root if self.ws is not None else "WORKSPACE")
+        if kind not in self._combined:
+            self._combined[kind] = max_column([self._cols[(kind, t)] for t in self.tests], self._cols[(kind, self.tests[0])].name)
+        return self._combined[kind]
+
+    def combined_ready(self, kind: str = "m") -> bool:
+        """Whether column(kind) answers for the max over all loaded test sets without raising CombinedPending (it is
+        stored, already computed, or these statistics compute it); checks the disk again on every call until then."""
+        if len(self.tests) <= 1 or kind in self._combined:
+            return True
+        cols = [self._cols[(kind, t)] for t in self.tests]
+        if self.ws is not None and all(c.on_disk for c in cols):
+            from clipsim.prune.stored import open_combined
+
+            stored = open_combined(self.ws, self.web, {t: self.fingerprints[t] for t in sorted(self.tests)}, cols[0].name)
+            if stored is not None:
+                self._combined[kind] = stored
+                return True
+            return self.combined == "compute"
+        return True
+
+    def array(self, kind: str, test: str | None = None, sort: bool = False) -> np.ndarray:
+        """The statistic `kind` ("m": max similarity, "g": similarity-gap margin) per web row (n,) float32, for
+        one test set or (None) the max over all loaded ones; sort=True: the ascending copy (memory-mapped when stored)."""
+        col = self.column(kind, test)
+        return col.sorted if sort else col.values
+
     def max_sim(self, test: str | None = None, sort: bool = False) -> np.ndarray:
         """m_T(x) per web row (n,) float32 (test=None: max over all loaded tests); sort=True: ascending copy."""
         return self.array("m", test, sort)
@@ -217,18 +289,28 @@ class PruneStats:
         """g_T(x) per web row (n,) float32 (test=None: max over loaded tests); sort=True: ascending copy."""
         return self.array("g", test, sort)
 
-    def array(self, kind: str, test: str | None = None, sort: bool = False) -> np.ndarray:
-        """The statistic `kind` ("m": max similarity, "g": similarity-gap margin) per web row (n,) float32, for
-        one test set or (None) the max over all loaded ones; sort=True: the ascending copy."""
-        if kind == "g" and not self.has_margins:
-            raise WorkspaceError(
-                f"no similarity-gap statistics loaded for {self.web!r}; load with "
-                "PruneStats.load(ws, web, tests, reference='<reference set>') (CLI: --reference)")
-        if test is None and not self.tests:
-            raise ValueError("no test sets loaded; PruneStats.load(ws, web, tests=[...]) with at least one test set")
-        if test is not None:
-            self.check_tests([test])
-        return (self._sorted if sort else self._vals)[(kind, test)]
+    def values_at(self, kind: str, rows: np.ndarray) -> np.ndarray:
+        """The statistic (max over all loaded test sets) at some rows: the combined column's values when it is ready,
+        else the max of each test set's values there (the same numbers, no combination needed)."""
+        if self.combined_ready(kind):
+            return self.column(kind).at(rows)
+        return np.maximum.reduce([self._cols[(kind, t)].at(rows) for t in self.tests])
+
+    def mask(self, cut: Cut) -> np.ndarray:
+        """The removed mask (n,) bool of a cut on the max over all loaded test sets, built chunk by chunk."""
+        col, out = self.column(cut.kind), np.empty(self.n, dtype=bool)
+        for lo, chunk in col.chunks():
+            rows = np.arange(lo, lo + len(chunk)) if cut.tie_row is not None else None
+            out[lo : lo + len(chunk)] = cut.removed(chunk, rows)
+        return out
+
+    def removal_curves(self, kind: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{test: (edges, how many values are > each edge)} per loaded test set, and 'combined' when ready: the
+        stored cumulative histograms (clipsim.plots.removal_curve draws them)."""
+        curves = {t: self.column(kind, t).hist() for t in self.tests}
+        if len(self.tests) > 1 and self.combined_ready(kind):
+            curves["combined"] = self.column(kind).hist()
+        return curves
 
     def check_tests(self, tests: list[str] | str) -> list[str]:
         """The test names as a list; raises WorkspaceError naming any not loaded."""
@@ -241,47 +323,44 @@ class PruneStats:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the statistics and their sorted copies (shared arrays counted once)."""
-        held = {id(a): a.nbytes for d in (self._vals, self._sorted) for a in d.values()}
+        """Bytes held in memory by the statistics and their sorted copies (memory-mapped ones count 0)."""
+        held = {id(c): c.nbytes for c in [*self._cols.values(), *self._combined.values()]}
         return int(sum(held.values()))
 
     # ----- counting (O(log n), no rescans) -----------------------------------------------------------
     def count_threshold(self, tau: float, test: str | None = None) -> int:
         """#web samples with m(x) > tau (strict); m of one test set, or the max over all (test=None)."""
-        a = self.array("m", test, True)
-        return self.n - int(np.searchsorted(a, floor32(tau), side="right"))
+        return self.column("m", test).count_above(floor32(tau))
 
     def count_gap(self, delta: float = 0.0, test: str | None = None) -> int:
         """#web samples with g(x) > delta (strict): some t has cos(x, t) > s_R(t) + delta; test=None: union."""
-        a = self.array("g", test, True)
-        return self.n - int(np.searchsorted(a, floor32(delta), side="right"))
+        return self.column("g", test).count_above(floor32(delta))
+
+    def combined_count(self, kind: str, value: float) -> tuple[int, int]:
+        """(low, high) bounds on #web samples whose max over all loaded test sets is > value; low == high: exact.
+
+        Exact whenever the combination is ready, or when at most UNION_ROWS rows lie above value in the test sets
+        (the union of their stored row orders); otherwise the largest single count and the sum (capped at n).
+        """
+        v = floor32(value)
+        if self.combined_ready(kind):
+            count = self.column(kind).count_above(v)
+            return count, count
+        cols = [self._cols[(kind, t)] for t in self.tests]
+        per = [c.count_above(v) for c in cols]
+        low, high = max(per), min(self.n, sum(per))
+        if low != high and sum(per) <= UNION_ROWS:
+            low = high = len(np.unique(np.concatenate([c.rows_above(v) for c in cols])))
+        return low, high
 
     def tau_for_fraction(self, fraction: float, test: str | None = None) -> float:
-        """A threshold whose strict-removal count `count_threshold` is the achievable count closest to fraction * n.
-
-        Ties between two achievable counts equally far from the target go to the smaller count (higher tau).
-        The answer is a stored float32 value (or one ulp below the minimum, which removes everything).
-        """
-        return self._cut_for_fraction("m", fraction, test)
+        """A threshold whose strict-removal count `count_threshold` is the achievable count closest to fraction * n
+        (ties to the smaller count; see clipsim.prune.columns.cut_for_fraction)."""
+        return cut_for_fraction(self.column("m", test), fraction)
 
     def delta_for_fraction(self, fraction: float, test: str | None = None) -> float:
         """Like `tau_for_fraction` for the similarity-gap margin: count_gap(delta) closest to fraction * n."""
-        return self._cut_for_fraction("g", fraction, test)
-
-    def _cut_for_fraction(self, kind: str, fraction: float, test: str | None) -> float:
-        if not 0.0 <= float(fraction) <= 1.0:
-            raise ValueError(f"fraction {fraction!r} is not in [0, 1]; pass the share of web samples to remove")
-        a = self.array(kind, test, True)
-        if self.n == 0:
-            return 0.0
-        target = round(float(fraction) * self.n)
-        if target == 0:
-            return float(a[-1])
-        v = a[self.n - target]  # the smallest value that `target` removals would take
-        j = int(np.searchsorted(a, v, side="left"))  # removing v's whole tie group removes n - j >= target
-        above = a[j - 1] if j > 0 else np.nextafter(v, np.float32(-np.inf))  # tau = a[j-1] removes n - j
-        fewer = self.n - int(np.searchsorted(a, v, side="right"))  # tau = v removes fewer than target
-        return float(v) if target - fewer <= (self.n - j) - target else float(above)
+        return cut_for_fraction(self.column("g", test), fraction)
 
     def summary(self, rule: str, **params) -> pd.DataFrame:
         """Removal counts of a rule per test set and combined, from the sorted arrays (no mask built).
@@ -291,29 +370,36 @@ class PruneStats:
                 optional tests (a subset; default all loaded).
 
         Returns:
-            DataFrame with rows per test set and a last row 'combined': test, removed, kept, share_of_web.
+            DataFrame with rows per test set and a last row 'combined': test, removed, kept, share_of_web. While the
+            combination is not stored (combined='stored') and its count is not exact, removed and kept are nullable
+            (<NA>) on that row and `frame.attrs["bounds"]` holds (low, high).
         """
         rule = canonical_rule(rule)
-        stats = self.subset(params["tests"]) if params.get("tests") is not None else self
+        stats = self.select(params.get("tests"))
         names = list(stats.tests) + (["combined"] if stats.tests or rule in ("near", "far", "random") else [])
-        if rule == "threshold":
-            removed = [stats.count_threshold(params["tau"], t if t != "combined" else None) for t in names]
-        elif rule == "similarity-gap":
-            removed = [stats.count_gap(params.get("delta", 0.0), t if t != "combined" else None) for t in names]
+        bounds = None
+        if rule in ("threshold", "similarity-gap") and stats.tests:
+            kind, value = ("m", params["tau"]) if rule == "threshold" else ("g", params.get("delta", 0.0))
+            removed = [stats.column(kind, t).count_above(floor32(value)) for t in stats.tests]
+            low, high = stats.combined_count(kind, value)
+            removed.append(low if low == high else pd.NA)
+            bounds = None if low == high else (low, high)
         else:
-            removed = [stats.n - resolve_keep(stats.n, params["keep"])] * len(names)
-        removed = np.asarray(removed, dtype=np.int64)
-        share = removed / stats.n if stats.n else np.zeros(len(removed))
-        return pd.DataFrame({"test": names, "removed": removed, "kept": stats.n - removed, "share_of_web": share})
+            removed = [stats.n - resolve_keep(stats.n, params["keep"])] * len(names) if names else []
+        frame = pd.DataFrame({"test": names, "removed": pd.array(removed, dtype="Int64" if bounds else "int64")})
+        frame["kept"] = stats.n - frame["removed"]
+        frame["share_of_web"] = (frame["removed"] / stats.n).astype(float) if stats.n else 0.0
+        if bounds:
+            frame.attrs["bounds"] = bounds
+        return frame
 
 
-def _load_margin(ws, res, reference: str) -> np.ndarray:
+def _check_margins(ws, res, reference: str) -> None:
     if reference not in res.config.get("references", {}):
         raise WorkspaceError(
             f"the search of {res.test!r} against {res.train!r} stored no similarity-gap margins for reference "
             f"{reference!r}; run `python -m clipsim search --workspace {ws.root} --train {res.train} "
             f"--reference {reference}` (with --force if that search is already complete)")
-    return res.train_stat(f"margin/{reference}")
 
 
 def _check_array(a: np.ndarray, n: int, what: str) -> np.ndarray:

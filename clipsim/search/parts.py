@@ -19,7 +19,7 @@ from clipsim.checks import check_int, check_search_args
 from clipsim.errors import WorkspaceError
 from clipsim.names import check_writable
 from clipsim.search.checkpoint import read_meta, read_state, resume_checkpoint, staged_stats
-from clipsim.search.passes import DEFAULT_BLOCK_ROWS, Progress, SearchPass, resolve_precision
+from clipsim.search.passes import DEFAULT_BLOCK_ROWS, Progress, SearchPass, resolve_precision, store_combined_stats
 from clipsim.search.result import SearchResult
 from clipsim.search.scan import ExactScanner
 from clipsim.shard_ranges import check_range, index_runs
@@ -142,6 +142,7 @@ def merge_search_parts(ws, train: str, tests: list[str], k: int = 10, reference:
         precisions.add(meta["precision"])
         devices.add(meta["device"])
     spec.commit(merger, ",".join(sorted(precisions)), ",".join(sorted(devices)), seconds, [p[1] for p in parts])
+    store_combined_stats(ws, train)
     log.info("merged %d search parts of %s (%d shards)", len(parts), train, len(spec.train_set.shards))
     if not keep_parts:
         fileio.remove_tree(ws.path("search", train, PARTS_DIR))

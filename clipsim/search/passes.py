@@ -28,6 +28,7 @@ from clipsim.search.checkpoint import link_or_copy, resume_checkpoint, staged_st
 from clipsim.search.exact import default_precision, resolve_device
 from clipsim.search.result import SearchResult, digest, is_fresh
 from clipsim.search.scan import TILE_ELEMENTS, ExactScanner, Group
+from clipsim.sorted_stats import write_search_sorted
 from clipsim.store import EmbeddingSet
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,16 @@ def search(
     if todo:
         check_writable(f"search {', '.join(todo)} against {train}")
         run_pass(SearchPass.prepare(ws, train, todo, k, reference), precision, device, block_rows, progress)
+        store_combined_stats(ws, train)
     return {t: SearchResult.load(ws, t, train) for t in tests}
+
+
+def store_combined_stats(ws, train: str) -> None:
+    """Once a search of a web set commits, store the elementwise maximum of its statistics over every test set
+    searched against it (clipsim.prune.stored.store_after_search), so the pages find it."""
+    from clipsim.prune.stored import store_after_search  # prune reads what search writes: imported on use
+
+    store_after_search(ws, train)
 
 
 @dataclass
@@ -153,8 +163,8 @@ class SearchPass:
 
     def commit(self, scanner: ExactScanner, precision: str, device: str, seconds: float, staging: list[Path]) -> None:
         """Commit every test set's result: a new folder with its statistics (linked from the `staging` folders of
-        the pass or parts), `neighbours.npz` and `config.json`, swapped into place in one step; until then a
-        reader sees the previous result, or none."""
+        the pass or parts), `neighbours.npz`, the sorted statistics (`sorted/`, clipsim.sorted_stats) and
+        `config.json`, swapped into place in one step; until then a reader sees the previous result, or none."""
         state = scanner.state()
         for g in self.groups:
             folder = self.ws.path("search", self.train, g.name)
@@ -168,6 +178,7 @@ class SearchPass:
             }
             config["fingerprint"] = digest({k_: v for k_, v in config.items()
                                             if k_ not in ("seconds", "created", "device", "precision")})
+            folder.parent.mkdir(parents=True, exist_ok=True)
             fileio.clear_leftovers(folder.parent, g.name)
             tmp = Path(tempfile.mkdtemp(prefix=f".{g.name}.", suffix=".tmp", dir=folder.parent))
             try:
@@ -176,6 +187,9 @@ class SearchPass:
                     link_or_copy(_staged(staging, g.name, index), tmp / "stats" / f"shard_{index}.npz")
                 write_npz(tmp / "neighbours.npz",
                           {"sims": state["top_s"][g.start : g.stop], "ids": state["top_i"][g.start : g.stop]})
+                names = ["max_sim"] + [f"margin/{r}" for r in config["references"]]
+                write_search_sorted(tmp, config["fingerprint"], [tmp / "stats" / f"shard_{i}.npz" for i in config["shards"]],
+                                    names, self.train_set.count)
                 fileio.write_json(tmp / "config.json", config)
                 fileio.swap_dir(tmp, folder)
             except BaseException:

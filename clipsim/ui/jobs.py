@@ -9,22 +9,13 @@ import streamlit as st
 
 from clipsim import jobs
 from clipsim.errors import ClipsimError
+from clipsim.jobs.status import format_eta
 from clipsim.names import read_only
 
 STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew:", "done": ":material/check_circle:",
                "failed": ":material/error:", "cancelled": ":material/cancel:"}
 POLL_S = 2  # while a shown job is queued or running: progress bars move
 WATCH_S = 10  # otherwise: two `stat` calls notice a job launched from the CLI or another tab
-
-
-def format_eta(seconds: float | None) -> str:
-    """'1 h 02 min', '3 min 05 s', '42 s'; '' when unknown."""
-    if seconds is None:
-        return ""
-    s = round(seconds)
-    if s >= 3600:
-        return f"{s // 3600} h {s % 3600 // 60:02d} min"
-    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 
 def _cancel(ws, job_id: str) -> None:
@@ -52,7 +43,8 @@ def _job_row(ws, job: jobs.Job, key: str) -> None:
     with st.container(border=True):
         left, mid, right = st.columns([3, 5, 2], vertical_alignment="center")
         what = jobs.describe_job(job)
-        left.markdown(f"{STATE_ICONS.get(job.state, '')} **{job.kind}** · {job.state}  \n"
+        lane = f" · {jobs.lane_of(ws, job)} lane" if job.is_active and job.backend == "local" else ""
+        left.markdown(f"{STATE_ICONS.get(job.state, '')} **{job.kind}** · {job.state}{lane}  \n"
                       + (f"{what}  \n" if what else "") + f"`{job.id}`")
         with mid:
             if job.state == "running":

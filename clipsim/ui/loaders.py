@@ -199,7 +199,7 @@ def _prune_stats(root: str, web: str, tests: tuple, reference: str | None, finge
                  _ws: Workspace):
     from clipsim.prune import PruneStats
 
-    return PruneStats.load(_ws, web, list(tests), reference, base=base)
+    return PruneStats.load(_ws, web, list(tests), reference, combined="stored", base=base)
 
 
 def file_stamp(path) -> tuple:
@@ -223,10 +223,13 @@ def stats_key(ws: Workspace, web: str, tests: list[str], reference: str | None, 
     """Identity of PruneStats inputs: workspace, sets, the web embeddings' stamp and the fingerprint of every search
     read (from each search's config.json, parsed once per write): a handful of `stat` calls; and the base manifest
     (its name and the stamps of its kept keys and summary) when the statistics are restricted to one."""
+    from clipsim.sorted_stats import SORTED
+
     fps = [embeddings_stamp(ws, web)]
     for test in tests:
         done = searches.completed_searches(ws, test)
-        fps.append((done.get(web), done.get(reference) if reference else None))
+        sorted_stamp = file_stamp(ws.path("search", web, test, SORTED, "config.json"))  # written later for old searches
+        fps.append((done.get(web), done.get(reference) if reference else None, sorted_stamp))
     if base:
         fps.append(tuple(file_stamp(ws.path("manifests", base, f)) for f in ("kept.parquet", "summary.json")))
     return str(ws.root.resolve()), web, tuple(tests), reference, tuple(fps), base
@@ -235,6 +238,8 @@ def stats_key(ws: Workspace, web: str, tests: list[str], reference: str | None, 
 def prune_stats(ws: Workspace, web: str, tests: list[str], reference: str | None):
     """PruneStats of `web` against `tests` (with similarity-gap margins when `reference` is given), cached by the
     fingerprints of the web embeddings and of every search read; a re-run search or re-embedding reloads them.
+    Stored sorted statistics are memory-mapped, never loaded; a combination of test sets not stored yet is never
+    computed here (combined='stored': see clipsim.ui.pruning.combined_notice).
 
     Raises:
         WorkspaceError: a search or the reference margins are missing (the message names the command).

@@ -7,11 +7,13 @@ what the job, and so `python -m clipsim prune`, saves.
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from clipsim import jobs
 from clipsim.errors import ClipsimError
+from clipsim.names import read_only
 from clipsim.prune.manifest import check_new_manifest
 from clipsim.prune.rules import Pruning, RuleSpec, apply_rule, default_name
 from clipsim.prune.stats import RULES, PruneStats
@@ -22,6 +24,7 @@ from clipsim.workspace import Workspace
 
 RULE_LABELS = {"threshold": "Threshold", "similarity-gap": "Similarity gap", "near": "Near", "far": "Far",
                "random": "Random"}
+RULE_KIND = {"threshold": "m", "similarity-gap": "g", "near": "m", "far": "m"}  # the statistic a rule cuts
 RULE_HELP = {
     "threshold": "Remove web sample x if max_t cos(x, t) > τ.",
     "similarity-gap": "Remove x if some test image t has cos(x, t) > s_ref(t) + δ: afterwards no test image is "
@@ -154,7 +157,8 @@ def _post(key: tuple, spec: RuleSpec, test: str, _ws: Workspace, _pruning: Pruni
     from clipsim.prune.post import post_prune_nn_similarity
 
     stats = _pruning.stats
-    return post_prune_nn_similarity(_ws, test, stats.web, stats.full_removed(_pruning.removed), _pruning.rule, _pruning.params,
+    removed = _pruning if stats.base_rows is None else stats.full_removed(_pruning.removed)  # base rows -> web rows
+    return post_prune_nn_similarity(_ws, test, stats.web, removed, _pruning.rule, _pruning.params,
                                     stats.tests if _pruning.rule != "random" else None, stats.reference)
 
 
@@ -162,6 +166,24 @@ def post_prune(ws: Workspace, key: tuple, spec: RuleSpec, pruning: Pruning, test
     """s_web(t) before/after pruning for one test set from the stored top-k (see post_prune_nn_similarity), cached
     per rule_key, spec and test set."""
     return _post(key, spec, test, ws, pruning)
+
+
+def post_prune_chart(ws: Workspace, key: tuple, spec: RuleSpec, pruning: Pruning, test: str) -> None:
+    """The histogram of s_web(t) before/after pruning for one test set (post_prune) with its medians."""
+    from clipsim import plots
+
+    stats, ref = pruning.stats, ws.reference
+    after = post_prune(ws, key, spec, pruning, test)
+    nn = loaders.test_neighbours(ws, test)
+    fig = plots.post_prune_histogram(after["s_after"].to_numpy(), after["exact"].to_numpy(),
+                                     nn.nn(ref) if ref in nn.trains else None, after["s_before"].to_numpy(), stats.web,
+                                     ref or "reference", title=f"{test}: s_{stats.web}(t) after pruning")
+    st.plotly_chart(fig, width="stretch", key="post_prune_hist")
+    bounds = int((~after["exact"]).sum())
+    st.caption(f"Median s_{stats.web}(t): {after['s_before'].median():.4f} before → {after['s_after'].median():.4f} "
+               "after" + (f" (reference s_{ref}(t): {np.median(nn.nn(ref)):.4f})" if ref in nn.trains else "")
+               + (f". {bounds} test images lost all stored neighbours: their value is an upper bound (hatched)."
+                  if bounds else ". Every value is exact."))
 
 
 def save_form(ws: Workspace, spec: RuleSpec) -> None:
@@ -181,3 +203,49 @@ def save_form(ws: Workspace, spec: RuleSpec) -> None:
         except ClipsimError as err:
             st.error(str(err))
     job_monitor(ws, kinds="prune", limit=3, key="prune_jobs")
+
+
+def count_text(value, bounds: tuple[int, int] | None) -> str:
+    """'1,234', or '1,200 – 1,300' while a combined count is only bounded (see PruneStats.combined_count)."""
+    if bounds is not None and pd.isna(value):
+        return f"{bounds[0]:,} – {bounds[1]:,}"
+    return f"{int(value):,}"
+
+
+def combined_notice(ws: Workspace, stats: PruneStats, kind: str = "m") -> bool:
+    """Whether the max over `stats.tests` of statistic `kind` is ready; if not, the `sort-stats` job that stores it is
+    launched (once: an identical active job is reused, a failed one is shown with a retry button instead) and a
+    "computing…" notice with its progress is shown; the page reruns when it ends.
+
+    Returns:
+        True when ready (nothing is shown then).
+    """
+    if kind == "g" and not stats.has_margins or stats.combined_ready(kind):
+        return True
+    params = {"web": stats.web, "tests": list(stats.tests), "reference": stats.reference}
+    command = (f"python -m clipsim sort-stats --workspace {ws.root} --web {stats.web} --tests {','.join(stats.tests)}"
+               + (f" --reference {stats.reference}" if stats.reference else ""))
+    if read_only():
+        st.info(f"The combined statistics of {', '.join(stats.tests)} are not stored yet, so combined counts are shown "
+                f"as bounds and cuts on the combination are unavailable. Store them with `{command}`.",
+                icon=":material/hourglass_empty:")
+        return False
+    last = next((j for j in jobs.list_jobs(ws, kind="sort-stats") if j.params == params), None)
+    if last is None or last.state == "done":  # never computed, or made from searches that changed since
+        try:
+            last = jobs.launch(ws, "sort-stats", params, backend="local")
+        except ClipsimError as err:
+            st.error(f"could not start computing the combined statistics: {err}. Run `{command}`.")
+            return False
+    if last.state in ("failed", "cancelled"):
+        st.error(f"Computing the combined statistics of {', '.join(stats.tests)} {last.state} (job `{last.id}`); see "
+                 f"its log below, or run `{command}`.")
+        if st.button("Retry", key="sort_stats_retry", icon=":material/refresh:"):
+            jobs.launch(ws, "sort-stats", params, backend="local")
+            st.rerun()
+    else:
+        st.info(f"Combined statistics of {', '.join(stats.tests)}: computing… (job `{last.id}`, once per combination "
+                "of test sets). Counts per test set are exact already; combined counts show bounds until then.",
+                icon=":material/hourglass_top:")
+    job_monitor(ws, kinds="sort-stats", limit=1, key="sort_stats_jobs")
+    return False
