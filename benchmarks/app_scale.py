@@ -61,7 +61,7 @@ def make_workspace(root: Path, n: int, tests: int, test_rows: int, shard_rows: i
             np.lib.format.write_array_header_1_0(f, {"descr": "<f2", "fortran_order": False, "shape": (rows, DIM)})
             f.truncate(f.tell() + rows * DIM * 2)
         keys = "w" + pd.Series(np.arange(lo, lo + rows)).astype(str)  # unique across shards, as registration checks
-        fileio.write_parquet(store.meta_path(web, i), pd.DataFrame({"key": keys}))
+        fileio.write_parquet(store.meta_path(web, i), pd.DataFrame({"key": keys}), row_group_size=store.META_ROW_GROUP)
     ws.register_dataset("web", "train", str(web), "embeddings")
     ws.update_settings(reference=REFERENCE)
     return ws

@@ -285,9 +285,10 @@ def write_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, _write)
 
 
-def write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    """Atomically write a DataFrame as parquet (index dropped)."""
-    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+def write_parquet(path: Path, frame: pd.DataFrame, row_group_size: int | None = None) -> None:
+    """Atomically write a DataFrame as parquet (index dropped), in row groups of `row_group_size` rows (default:
+    pyarrow's, about 1M)."""
+    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False, row_group_size=row_group_size))
 
 
 def file_fingerprint(paths: list[Path]) -> str:

@@ -27,7 +27,8 @@ CONFIG = "config.json"
 SUMMARY = "summary.json"
 NORM_TOLERANCE = 1e-2  # float16 storage keeps norms within ~1e-3 of 1; 1e-2 flags unnormalised input
 _SHARD_RE = re.compile(r"img_emb_(\d+)\.npy$")
-SPARSE_SHARE = 0.01  # metadata_at takes fewer rows than this share of a shard from its Arrow table (1M keys: ~16 MB)
+SPARSE_SHARE = 0.01  # metadata_at reads fewer rows than this share of a shard from their row groups only
+META_ROW_GROUP = 65_536  # metadata shards are written in row groups this size: a few rows read ~1/16 of a 1M shard
 # instead of its pandas frame (~70 MB of Python strings): a page of neighbours spread over 12 LAION shards stays small
 
 
@@ -133,7 +134,7 @@ def write_shard(root: Path, index: int, embeddings: np.ndarray, metadata: pd.Dat
     metadata["key"] = metadata["key"].astype(str)
     meta_path(root, index).unlink(missing_ok=True)  # an old parquet must not vouch for a new npy
     fileio.write_npy(emb_path(root, index), emb16)
-    fileio.write_parquet(meta_path(root, index), metadata)
+    fileio.write_parquet(meta_path(root, index), metadata, row_group_size=META_ROW_GROUP)
 
 
 @dataclass(frozen=True)
@@ -266,8 +267,8 @@ class EmbeddingSet:
             sel = np.flatnonzero(where == si)
             shard = self.shards[si]
             cols = tuple(columns) if columns else None
-            if len(sel) < SPARSE_SHARE * shard.rows:  # a few rows of a big shard: taken from its Arrow table
-                parts.append(_read_table(shard.meta, cols).take(ids[sel] - shard.start).to_pandas())
+            if len(sel) < SPARSE_SHARE * shard.rows:  # a few rows of a big shard: read from their row groups only
+                parts.append(read_rows(shard.meta, ids[sel] - shard.start, cols))
             else:
                 parts.append(_read_meta(shard.meta, cols).iloc[ids[sel] - shard.start])
             order.append(sel)
@@ -360,14 +361,31 @@ def _read_meta_cached(path: str, mtime_ns: int, columns: tuple[str, ...] | None)
                         "embeddings (`python -m clipsim embed --force`)") from err
 
 
-@lru_cache(maxsize=16)
-def _read_table_cached(path: str, mtime_ns: int, columns: tuple[str, ...] | None):
-    return pq.read_table(path, columns=list(columns) if columns else None)
+def read_rows(path: Path, rows: np.ndarray, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Some rows of a metadata file, in the order given, reading only the row groups that hold them (nothing cached:
+    a page showing a few pairs of a 400M-row web set touches many shards).
 
+    Args:
+        path: the parquet file.
+        rows: row numbers inside the file, int array.
+        columns: columns to read (None: all).
 
-def _read_table(path: Path, columns: tuple[str, ...] | None):
-    """A metadata shard as an Arrow table (cached per file version, like _read_meta)."""
-    return _read_table_cached(str(path), Path(path).stat().st_mtime_ns, columns)
+    Raises:
+        DataError: the file cannot be read as parquet.
+    """
+    pf = parquet_file(path)
+    sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
+    bounds = np.cumsum([0, *sizes])
+    rows = np.asarray(rows, dtype=np.int64)
+    group = np.searchsorted(bounds, rows, side="right") - 1
+    used = np.unique(group)
+    first = np.cumsum([0, *(bounds[used + 1] - bounds[used])])[:-1]  # where each used group starts when read
+    try:
+        table = pf.read_row_groups(used.tolist(), columns=list(columns) if columns else None)
+    except (OSError, ValueError) as err:
+        raise DataError(f"metadata file {path} cannot be read ({err}); restore it, or re-create the dataset's "
+                        "embeddings (`python -m clipsim embed --force`)") from err
+    return table.take(first[np.searchsorted(used, group)] + rows - bounds[group]).to_pandas()
 
 
 def _read_meta(path: Path, columns: tuple[str, ...] | None) -> pd.DataFrame:

@@ -154,3 +154,18 @@ def test_metadata_command(laion, capsys):
     assert int(capsys.readouterr().out) == int(full["caption"].fillna("").str.contains("dog").sum())
     assert main(["metadata", "--workspace", str(ws.root), "--dataset", "laion", "--ids", "9999"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_a_few_rows_are_read_from_their_row_groups_only(tmp_path):
+    """metadata_at on a sparse selection reads the row groups holding the rows: same rows, order and values as a
+    full read, across group boundaries, repeated rows included."""
+    frame = pd.DataFrame({"key": [f"k{i}" for i in range(10_000)], "caption": [f"c{i % 97}" for i in range(10_000)]})
+    path = tmp_path / "meta.parquet"
+    from clipsim import fileio
+
+    fileio.write_parquet(path, frame, row_group_size=1_000)
+    assert store.parquet_file(path).metadata.num_row_groups == 10
+    rows = np.array([9_999, 0, 999, 1_000, 5_432, 999, 7_001])
+    got = store.read_rows(path, rows, ("key", "caption"))
+    pd.testing.assert_frame_equal(got, frame.iloc[rows].reset_index(drop=True))
+    assert store.read_rows(path, rows[:1], ("key",))["key"].tolist() == ["k9999"]
