@@ -19,13 +19,14 @@ from clipsim.search.scan import TILE_ELEMENTS
 BENCHMARKS = {"imagenet-val": 50_000, "imagenet-v2": 10_000, "imagenet-sketch": 50_889, "imagenet-r": 30_000,
               "imagenet-a": 7_500, "objectnet": 18_574}  # standard sizes (PAPER.md)
 IMAGENET_TRAIN = 1_281_167
-# Bytes moved through HBM per element of the float32 product tile, counted from clipsim/scan.py: the product
-# written (4); the top-k's candidate search reads it once (segment maxima, 4; the per-row top-k over a tile only
-# runs while a query has fewer than k neighbours); the per-row max: amax, comparison, nonzero (4 + 4+1 + 1); the
-# margin tile S - s_ref written (4+4) and its amax, comparison, nonzero (4 + 4+1 + 1). The tile (64 MB) does not
-# stay in the 50 MB L2 cache, so each pass goes to HBM.
-TILE_BYTES_PER_ELEMENT = 36.0
-TILE_BYTES_NO_MARGIN = 18.0
+# Bytes moved through HBM per element of the float32 product tile, counted from clipsim/search/scan.py and tiles.py: the
+# product written (4) and read once for the bucket maxima R (4); everything else runs on R, 1/16 of the tile: the
+# top-k's segment maxima, comparison and nonzero (~10 bytes per R element), the row maximum's amax, comparison and
+# nonzero (~10), and for margins low(R) and high(R) minus the bucket offsets, their amax and comparison (~60); the
+# gathered entries of candidate bucket-columns are a few per train row. (8 + 80/16 and 8 + 20/16, rounded up.)
+# The tile (64 MB) does not stay in the 50 MB L2 cache, so each pass goes to HBM.
+TILE_BYTES_PER_ELEMENT = 14.0
+TILE_BYTES_NO_MARGIN = 10.0
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -50,9 +50,9 @@ def expected_margin(c: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return (c.astype(np.float64) - np.asarray(offsets, np.float32).astype(np.float64)[:, None]).astype(np.float32)
 
 
-def run_scanner(q, x, groups, k, precision, block):
+def run_scanner(q, x, groups, k, precision, block, **options):
     """Stream x in blocks of `block` rows; return the scanner and per-group statistics concatenated over blocks."""
-    scanner = ExactScanner(q, groups, k, precision, CPU)
+    scanner = ExactScanner(q, groups, k, precision, CPU, **options)
     parts = {g.name: [] for g in groups}
     for lo in range(0, len(x), block):
         for name, stats in scanner.add_block(x[lo : lo + block], lo).items():
@@ -61,8 +61,8 @@ def run_scanner(q, x, groups, k, precision, block):
     return scanner, stats
 
 
-def assert_scan_exact(q, x, groups, k, precision, block):
-    scanner, stats = run_scanner(q, x, groups, k, precision, block)
+def assert_scan_exact(q, x, groups, k, precision, block, **options):
+    scanner, stats = run_scanner(q, x, groups, k, precision, block, **options)
     c = brute_force(q, x)
     sims, ids = expected_topk(c, k)
     np.testing.assert_array_equal(scanner.top_i.numpy(), ids)

@@ -13,6 +13,7 @@ import pytest
 from clipsim import Workspace, fileio, sorted_stats, store
 from clipsim.cli import main
 from clipsim.prune import PruneStats, RuleSpec, apply_rule, rule_far, rule_near, rule_similarity_gap, rule_threshold
+from clipsim.prune import columns as columns_module
 from clipsim.prune import stats as stats_module
 from clipsim.prune.columns import Column, DiskColumn, cut_for_fraction, keep_cut
 from clipsim.prune.stats import CombinedPending, floor32
@@ -67,8 +68,11 @@ def test_disk_column_answers_like_memory_at_every_cut(tmp_path, small_chunks):
     values = np.unique(v)
     probes = np.concatenate([values, np.nextafter(values, np.float32(2)), np.nextafter(values, np.float32(-2)),
                              np.array([-np.inf, np.inf], np.float32)])
-    for value in probes:  # every stored value: the cut falls on a tie group
-        assert disk.count_above(value) == mem.count_above(value) == int((v > value).sum())
+    for window in (columns_module.SEARCH_WINDOW, 1, 4):  # the binary search by reads, down to single values
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(columns_module, "SEARCH_WINDOW", window)
+            for value in probes:  # every stored value: the cut falls on a tie group
+                assert disk.count_above(value) == mem.count_above(value) == int((v > value).sum())
     rows = np.arange(n)
     for count in range(n + 1):
         for lowest in (True, False):
@@ -79,6 +83,11 @@ def test_disk_column_answers_like_memory_at_every_cut(tmp_path, small_chunks):
         assert cut_for_fraction(disk, fraction) == cut_for_fraction(mem, fraction)
     picks = rng.integers(0, n, (13, 5))
     assert np.array_equal(disk.at(picks), v[picks])
+    answer = disk.at(picks)
+    answer[:] = -1  # a kept answer is handed out as a copy
+    assert np.array_equal(disk.at(picks), v[picks]) and np.array_equal(disk.at(picks[:3]), v[picks[:3]])
+    with pytest.raises(IndexError):
+        disk.at(np.array([0, n]))
     assert [(lo, c.tolist()) for lo, c in disk.chunks()] == [(lo, c.tolist()) for lo, c in mem.chunks()]
     edges, above = disk.hist()
     assert np.array_equal(above, [(v > e).sum() for e in edges]) and np.array_equal(above, mem.hist()[1])

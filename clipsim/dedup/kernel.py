@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from clipsim.search.exact import Screen, exact_dots
-from clipsim.search.scan import at_least
+from clipsim.search.tiles import at_least
 
 BLOCK = 4096  # positions per tile side: one 4096 x 4096 float32 tile is 64 MB, the scanner's TILE_ELEMENTS
 

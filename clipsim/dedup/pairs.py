@@ -24,7 +24,8 @@ from clipsim.prune.stats import floor32
 from clipsim.search.exact import Screen, exact_dots
 from clipsim.search.passes import resolve_precision, write_npz
 from clipsim.search.result import digest
-from clipsim.search.scan import TILE_ELEMENTS, at_least, hits
+from clipsim.search.scan import TILE_ELEMENTS
+from clipsim.search.tiles import at_least, hits
 
 QUERY_ROWS = 16384  # rows per query block: its float16 copy and screen copy stay small (21 MB at dim 640)
 

@@ -246,6 +246,6 @@ def log_memory(n_queries: int, dim: int, k: int, block_rows: int) -> None:
     q = n_queries * dim * (2 + 4)  # float16 queries plus their screen copy (<= float32)
     topk = n_queries * k * 12
     block = block_rows * dim * (2 + 4)
-    tile = TILE_ELEMENTS * 4 * 3  # product tile, its margin copy and the comparison mask
+    tile = TILE_ELEMENTS * 4 * 2  # reused product tile (<= 4 B/element); bucket maxima, copies, masks: < 1 B more
     log.info("search memory estimate: %.2f GB (queries %.2f, top-k %.2f, block %.2f, tiles %.2f)",
              (q + topk + block + tile) / 1e9, q / 1e9, topk / 1e9, block / 1e9, tile / 1e9)

@@ -1,20 +1,32 @@
 """One pass over train blocks against in-memory queries: running top-k per query and per-row maxima.
 
-Each block is screened once in low precision; both directions (test -> train top-k, train -> test max and
-margin) come from the same product tile, and every reported value is re-checked exactly (see exact.py).
-Ties are broken by the lower index, as a stable sort of the brute-force matrix would.
+Each block is screened once in low precision, tile by tile; both directions (test -> train top-k, train -> test
+max and margin) come from the same product tile and one read of it (tiles.py), and every reported value is
+re-checked exactly (see exact.py). Ties are broken by the lower index, as a stable sort of the brute-force matrix
+would.
 """
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from clipsim.search.exact import Screen, exact_dots, exact_margin
+from clipsim.search.tiles import BUCKET, BucketTile, TrainRowMax, Uncertainty, at_least
 
-TILE_ELEMENTS = 2**24  # one float32 product tile (64 MB); bounds memory beside the block itself
-SEGMENT = 256  # columns per segment in hits()
+# Elements of one product tile (32 MB in bf16, 64 MB in float32): bounds memory beside the block itself. A tile of
+# 4000 queries x 4096 train rows runs the bf16 product at ~98% of its 4096^3 speed on 2 EPYC cores.
+TILE_ELEMENTS = 2**24
+# Fewest train rows per tile while the queries fit (a group with more queries is cut into query chunks): narrower
+# products lose speed, and every column range restarts the per-row maxima.
+MIN_COLS = 2048
+# Tile workers by default at most: a 65536-row block holds 16-32 column ranges (tile_shape), so more workers would
+# idle; a bigger machine gives each worker several torch threads instead.
+MAX_WORKERS = 8
 _NO_ID = torch.iinfo(torch.int64).max  # empty top-k slots sort after every real id
 
 
@@ -32,76 +44,48 @@ class Group:
     offsets: dict[str, np.ndarray] | None = None
 
 
-def at_least(threshold: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`threshold` (float32) as the largest `dtype` values not above it: for a tile of that dtype, s >= result
-    exactly when s >= threshold, and the comparison needs no float32 copy of the tile."""
-    if dtype == threshold.dtype:
-        return threshold
-    low = threshold.to(dtype)
-    over = low.float() > threshold
-    return torch.where(over, torch.nextafter(low, torch.full_like(low, -torch.inf)), low)
+@dataclass
+class _Block:
+    """One train block being scanned: float16 rows, their screen copy, global id of row 0, the screen's error."""
+
+    x16: torch.Tensor
+    x_lo: torch.Tensor
+    base: int
+    err: Uncertainty
 
 
-def hits(s: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, cols) of the entries with s[r, c] >= threshold[r], in row-major order, like torch.nonzero.
+class _Inline:
+    """`map` in the calling thread, in order: the executor of a one-worker scan (and of a GPU's)."""
 
-    A tile mostly holds no hit: maxima over SEGMENT-wide column segments (one pass) find the segments that hold
-    any, and only those are compared entry by entry (4x faster than a full comparison plus nonzero on a CPU).
-    """
-    n, m = s.shape
-    whole = m - m % SEGMENT
-    if whole == 0:
-        return torch.nonzero(s >= threshold[:, None], as_tuple=True)
-    segs = s[:, :whole].reshape(n, whole // SEGMENT, SEGMENT)
-    r, g = torch.nonzero(segs.amax(dim=2) >= threshold[:, None], as_tuple=True)
-    rr, cc = torch.nonzero(segs[r, g] >= threshold[r][:, None], as_tuple=True)
-    r, j = r[rr], g[rr] * SEGMENT + cc
-    if whole < m:  # the ragged end of the block
-        tr, tj = torch.nonzero(s[:, whole:] >= threshold[:, None], as_tuple=True)
-        if len(tr):
-            r, j = torch.cat([r, tr]), torch.cat([j, tj + whole])
-            order = torch.argsort(r * m + j)
-            r, j = r[order], j[order]
-    return r, j
+    def map(self, fn, *iterables):
+        return map(fn, *iterables)
 
 
-class _RowMax:
-    """Per-train-row maximum of one statistic over a group's query chunks, re-checked exactly once per block.
+def tile_shape(n_rows: int, n_cols: int) -> tuple[int, int]:
+    """(query rows, train columns) of the product tiles for n_rows queries against an n_cols block: all queries and
+    TILE_ELEMENTS // n_rows columns (a multiple of 256) when that leaves MIN_COLS, else chunks of queries."""
+    cols = max(1, min(n_cols, max(MIN_COLS, TILE_ELEMENTS // max(1, n_rows))))
+    if cols >= 512:
+        cols -= cols % 256  # whole SIMD panels and hits() segments
+    return max(1, min(n_rows, TILE_ELEMENTS // cols)), cols  # >= 1 each: empty ranges still step
 
-    Chunks only add candidate pairs whose screened value lies within 2 * bound of the running screened
-    maximum; pairs the final maximum rules out are dropped before the exact re-check.
-    """
 
-    def __init__(self, n_rows: int, bound: float, offsets: torch.Tensor | None, device: torch.device):
-        self.bound, self.offsets = bound, offsets
-        self.lo_max = torch.full((n_rows,), -torch.inf, device=device)
-        self.qi, self.xj, self.s = [], [], []
-
-    def add(self, s: torch.Tensor, q0: int) -> None:
-        """s: (chunk, n_rows) screened statistic (float32 or bfloat16) for group rows q0 .. q0 + chunk."""
-        self.lo_max = torch.maximum(self.lo_max, s.amax(dim=0).float())
-        qi, xj = torch.nonzero(s >= at_least(self.lo_max - 2 * self.bound, s.dtype)[None, :], as_tuple=True)
-        self.qi.append(qi + q0)
-        self.xj.append(xj)
-        self.s.append(s[qi, xj].float())
-
-    def exact(self, q16, x16, g0: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(max (n_rows,) f32, first argmax (n_rows,) i64 within the group, pairs re-checked)."""
-        qi, xj, s = torch.cat(self.qi), torch.cat(self.xj), torch.cat(self.s)
-        keep = s >= self.lo_max[xj] - 2 * self.bound
-        qi, xj = qi[keep], xj[keep]
-        vals = exact_dots(q16, qi + g0, x16, xj)
-        if self.offsets is not None:
-            vals = exact_margin(vals, self.offsets[qi])
-        n = len(self.lo_max)
-        best = torch.full((n,), -torch.inf, device=vals.device).scatter_reduce(0, xj, vals, "amax")
-        tie = vals == best[xj]
-        arg = torch.full((n,), _NO_ID, dtype=torch.int64, device=vals.device).scatter_reduce(0, xj[tie], qi[tie], "amin")
-        return best, arg, len(vals)
+def offset_order(groups: list[Group], n_queries: int) -> np.ndarray:
+    """Scanner row -> query row: each group's queries by increasing first offset (stable), so that the queries of
+    a bucket hold close offsets and the margin bounds of tiles.TrainRowMax stay tight; other rows in place."""
+    order = np.arange(n_queries)
+    for g in groups:
+        if g.offsets and g.stop > g.start:
+            first = np.asarray(next(iter(g.offsets.values())), np.float32)
+            order[g.start : g.stop] = g.start + np.argsort(first, kind="stable")
+    return order
 
 
 class ExactScanner:
     """Streams train blocks (global row order) against queries; exact top-k and per-row statistics.
+
+    Internally each group's queries are scanned in `offset_order`; the top-k (`top_s`, `top_i`, `state`) and every
+    reported index stay in the caller's query order.
 
     Args:
         queries: (n_q, d) float16, L2-normalised.
@@ -110,22 +94,33 @@ class ExactScanner:
         precision: screen precision ('fp32', 'bf16', 'fp16').
         device: torch device.
         row_stats: also compute per-train-row maxima (and margins); off for a pure top-k search.
+        workers: CPU threads, each scanning whole column ranges of a block with its share of torch's threads
+            (default: torch's thread count up to MAX_WORKERS; one thread each on small machines). Not one OpenMP
+            barrier per small op: on 2 busy shared cores those cost 6x the work, and the small ops between products
+            scale as the products do. Results do not depend on it.
     """
 
     def __init__(self, queries: np.ndarray, groups: list[Group], k: int, precision: str, device: torch.device,
-                 row_stats: bool = True):
+                 row_stats: bool = True, workers: int | None = None):
         self.k, self.groups, self.device, self.row_stats = k, groups, device, row_stats
+        self.workers = max(1, workers or (min(MAX_WORKERS, torch.get_num_threads()) if device.type == "cpu" else 1))
+        self._threads_each = max(1, torch.get_num_threads() // self.workers)
+        self._lock = threading.Lock()  # the running top-k and the counter, shared by the workers
+        self._spare: list[dict] = []  # tile buffers, one set per worker, kept across blocks
         self.q16 = torch.as_tensor(np.ascontiguousarray(queries, dtype=np.float16), device=device)
+        self.order = torch.as_tensor(offset_order(groups, len(queries)), device=device)
         self.screen = Screen(precision, device, queries.shape[1])
-        self.q_lo, nq, rq = self.screen.prepare(self.q16)
+        self.q_lo, nq, rq = self.screen.prepare(self.q16[self.order])
         self.q_stats = (nq, rq)
         self.top_s = torch.full((len(queries), k), -torch.inf, dtype=torch.float32, device=device)
         self.top_i = torch.full((len(queries), k), -1, dtype=torch.int64, device=device)
-        self.offsets = {
-            g.name: {r: torch.as_tensor(np.asarray(o, np.float32), device=device) for r, o in (g.offsets or {}).items()}
-            for g in groups
-        }
+        self.offsets = {}  # per group and reference: offsets in scanner order
+        for g in groups:
+            local = self.order[g.start : g.stop] - g.start
+            self.offsets[g.name] = {r: torch.as_tensor(np.asarray(o, np.float32), device=device)[local]
+                                    for r, o in (g.offsets or {}).items()}
         self.rechecked = 0  # exact dot products computed, for benchmarks
+        self._buffers: dict[str, torch.Tensor] = {}  # the block's screen copy
 
     def state(self) -> dict[str, np.ndarray]:
         """Running top-k as numpy arrays, for checkpointing."""
@@ -149,58 +144,122 @@ class ExactScanner:
         """
         block = np.ascontiguousarray(block, dtype=np.float16)
         x16 = torch.from_numpy(block if block.flags.writeable else block.copy()).to(self.device)
-        x_lo, nx, rx = self.screen.prepare(x16)
-        bound = self.screen.bound(self.q_stats, (nx, rx))
-        chunk = max(1, TILE_ELEMENTS // max(1, len(block)))
-        stats = {}
-        for g in self.groups:
-            maxima = {}
-            if self.row_stats and g.stop > g.start:
-                maxima[""] = _RowMax(len(block), bound, None, self.device)
-                for ref, off in self.offsets[g.name].items():
-                    maxima[ref] = _RowMax(len(block), bound + 2.0**-21, off, self.device)  # + rounding of s - off
-            for lo in range(g.start, g.stop, chunk):
-                hi = min(g.stop, lo + chunk)
-                s = self.screen.product(self.q_lo[lo:hi], x_lo)
-                self._update_topk(s, lo, x16, base, bound)
-                for ref, acc in maxima.items():
-                    # s - offsets promotes a bfloat16 tile to float32 inside the subtraction (no extra copy)
-                    acc.add(s if ref == "" else s - acc.offsets[lo - g.start : hi - g.start, None], lo - g.start)
-            stats[g.name] = self._finish_rows(maxima, x16, g)
-        return stats
+        pool = ThreadPoolExecutor(self.workers, initializer=torch.set_num_threads, initargs=(self._threads_each,)) \
+            if self.workers > 1 and self.device.type == "cpu" else nullcontext(_Inline())
+        with pool as run:
+            x_lo, nx, rx = self._prepare(run, x16)
+            err = Uncertainty(self.screen.input_bound(self.q_stats, (nx, rx)), self.screen.out_u)
+            blk = _Block(x16, x_lo, base, err)
+            return {g.name: self._scan_group(run, g, blk) for g in self.groups}
 
-    def _finish_rows(self, maxima: dict[str, _RowMax], x16: torch.Tensor, g: Group) -> dict[str, np.ndarray]:
-        out = {}
-        for ref, acc in maxima.items():
-            best, arg, n = acc.exact(self.q16, x16, g.start)
-            self.rechecked += n
-            names = ("max_sim", "argmax") if ref == "" else (f"margin/{ref}", f"margin_argmax/{ref}")
-            out[names[0]] = best.cpu().numpy().astype(np.float32)
-            out[names[1]] = arg.cpu().numpy().astype(np.int32)
-        return out
+    def _prepare(self, run, x16: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+        """Screen.prepare over row parts of the block, one per worker, into one reused buffer."""
+        out = _flat_buffer(self._buffers, "x_lo", x16.numel(), self.screen.dtype, self.device)
+        step = max(1, -(-len(x16) // self.workers))
+        spans = [(lo, min(len(x16), lo + step)) for lo in range(0, max(1, len(x16)), step)]
+        d = x16.shape[1]
+        parts = list(run.map(lambda span: self.screen.prepare(
+            x16[span[0] : span[1]], out=None if out is None else out[span[0] * d : span[1] * d]), spans))
+        if len(parts) == 1:
+            return parts[0]
+        return out[: x16.numel()].view(x16.shape), max(p[1] for p in parts), max(p[2] for p in parts)
 
-    def _update_topk(self, s: torch.Tensor, q0: int, x16: torch.Tensor, base: int, bound: float) -> None:
-        """Merge this tile's exact candidates into the running top-k of query rows q0 .. q0 + len(s).
+    def _scan_group(self, run, g: Group, blk: _Block) -> dict[str, np.ndarray]:
+        """Tiles of one group over the block, column range by column range (one range per worker task)."""
+        n_b = len(blk.x16)
+        stats, names = {}, {}
+        if self.row_stats and g.stop > g.start:
+            names = {"": ("max_sim", "argmax")}
+            names |= {r: (f"margin/{r}", f"margin_argmax/{r}") for r in self.offsets[g.name]}
+            stats = {n: torch.empty(n_b, dtype=torch.float32 if i == 0 else torch.int64, device=self.device)
+                     for pair in names.values() for i, n in enumerate(pair)}
+        rows, cols = tile_shape(g.stop - g.start, n_b)
+        spans = [(c0, min(n_b, c0 + cols)) for c0 in range(0, n_b, cols)]
+        # While a query has fewer than k neighbours, the first range runs alone: its k-th (from v_k, see
+        # _update_topk) then bounds the other ranges' candidates. A short range merged first would leave a weak k-th
+        # that skips v_k in the long ones (300 queries x 10k rows, 2 workers: 186 re-checks per train row, not 0.5).
+        first = int(bool(torch.isinf(self.top_s[self.order[g.start : g.stop], -1]).any()))
+        for part in (spans[:first], spans[first:]):
+            list(run.map(lambda span: self._scan_range(g, blk, span, rows, (stats, names)), part))
+        return {n: a.cpu().numpy().astype(np.float32 if a.dtype == torch.float32 else np.int32)
+                for n, a in stats.items()}
 
-        After the merge the k-th best is at least L = max(old k-th, v_k - bound), v_k being the tile's k-th
-        largest screened value; so only entries screened at >= L - bound can enter, and all of them are
-        re-checked. v_k (a top-k over the tile) is only computed while some row has fewer than k neighbours:
-        afterwards the running k-th alone keeps the candidates few, and one comparison pass finds them.
+    def _scan_range(self, g: Group, blk: _Block, span: tuple[int, int], rows: int, out: tuple[dict, dict]) -> None:
+        """Block columns span[0]..span[1] against the group's queries, `rows` at a time: top-k merged, per-row
+        statistics written into out[0] (names in out[1])."""
+        (c0, c1), (stats, names) = span, out
+        with self._lock:
+            bufs = self._spare.pop() if self._spare else {}
+        try:
+            maxima = {r: TrainRowMax(c1 - c0, blk.err, self.offsets[g.name].get(r), self.device) for r in names}
+            for lo in range(g.start, g.stop, rows):
+                hi = min(g.stop, lo + rows)
+                buf = self._tile_buffer(bufs, "s", (hi - lo, c1 - c0))
+                s = self.screen.product(self.q_lo[lo:hi], blk.x_lo[c0:c1], out=buf)
+                tile = BucketTile(s, self._tile_buffer(bufs, "r", (-(-(hi - lo) // BUCKET), c1 - c0)))
+                self._update_topk(tile, lo, blk, c0)
+                for acc in maxima.values():
+                    acc.add(tile, lo - g.start)
+            for ref, (best, arg) in self._exact_maxima(maxima, g, blk.x16, c0).items():
+                stats[names[ref][0]][c0:c1], stats[names[ref][1]][c0:c1] = best, arg
+        finally:
+            with self._lock:
+                self._spare.append(bufs)
+
+    def _tile_buffer(self, bufs: dict, name: str, shape: tuple[int, int]) -> torch.Tensor | None:
+        """A reused (rows, cols) tensor of the tile dtype from a worker's buffers on a CPU."""
+        buf = _flat_buffer(bufs, name, shape[0] * shape[1], self.screen.tile_dtype, self.device)
+        return None if buf is None else buf[: shape[0] * shape[1]].view(shape)
+
+    def _update_topk(self, tile: BucketTile, lo: int, blk: _Block, c0: int) -> None:
+        """Merge the exact candidates of a tile (scanner rows lo.., block columns c0..) into the running top-k.
+
+        After the merge the k-th best is at least F = max(old k-th, low(v_k)), v_k being the tile's k-th largest
+        screened value; so only entries with high(s) >= F can enter, and all of them are re-checked. v_k (a top-k
+        over the tile) is only computed while some row has fewer than k neighbours: afterwards the running k-th
+        alone keeps the candidates few. Workers merge column ranges in any order, and a k-th read while another
+        merges is still a lower bound: entries equal to it go to the merge, which orders by (-sim, id).
         """
-        rows = torch.arange(q0, q0 + len(s), device=s.device)
-        kth = self.top_s[q0 : q0 + len(s), -1]
+        rows = self.order[lo : lo + tile.s.shape[0]]  # the tile's query rows in the caller's order
+        kth = self.top_s[rows, -1]
         floor = kth
-        if s.shape[1] >= self.k and bool(torch.isinf(kth).any()):
-            v_k = torch.topk(s, self.k, dim=1, sorted=False).values.amin(dim=1).float()
-            floor = torch.maximum(kth, v_k - bound)
-        r, j = hits(s, at_least(floor - bound, s.dtype))
+        if tile.s.shape[1] >= self.k and bool(torch.isinf(kth).any()):
+            floor = torch.maximum(kth, blk.err.low(torch.topk(tile.s, self.k, dim=1, sorted=False).values.amin(dim=1)))
+        r, j = tile.topk_hits(at_least(blk.err.reach(floor), tile.s.dtype))
         if len(r) == 0:
             return
-        vals = exact_dots(self.q16, r + q0, x16, j)
-        self.rechecked += len(vals)
-        enter = vals > kth[r]  # equal to the old k-th cannot enter: block ids are larger than the running ones
-        if enter.any():
-            self._merge(rows, r[enter], vals[enter], j[enter] + base)
+        vals = exact_dots(self.q16, rows[r], blk.x16, j + c0)
+        enter = vals >= kth[r]
+        with self._lock:
+            self.rechecked += len(vals)
+            if enter.any():
+                self._merge(rows, r[enter], vals[enter], j[enter] + c0 + blk.base)
+
+    def _exact_maxima(self, maxima: dict[str, TrainRowMax], g: Group, x16: torch.Tensor, c0: int) -> dict:
+        """{ref: (max (n,) f32, first argmax (n,) i64 within the group)} of the columns c0.. of `maxima`, exact.
+
+        The similarity and the margins often keep the same pair: each distinct pair is re-checked once.
+        """
+        if not maxima:
+            return {}
+        found = {ref: acc.candidates() for ref, acc in maxima.items()}
+        width = len(next(iter(maxima.values())).best)
+        keys = torch.cat([rows * width + cols for rows, cols in found.values()])
+        pairs, where = torch.unique(keys, return_inverse=True)
+        sims = exact_dots(self.q16, self.order[g.start + pairs // width], x16, pairs % width + c0)[where]
+        with self._lock:
+            self.rechecked += len(pairs)
+        out, at = {}, 0
+        for ref, (rows, cols) in found.items():
+            vals, at = sims[at : at + len(rows)], at + len(rows)
+            if ref:
+                vals = exact_margin(vals, maxima[ref].offsets[rows])
+            qi = self.order[g.start + rows] - g.start  # the caller's query order: first argmax by it
+            best = torch.full((width,), -torch.inf, device=vals.device).scatter_reduce(0, cols, vals, "amax")
+            tie = vals == best[cols]
+            arg = torch.full((width,), _NO_ID, dtype=torch.int64, device=vals.device)
+            out[ref] = best, arg.scatter_reduce(0, cols[tie], qi[tie], "amin")
+        return out
 
     def merge_topk(self, top_s: np.ndarray, top_i: np.ndarray) -> None:
         """Merge another scan's top-k over the same queries ((n_q, k) float32 sims, int64 ids, -1 = none) into the
@@ -234,3 +293,13 @@ class ExactScanner:
         all_i = all_i.gather(1, best)
         self.top_s[target] = all_s.gather(1, best)
         self.top_i[target] = all_i.masked_fill(all_i == _NO_ID, -1)
+
+
+def _flat_buffer(bufs: dict, name: str, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """bufs[name], a flat tensor of >= n elements reused on a CPU (None elsewhere: CUDA's allocator caches)."""
+    if device.type != "cpu":
+        return None
+    buf = bufs.get(name)
+    if buf is None or buf.numel() < n or buf.dtype != dtype:
+        buf = bufs[name] = torch.empty(n, dtype=dtype)
+    return buf

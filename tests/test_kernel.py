@@ -1,0 +1,154 @@
+"""The exact kernel's pieces: the screen's per-entry bound (bf16 output rounding included), the Uncertainty
+thresholds, bucket tiles, and the scanner over many buckets, query chunks and column tiles with margins that tie
+exactly across buckets. Every scanner answer must equal float32(Q64 @ X64.T) brute force bit for bit."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clipsim.search import scan as scan_module
+from clipsim.search.exact import Screen, brute_force
+from clipsim.search.scan import Group, offset_order, tile_shape
+from clipsim.search.tiles import BUCKET, BucketTile, Uncertainty, at_least, per_bucket
+from tests.helpers import unit16
+from tests.test_search import assert_scan_exact, near_tie_data, random_data
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tiles: see conftest.one_thread
+
+CPU = torch.device("cpu")
+
+
+def test_bf16_output_rounding_is_in_the_bound():
+    """q.x = 1 + 2^-8 + 2^-14 comes back from a bf16 product as 1 + 2^-7: off by ~2^-8, twice the 2^-9 |S| the
+    bound once allowed; both the uniform and the per-entry bound hold it."""
+    q = np.array([[1.0, 2.0**-4]], np.float16)
+    x = np.array([[1.0, 2.0**-4 + 2.0**-10]], np.float16)  # both exact in bf16: no input rounding at all
+    screen = Screen("bf16", CPU, 2)
+    q_lo, nq, rq = screen.prepare(torch.as_tensor(q))
+    x_lo, nx, rx = screen.prepare(torch.as_tensor(x))
+    s = float(screen.product(q_lo, x_lo)[0, 0])
+    c = float(brute_force(q, x)[0, 0])
+    assert (s, c) == (1 + 2.0**-7, np.float32(1 + 2.0**-8 + 2.0**-14))
+    assert abs(s - c) > 2.0**-9 * nq * nx  # the old output term (2^-9) would not cover it
+    assert abs(s - c) <= screen.bound((nq, rq), (nx, rx))
+    assert abs(s - c) <= screen.input_bound((nq, rq), (nx, rx)) + screen.out_u * abs(s)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_per_entry_bound_holds_and_beats_the_uniform_one(precision):
+    for q, x, _ in (random_data(), near_tie_data()):
+        screen = Screen(precision, CPU, x.shape[1])
+        q_lo, nq, rq = screen.prepare(torch.as_tensor(q))
+        x_lo, nx, rx = screen.prepare(torch.as_tensor(x))
+        s = screen.product(q_lo, x_lo).float().numpy().astype(np.float64)
+        err = np.abs(s - brute_force(q, x))
+        per_entry = screen.input_bound((nq, rq), (nx, rx)) + screen.out_u * np.abs(s)
+        assert (err <= per_entry).all()
+        assert (per_entry <= screen.bound((nq, rq), (nx, rx))).all()
+        if precision == "bf16":  # what the per-entry form buys at typical similarities (|s| < 0.5)
+            assert np.median(per_entry) < 0.8 * screen.bound((nq, rq), (nx, rx))
+
+
+def test_uncertainty_thresholds_are_conservative():
+    """On a dense bfloat16 grid: every s with high(s) >= y lies at or above at_least(reach(y)), and low(s) <= s <=
+    high(s) leave room for the error model (so a screened value below the threshold can be skipped safely)."""
+    grid = torch.arange(-2**14, 2**14, dtype=torch.float32).mul_(2.0**-13).bfloat16().unique()  # [-2, 2)
+    for b, u in ((0.0039, 2.0**-8), (3e-6, 0.0), (0.02, 2.0**-8)):
+        err = Uncertainty(b, u)
+        s = grid.float()
+        assert (err.low(grid) <= s - u * s.abs() - b).all() and (err.high(grid) >= s + u * s.abs() + b).all()
+        for y in (-1.5, -0.3, -1e-3, 0.0, 2.0**-20, 0.17, 0.5, 0.999, 1.0):
+            floor = at_least(err.reach(torch.tensor([y])), torch.bfloat16)
+            reaching = grid[err.high(grid) >= y]
+            assert (reaching >= floor).all()
+            assert (grid[grid >= floor].float() - err.high(grid[grid >= floor])).abs().max() < 1  # non-vacuous
+
+
+@pytest.mark.parametrize("rows", [1, BUCKET - 1, BUCKET, 3 * BUCKET + 5])
+def test_bucket_tile_maxima_and_entries(rows):
+    rng = np.random.default_rng(rows)
+    s = torch.as_tensor(rng.standard_normal((rows, 37)), dtype=torch.bfloat16)
+    tile = BucketTile(s)
+    n_b = -(-rows // BUCKET)
+    want = torch.stack([s[b * BUCKET : (b + 1) * BUCKET].amax(dim=0) for b in range(n_b)])
+    assert torch.equal(tile.r, want)
+    b, j = torch.nonzero(torch.ones_like(tile.r, dtype=torch.bool), as_tuple=True)
+    got_rows, vals, valid = tile.entries(b, j)
+    cols = j[:, None].expand_as(got_rows)
+    assert int(valid.sum()) == rows * 37 and torch.equal(vals[valid], s[got_rows[valid], cols[valid]])
+    floor = s[:, 5].clone()  # each row's entry in column 5: hits are exactly the entries >= it
+    r, c = tile.topk_hits(floor)
+    assert sorted(zip(r.tolist(), c.tolist())) == sorted(map(tuple, torch.nonzero(s >= floor[:, None]).tolist()))
+    assert torch.equal(per_bucket(torch.arange(rows, dtype=torch.float32), "amin"), torch.arange(n_b) * BUCKET * 1.0)
+
+
+def test_tile_shapes():
+    assert tile_shape(4000, 65536) == (4000, 4096)  # all queries, 4096 columns: 2^24 elements
+    assert tile_shape(170_000, 65536) == (8192, 2048)  # many queries: chunks, never narrower than MIN_COLS
+    assert tile_shape(37, 64) == (37, 64)
+    assert tile_shape(0, 0) == (1, 1)  # empty groups and blocks still step through range()
+
+
+def gap_data(seed: int = 3, n_q: int = 150, d: int = 32):
+    """Queries in clusters (close maxima across buckets), train rows with copies and one-ulp nudges of queries, and
+    offsets float32(c(t, j0) - 0.5): every query's margin on train row j0 is 0.5 give or take one rounding, so the
+    exact first argmax decides among float32 ties spread over all buckets (and sorting by offset shuffles them)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((5, d))
+    q = unit16(centres[rng.integers(0, 5, n_q)] + 0.3 * rng.standard_normal((n_q, d)))
+    x = unit16(centres[rng.integers(0, 5, 400)] + 0.3 * rng.standard_normal((400, d)))
+    picks = rng.choice(n_q, 40, replace=False)
+    x[rng.choice(len(x), 40, replace=False)] = q[picks]
+    nudged = q[picks[:20]].copy()
+    nudged[np.arange(20), rng.integers(0, d, 20)] = np.nextafter(nudged[np.arange(20), rng.integers(0, d, 20)],
+                                                                 np.float16(1))
+    x = np.concatenate([x, nudged, x[:30]])  # exact duplicates at higher ids
+    j0 = 7
+    offsets = {"half": (brute_force(q, x[j0 : j0 + 1])[:, 0].astype(np.float64) - 0.5).astype(np.float32),
+               "rand": rng.uniform(0.3, 0.9, n_q).astype(np.float32)}
+    ties = (brute_force(q, x[j0 : j0 + 1])[:, 0].astype(np.float64) - offsets["half"]).astype(np.float32)
+    group_a = {name: off[:110] for name, off in offsets.items()}
+    return q, x, [Group("a", 0, 110, group_a), Group("b", 110, n_q, {"rand": offsets["rand"][110:]})], ties
+
+
+def test_gap_data_is_adversarial():
+    q, _, groups, ties = gap_data()
+    assert (ties[:110] == ties[:110].max()).sum() > 2 * BUCKET  # float32 ties on row j0 across many buckets
+    order = offset_order(groups, len(q))
+    assert not np.array_equal(order[:110], np.arange(110))  # the scanner really reorders the queries
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize(("tile_elements", "min_cols", "block"), [
+    (2**24, 2048, 10_000),  # one tile per group and block
+    (40 * 64, 64, 100),  # 2 full buckets + 8 rows per chunk, 64-column tiles: maxima merged across chunks
+    (17 * 32, 32, 77),  # chunks of 17 rows (one full bucket and one row), ragged blocks and column tiles
+])
+def test_gap_pass_over_buckets_chunks_and_column_tiles(monkeypatch, precision, tile_elements, min_cols, block):
+    monkeypatch.setattr(scan_module, "TILE_ELEMENTS", tile_elements)
+    monkeypatch.setattr(scan_module, "MIN_COLS", min_cols)
+    q, x, groups, _ = gap_data()
+    scanner = assert_scan_exact(q, x, groups, 10, precision, block)
+    assert scanner.rechecked > 0
+
+
+class ReversedInline:
+    """Runs a one-worker scan's tasks last to first (results in order): column ranges merge into the top-k in
+    the order a slow first worker could cause."""
+
+    def map(self, fn, *iterables):
+        return reversed([fn(*args) for args in reversed(list(zip(*iterables)))])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_workers_and_range_order_do_not_change_the_answer(monkeypatch, precision, workers):
+    """Column ranges of 64 train rows on 1-3 worker threads, or merged last to first: the same bits as brute force,
+    exact duplicates at higher ids (ties at the k-th place across ranges) still losing to the lower id."""
+    monkeypatch.setattr(scan_module, "TILE_ELEMENTS", 64 * 64)
+    monkeypatch.setattr(scan_module, "MIN_COLS", 64)
+    if workers == 1:
+        monkeypatch.setattr(scan_module, "_Inline", ReversedInline)
+    for q, x, groups in (near_tie_data(), gap_data()[:3]):
+        assert_scan_exact(q, x, groups, 10, precision, 1000, workers=workers)
