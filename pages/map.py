@@ -3,7 +3,7 @@ its images beside their neighbours."""
 import streamlit as st
 
 from clipsim.maps import compute as mapping
-from clipsim.ui import loaders, maps, share
+from clipsim.ui import loaders, maps, share, tagging
 from clipsim.ui.nav import page_setup
 from clipsim.ui.state import BIND
 
@@ -68,6 +68,7 @@ else:
     counts = view.iloc[chosen]["dataset"].value_counts(sort=False)
     st.markdown(f"**{len(chosen):,}** points selected: " + ", ".join(f"{n} {d}" for d, n in counts.items()))
     maps.selection_gallery(ws, view, chosen)
+    tagging.tag_images(ws, view.iloc[chosen][["dataset", "key"]], "map_tags", pick=False)
 
 with st.expander("Compute a new map", expanded=bool(stale)):
     maps.compute_controls(ws)

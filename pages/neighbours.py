@@ -1,12 +1,16 @@
 """Neighbours: browse a test set beside its top-k neighbours in every train set, sorted and filtered by s(t)."""
 import math
 
+import pandas as pd
 import streamlit as st
 
 from clipsim import plots, views
 from clipsim.errors import ClipsimError
+from clipsim.labels import default_tau
+from clipsim.labels.tags import keep_tagged
+from clipsim.search import result as searches
 from clipsim.ui import dedup as dedup_ui
-from clipsim.ui import gallery, loaders, state
+from clipsim.ui import gallery, labelling, loaders, state, tagging
 from clipsim.ui.nav import page_setup
 from clipsim.ui.state import BIND
 
@@ -50,6 +54,9 @@ page_size = c[2].selectbox("Per page", PAGE_SIZES, index=1, key="n", bind=BIND, 
 
 order = loaders.gallery_order(nn, sort_train, sort, [names.index(p) for p in picked],
                               None if tuple(sim_range) == (lo, hi) else tuple(sim_range))
+tagged = tagging.tag_filter(ws, "tagged")
+if tagged is not None:
+    order = keep_tagged(nn.keys, order, tagged)
 text_slot, top, detail_slot, grid_slot, bottom = (st.container() for _ in range(5))
 with bottom:
     page = st.pagination(max(1, math.ceil(len(order) / page_size)), key="page", bind=BIND)
@@ -95,3 +102,13 @@ with grid_slot:
     page_rows = loaders.gallery_rows(ws, nn, rows, k, THUMB, shown, TEST_THUMB)
     gallery.show(gallery.gallery_html(page_rows, THUMB, TEST_THUMB, ref,
                                       links={key: state.href(image=key) for key in keys}, colours=colours))
+
+webs = searches.searched_web_sets(ws, [test])
+with st.expander("Tag images"):
+    tagging.tag_images(ws, pd.DataFrame({"dataset": test, "key": keys}), "nb_tags")
+    if webs:
+        tagging.tag_exports(ws, webs[0], "nb_export")
+if webs:
+    with st.expander(f"Label pairs: {test} image and its nearest {webs[0]} image"):
+        tau = float(st.session_state.get("tau") or default_tau(ws, test, webs[0]))
+        labelling.labeller(ws, test, webs[0], tau, "nb_lab")

@@ -3,7 +3,7 @@ import streamlit as st
 
 from clipsim.plots import results as plots_results
 from clipsim.runs.results import latest_per_run, results_frame
-from clipsim.ui import loaders, share
+from clipsim.ui import evidence, loaders, share
 from clipsim.ui.nav import page_setup
 from clipsim.ui.runs import HAS_KALEIDO, PNG_NOTE, figure_downloads
 from clipsim.ui.state import BIND
@@ -27,9 +27,15 @@ latest = latest_per_run(frame)
 tests = list(dict.fromkeys(latest["test"]))
 st.subheader("Accuracy per test set")
 st.dataframe(plots_results.bars_table(frame), hide_index=True, width="stretch", key="results_table")
-bars = plots_results.accuracy_bars(frame)
+summary = evidence.summary(ws, frame)
+bars = plots_results.accuracy_bars(frame, summary=summary)
 st.plotly_chart(bars, key="results_bars")
-figure_downloads(bars, plots_results.bars_table(frame), "accuracy_per_test_set", "dl_bars")
+st.caption("Bars: mean over training seeds; error bars: 95% bootstrap interval over test images; dots: single seeds; "
+           "dashes: chance (1 / classes).")
+figure_downloads(bars, summary, "accuracy_per_test_set", "dl_bars")
+
+st.subheader("Pruned against its random control")
+evidence.control_comparisons(ws, frame)
 
 st.subheader("Accuracy against the share pruned")
 test = st.selectbox("Test set", [None, *tests], format_func=lambda t: "mean over test sets" if t is None else t,
@@ -48,6 +54,11 @@ st.plotly_chart(robust, key="results_robust")
 figure_downloads(robust, plots_results.robustness_table(frame, id_test), "effective_robustness", "dl_robust")
 if not HAS_KALEIDO:
     st.caption(PNG_NOTE)
+
+st.subheader("Accuracy against similarity to the web set")
+st.caption("Does a test image's closeness to the web set explain whether a model gets it right? Accuracy within "
+           "equal-count bins of s_web(t), per model.")
+evidence.by_similarity(ws, frame, tests)
 
 with st.expander("All result rows"):
     st.dataframe(frame, hide_index=True, width="stretch", key="results_rows")

@@ -60,17 +60,19 @@ else:
         if not name_error and manifest in set(manifests["name"]):
             st.caption(f"Manifest `{manifest}` exists and is reused as saved; rename it to prune anew.")
     preset, overrides = preset_form(ws)
-    left, right = st.columns(2)
+    left, right, seeds_col = st.columns([2, 2, 1])
     control = left.checkbox("Also a random control of the same size", value=True, key="runs_control", bind=BIND,
                             disabled=spec is not None and spec.rule == "random")
     full = right.checkbox(f"Also {'the full web set' if base is None else f'all of {base}'}", value=True,
                           key="runs_full", bind=BIND)
+    seeds = int(seeds_col.number_input("Seeds", 1, 20, 1, key="runs_seeds", bind=BIND,
+                                       help="train each model this many times (seeds preset seed + 0, 1, ...)"))
     if st.button("Queue prune → train → evaluate", type="primary", key="runs_launch",
                  disabled=bool(name_error) or (manifest is None and not full)):
         try:
             queued = pipeline.queue_pipeline(ws, manifest=manifest, spec=spec, preset=preset, overrides=overrides,
                                              random_control=control and (spec is None or spec.rule != "random"),
-                                             include_full=full, web=web, base=base)
+                                             include_full=full, web=web, base=base, seeds=seeds)
             st.success("Queued " + ", ".join(f"{j.kind} `{j.id}`" for j in queued))
         except (ClipsimError, ValueError) as err:
             st.error(str(err))

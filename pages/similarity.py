@@ -4,7 +4,7 @@ import streamlit as st
 
 from clipsim import plots, views
 from clipsim.search import result as searches
-from clipsim.ui import gallery, loaders, pruning
+from clipsim.ui import gallery, labelling, loaders, pruning
 from clipsim.ui.nav import page_setup
 from clipsim.ui.state import BIND
 
@@ -69,6 +69,16 @@ for start in range(0, len(tests), GRID):
         fig = plots.similarity_histogram({t: nn.nn(t) for t in nn.trains}, ref, title=test, threshold=tau,
                                          colours=colours)
         col.plotly_chart(fig, width="stretch", key=f"hist_{test}")
+
+st.subheader("Is τ right? Label pairs")
+st.caption("How many test images above τ have a real (near-)duplicate as their nearest web image? Label the pairs "
+           "the sampler proposes; precision and recall per τ, with 95% intervals that respect how pairs were sampled, "
+           "update as you go.")
+label_test = st.selectbox("Test set to label", tests, key="label_test", bind=BIND)
+labelling.calibration_plot(ws, label_test, web, tau, "sim_cal")
+labelling.labeller(ws, label_test, web, tau, "sim_lab")
+with st.expander("Label files (CSV)"):
+    labelling.label_files(ws, label_test, web, "sim_files")
 
 st.subheader("Pairs at the threshold")
 pair_test = st.selectbox("Test set", tests, key="pairs", bind=BIND)

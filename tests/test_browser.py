@@ -432,3 +432,38 @@ def test_bad_manifest_name_on_the_runs_page_is_an_inline_error_and_queues_nothin
     assert page.get_by_text("Training", exact=True).is_visible()  # the page below the form still renders
     assert list_jobs(site) == jobs_before  # nothing was queued
     shoot(page, tmp_path, f"runs_bad_name_{bad.replace('/', '_').replace('.', '')}")
+
+
+# ----- labelling pairs with the keyboard ---------------------------------------------------------------------
+PRECISION_JS = """() => { const plot = document.querySelector('.st-key-sim_cal_pr .js-plotly-plot');
+    const trace = plot && plot._fullData && plot._fullData.find(t => t.name === 'precision');
+    return trace ? Array.from(trace.y || []) : null; }"""  # _fullData: plotly's decoded arrays (data keeps base64)
+
+
+def test_label_three_pairs_with_the_keyboard_in_chromium(page, server, site, tmp_path):
+    """Keys 1, 4, 2 label the three pairs the sampler proposes; the precision curve is redrawn from the stored labels
+    and matches the library's calibration."""
+    from clipsim.labels import calibrate, next_pairs, read_labels
+
+    assert read_labels(site, "sketch", "web").empty
+    proposed = list(next_pairs(site, "sketch", "web", 0.95, 3)["test_key"])
+    page.goto(server[0] + "/similarity?tau=0.95&label_test=sketch")
+    page.locator("[data-testid=cs-label-pair]").wait_for()
+    idle(page)
+    assert page.evaluate(PRECISION_JS) == []  # nothing labelled yet: an empty precision line
+    for key, test_key in zip("142", proposed):
+        assert page.locator("[data-testid=cs-label-pair]").get_attribute("data-key") == test_key
+        page.locator("h1").first.click()  # focus the page, not a text field: shortcuts skip text fields
+        page.keyboard.press(key)
+        page.wait_for_function("(k) => document.querySelector('[data-testid=cs-label-pair]')?.dataset.key !== k",
+                               arg=test_key)
+        idle(page)
+    stored = read_labels(site, "sketch", "web")
+    assert list(stored["test_key"]) == proposed
+    assert list(stored["label"]) == ["duplicate", "different", "near-duplicate"]
+    table = calibrate(site, "sketch", "web").table
+    want = [round(v, 6) for v in table.loc[table["n_labelled"] > 0, "precision"]]
+    page.wait_for_function("(n) => { const y = (" + PRECISION_JS + ")(); return y && y.length === n; }", arg=len(want))
+    assert [round(v, 6) for v in page.evaluate(PRECISION_JS)] == want  # the plot changed to the calibration
+    assert metric(page, "Labelled pairs used").inner_text() == "3"
+    shoot(page, tmp_path, "similarity_labelled")

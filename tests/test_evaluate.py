@@ -17,7 +17,9 @@ from clipsim.data.demo.captions import DEMO_TEMPLATES
 from clipsim.data.sources import list_folder, read_image
 from clipsim.errors import DataError
 from clipsim.runs.evaluate import evaluate, predict, template_set
+from clipsim.runs.predictions import load_predictions
 from clipsim.runs.results import add_results, results_frame
+from clipsim.runs.stats import bootstrap_interval
 from clipsim.workspace import Workspace
 
 
@@ -68,6 +70,12 @@ def test_accuracy_equals_a_direct_computation(ws, tiny_model_config, tiny_checkp
         assert row.accuracy == pytest.approx(row.correct / row.n)
     stored = results_frame(ws)
     assert set(stored["test"]) == {"val", "sketch"} and (stored["run"] == "tiny-run").all()
+    for row in stored.itertuples():  # every accuracy has its per-image predictions and a bootstrap interval
+        per_image = load_predictions(ws, "tiny-run", row.test)
+        assert list(per_image.columns[:6]) == ["run", "test", "key", "label", "prediction", "correct"]
+        assert len(per_image) == row.n and int(per_image["correct"].sum()) == row.correct
+        interval = bootstrap_interval(per_image["correct"])
+        assert (row.ci_low, row.ci_high) == (interval.low, interval.high) and row.ci_low <= row.accuracy <= row.ci_high
     assert stored["checkpoint"].str.endswith("epoch_1.pt").all() and (stored["manifest"] == "full").all()
     evaluate(ws, "tiny-run", tests=["val"])  # re-evaluation replaces its row
     assert len(results_frame(ws)) == 2
@@ -151,5 +159,6 @@ def test_cli_evaluate_runs_as_a_job_and_results_prints(ws, capsys):
     assert cli_main(["results", "--workspace", str(ws.root), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert any(r["test"] == "v2" and r["run"] == "tiny-run" and r["n"] == 96 for r in rows)
+    assert all({"ci_low", "ci_high", "seed"} <= set(r) for r in rows)
     assert cli_main(["results", "--workspace", str(ws.root)]) == 0
     assert "tiny-run" in capsys.readouterr().out

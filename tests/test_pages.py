@@ -202,7 +202,7 @@ def test_similarity_threshold_counts_are_exact(served):
     stats = prune.PruneStats.load(ws, "web", tests)
     at = run_page("similarity")
     assert not at.exception
-    assert len(at.get("plotly_chart")) == len(tests)
+    assert len(at.get("plotly_chart")) == len(tests) + 1  # a histogram per test set, then precision/recall vs tau
     for tau in (0.9, 0.75):
         at.number_input(key="tau").set_value(tau).run()
         assert at.slider(key="tau__slider").value == pytest.approx(tau)  # the slider follows the number field
@@ -443,7 +443,7 @@ def test_pages_without_reference_or_images_and_with_stale_search(tmp_path, monke
     assert html(at).count('alt="val0 (no image stored)"') == 1  # placeholders, not errors
     at = run_page("similarity")
     assert not at.exception and any("No reference" in i.value for i in at.info)
-    assert len(at.get("plotly_chart")) == 1
+    assert len(at.get("plotly_chart")) == 2  # the histogram and precision/recall vs tau
     at = run_page("prune")  # the default rule, similarity gap, needs the reference's margins
     assert not at.exception and any("--reference" in c.value for c in at.code)
     assert not at.metric

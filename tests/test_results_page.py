@@ -1,13 +1,10 @@
 """AppTest of the Runs and Results pages: plots drawn from the stored rows, downloads, launch chain, read-only."""
 from __future__ import annotations
 
-import base64
-import json
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -16,6 +13,7 @@ from clipsim.jobs import ACTIVE, Job, cancel, launch, list_jobs
 from clipsim.jobs import db as jobs_db
 from clipsim.runs.results import add_results, result_row
 from clipsim.workspace import Workspace
+from tests.helpers import chart_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 60
@@ -61,18 +59,6 @@ def page(name: str) -> AppTest:
     return AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=TIMEOUT).run()
 
 
-def spec(chart) -> dict:
-    """The chart's plotly JSON, with plotly's base64 typed arrays decoded into lists."""
-    def decode(value):
-        if isinstance(value, dict) and "bdata" in value and "dtype" in value:
-            return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).tolist()
-        if isinstance(value, dict):
-            return {k: decode(v) for k, v in value.items()}
-        return [decode(v) for v in value] if isinstance(value, list) else value
-
-    return decode(json.loads(chart.proto.spec))
-
-
 def test_results_page_empty_state(served):
     at = page("results")
     assert not at.exception and not at.get("plotly_chart")
@@ -85,20 +71,20 @@ def test_results_page_draws_the_stored_rows(served):
     assert not at.exception
     charts = at.get("plotly_chart")
     assert len(charts) == 3
-    bars = {trace["name"]: dict(zip(trace["x"], trace["y"])) for trace in spec(charts[0])["data"]}
+    bars = {trace["name"]: dict(zip(trace["x"], trace["y"])) for trace in chart_spec(charts[0])["data"]}
     assert list(bars) == ["full web", "gap", "gap (random control)", "chance (1 / classes)"]
     assert list(bars["full web"]) == ["val", "v2", "sketch"]  # registry order, not alphabetical
     assert bars["full web"] == ACC["r-full"][4] and bars["gap (random control)"]["sketch"] == 0.25
     assert bars["chance (1 / classes)"] == {t: 1 / 12 for t in ("val", "v2", "sketch")}
-    lines = {t["name"]: t for t in spec(charts[1])["data"]}
+    lines = {t["name"]: t for t in chart_spec(charts[1])["data"]}
     assert lines["pruned"]["x"] == [0.0, 0.6] and lines["random"]["x"] == [0.0, 0.6]
     assert lines["random"]["y"][1] == pytest.approx((0.50 + 0.41 + 0.25) / 3)  # mean over the test sets
-    assert any(a["text"].startswith("chance 8.3%") for a in spec(charts[1])["layout"]["annotations"])
-    robust = {t["name"]: t for t in spec(charts[2])["data"]}
+    assert any(a["text"].startswith("chance 8.3%") for a in chart_spec(charts[1])["layout"]["annotations"])
+    robust = {t["name"]: t for t in chart_spec(charts[2])["data"]}
     assert set(robust) == {"v2", "sketch", "full web set", "pruned", "random control", "chance (1 / classes)",
                            "y = x"}  # the marker shapes are in the legend
     assert sorted(robust["sketch"]["x"]) == [0.50, 0.55, 0.61] and robust["pruned"]["marker"]["symbol"] == "diamond"
-    ranges = [spec(charts[0])["layout"]["yaxis"]["range"]] + [spec(c)["layout"][a]["range"] for c in charts[1:]
+    ranges = [chart_spec(charts[0])["layout"]["yaxis"]["range"]] + [chart_spec(c)["layout"][a]["range"] for c in charts[1:]
                                                                 for a in ("xaxis", "yaxis")]
     assert all(0 <= lo < hi <= 1 for lo, hi in ranges), ranges  # shares never run past 0% or 100%
     downloads = [d for d in at.get("download_button") if d.key != "report_download"]  # not the sidebar's report
@@ -107,7 +93,7 @@ def test_results_page_draws_the_stored_rows(served):
     assert table.set_index("model").loc["gap", "val"] == 0.55
     assert any("kaleido" in c.value for c in at.caption)
     at.selectbox(key="results_pruned_test").set_value("sketch").run()
-    lines = {t["name"]: t for t in spec(at.get("plotly_chart")[1])["data"]}
+    lines = {t["name"]: t for t in chart_spec(at.get("plotly_chart")[1])["data"]}
     assert lines["pruned"]["y"] == [0.33, 0.21] and not at.exception
 
 
@@ -132,13 +118,15 @@ def test_runs_page_shows_the_training_curve_and_queues_a_chain(served):
     at = page("runs")
     assert not at.exception
     assert {m.label: m.value for m in at.metric}["Step"] == "4/4"
-    curve = spec(next(c for c in at.get("plotly_chart") if "Loss" in spec(c)["layout"]["title"]["text"]))
+    curve = chart_spec(next(c for c in at.get("plotly_chart") if "Loss" in chart_spec(c)["layout"]["title"]["text"]))
     assert curve["data"][0]["y"] == [5, 4, 3, 2]
-    blocker = launch(served, "sleep", {"seconds": 60, "steps": 600})  # holds the only slot: the chain stays queued
+    # every slot busy, the chain stays queued (steps differ: launch would deduplicate two identical jobs)
+    blockers = [launch(served, "sleep", {"seconds": 60, "steps": steps, "lane": lane})
+                for lane, steps in (("heavy", 600), ("light", 600), ("light", 601))]
     at.button(key="runs_launch").click().run()
     at.button(key="runs_launch").click().run()  # a double click queues one chain
     assert not at.exception
-    queued = [j for j in list_jobs(served) if j.id not in (blocker.id, job.id)]
+    queued = [j for j in list_jobs(served) if j.id not in {b.id for b in blockers} | {job.id}]
     kinds = sorted(j.kind for j in queued)
     assert kinds == ["evaluate", "evaluate", "evaluate", "prune", "train", "train", "train"]
     prune_job = next(j for j in queued if j.kind == "prune")
@@ -157,7 +145,8 @@ def test_runs_page_shows_the_training_curve_and_queues_a_chain(served):
         assert any(text in r for r in rows), text
     captions = [c.value for c in at.caption]
     assert f"waiting for job {prune_job.id} (queued)" in captions  # the pruned run waits for its manifest
-    assert "waiting for a free slot (1 of 1 busy)" in captions  # the prune job only for the slot
+    assert any(c.startswith("waiting for a free light slot (2 of 2 busy)") for c in captions), captions  # the prune
+    assert any(c.startswith("waiting for a free heavy slot (1 of 1 busy)") for c in captions), captions  # full web
 
 
 def test_runs_page_read_only_hides_launching(served, monkeypatch):

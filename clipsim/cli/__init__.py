@@ -10,7 +10,8 @@ import argparse
 import logging
 import sys
 
-from clipsim.cli import core, datasets, dedup, jobs, prune, report, runs, text  # noqa: F401  (each registers its commands)
+# each of these modules registers its commands
+from clipsim.cli import compare, core, datasets, dedup, jobs, labels, prune, report, runs, text  # noqa: F401
 from clipsim.cli.common import COMMANDS, OneLineParser, csv_list, print_job, save_traceback, tqdm_progress
 from clipsim.errors import ClipsimError
 from clipsim.workspace import default_root

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from clipsim.runs.results import latest_per_run, model_label
+from clipsim.runs.results import latest_per_run, model_label, seed_summary
 
 FULL_COLOUR = "#4c78a8"  # the unpruned model
 PRUNED_COLOURS = ["#e45756", "#f58518", "#b279a2", "#9d755d", "#54a24b", "#72b7b2"]
@@ -19,6 +19,7 @@ DIAGONAL_COLOUR = "#222222"
 CHANCE_COLOUR = "#555555"  # zero-shot chance, 1 / classes scored: the floor every accuracy is read against
 SYMBOLS = {"full": "circle", "pruned": "diamond", "random": "x"}
 KIND_NAMES = {"full": "full web set", "pruned": "pruned", "random": "random control"}
+GROUP = 0.8  # share of a test set's slot its bars fill (plotly's bargap 0.2); per-seed dots are placed by it
 
 
 def _kind(frame: pd.DataFrame) -> pd.Series:
@@ -64,18 +65,30 @@ def unit_range(values, floor: bool = False) -> list[float]:
 
 
 def bars_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy per model (rows) and test set (columns), newest checkpoint of each run."""
+    """Accuracy per model (rows) and test set (columns): the mean over training seeds, newest checkpoint of each run."""
     models = _models(frame)
     if models.empty:
         return pd.DataFrame()
-    table = models.pivot_table(index="model", columns="test", values="accuracy", aggfunc="first", sort=False)
+    table = models.pivot_table(index="model", columns="test", values="accuracy", aggfunc="mean", sort=False)
     return table.reset_index()
 
 
-def accuracy_bars(frame: pd.DataFrame, tests: list[str] | None = None) -> go.Figure:
-    """Grouped bars: zero-shot top-1 per test set, one bar per model (full, pruned, random controls side by side)."""
+def accuracy_bars(frame: pd.DataFrame, tests: list[str] | None = None, summary: pd.DataFrame | None = None
+                  ) -> go.Figure:
+    """Grouped bars: zero-shot top-1 per test set, one bar per model (full, pruned, random controls side by side).
+
+    A bar is the mean over the model's training seeds, its error bar the 95% bootstrap interval over test images
+    (clipsim.runs.compare.arm_intervals; by default a single run's stored interval), black dots the single seeds.
+
+    Args:
+        frame: result rows.
+        tests: test sets in order (default: as stored).
+        summary: seed_summary-like table with intervals (default: seed_summary(frame)).
+    """
     models = _models(frame)
+    summary = seed_summary(frame) if summary is None else summary
     tests = tests or list(dict.fromkeys(models["test"]))
+    n_models = max(models["model"].nunique(), 1)
     fig = go.Figure()
     pruned = 0
     for model, rows in models.groupby("model", sort=False):
@@ -83,19 +96,32 @@ def accuracy_bars(frame: pd.DataFrame, tests: list[str] | None = None) -> go.Fig
         colour = FULL_COLOUR if kind == "full" else RANDOM_COLOUR if kind == "random" else \
             PRUNED_COLOURS[pruned % len(PRUNED_COLOURS)]
         pruned += kind == "pruned"
-        rows = rows.set_index("test").reindex(tests)
-        fig.add_bar(name=model, x=tests, y=rows["accuracy"], marker_color=colour,
+        mean = summary[summary["model"] == model].set_index("test").reindex(tests)
+        fig.add_bar(name=model, x=tests, y=mean["accuracy"], marker_color=colour,
                     marker_pattern_shape="/" if kind == "random" else "",
-                    customdata=np.stack([rows["n"].fillna(0), rows["train_samples"].fillna(0)], axis=1),
-                    hovertemplate="%{x}: %{y:.1%} of %{customdata[0]:.0f} images<br>trained on "
-                                  "%{customdata[1]:,.0f} samples<extra>" + model + "</extra>")
+                    error_y={"type": "data", "symmetric": False, "array": mean["ci_high"] - mean["accuracy"],
+                             "arrayminus": mean["accuracy"] - mean["ci_low"], "color": "#333333"},
+                    customdata=np.stack([mean["n"].fillna(0), mean["train_samples"].fillna(0),
+                                         mean["n_seeds"].fillna(0), mean["sd"].fillna(0)], axis=1),
+                    hovertemplate="%{x}: %{y:.1%} of %{customdata[0]:.0f} images<br>mean of %{customdata[2]:.0f} "
+                                  "seed(s), sd %{customdata[3]:.1%}<br>trained on %{customdata[1]:,.0f} samples"
+                                  "<extra>" + model + "</extra>")
+        if rows["run"].nunique() > 1:  # on a hidden numeric axis over the categories, at this model's bar
+            slot = models["model"].drop_duplicates().tolist().index(model)
+            at = rows["test"].map({t: i for i, t in enumerate(tests)}) - GROUP / 2 + (slot + 0.5) * GROUP / n_models
+            fig.add_scatter(x=at, y=rows["accuracy"], xaxis="x2", mode="markers", name=f"{model} · seeds",
+                            showlegend=False, marker={"color": "#111111", "size": 6},
+                            text=rows["seed"].astype(str), hovertemplate="seed %{text}: %{y:.1%}<extra></extra>")
     floor = chance(frame).reindex(tests)
     fig.add_scatter(x=tests, y=floor, mode="markers", name="chance (1 / classes)",
                     marker={"symbol": "line-ew-open", "size": 44, "color": CHANCE_COLOUR, "line": {"width": 2}},
                     hovertemplate="%{x}: chance %{y:.1%}<extra></extra>")
-    fig.update_layout(barmode="group", title="Zero-shot top-1 accuracy per test set", height=420,
-                      yaxis_title="top-1 accuracy", yaxis_tickformat=".0%", xaxis_title="test set",
-                      yaxis_range=unit_range(np.r_[models["accuracy"].to_numpy(float), floor.to_numpy()], floor=True),
+    fig.update_layout(xaxis2={"overlaying": "x", "range": [-0.5, len(tests) - 0.5], "visible": False},
+                      bargap=1 - GROUP, bargroupgap=0)
+    fig.update_layout(barmode="group", title="Zero-shot top-1 accuracy per test set",
+                      height=420, yaxis_title="top-1 accuracy", yaxis_tickformat=".0%", xaxis_title="test set",
+                      yaxis_range=unit_range(np.r_[models["accuracy"].to_numpy(float), floor.to_numpy(),
+                                                   summary["ci_high"].to_numpy(float)], floor=True),
                       legend_title_text="trained on", margin={"l": 10, "r": 10, "t": 50, "b": 10})
     return fig
 

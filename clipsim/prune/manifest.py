@@ -341,3 +341,48 @@ def _jsonable(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
+
+
+def save_keys_manifest(ws, name: str, web: str, removed_keys, rule: str = "tagged", params: dict | None = None,
+                       overwrite: bool = False) -> Manifest:
+    """Write manifest `name` that removes the given web keys ("remove these"), in the same format and with the same
+    commit point as save_manifest, so training accepts it like any other.
+
+    Args:
+        ws: the workspace.
+        name: manifest name.
+        web: the train set the keys belong to.
+        removed_keys: keys to remove; keys not in `web` are counted in summary['unknown_keys'], not removed.
+        rule: what made the list (recorded; e.g. 'tagged').
+        params: recorded as the manifest's parameters (e.g. {'tag': 'dup'}).
+        overwrite: replace an existing manifest of that name.
+
+    Returns:
+        The saved manifest.
+
+    Raises:
+        ReadOnlyError: the workspace is served read-only.
+        WorkspaceError: the name exists (without overwrite), or no key is in `web`.
+    """
+    if read_only():
+        raise ReadOnlyError(f"this workspace is served read-only (CLIPSIM_READ_ONLY=1); manifest {name!r} was not saved")
+    check_name(name, "manifest")
+    folder = ws.path(MANIFESTS, name)
+    if folder.exists() and not overwrite:
+        raise WorkspaceError(f"manifest {name!r} exists at {folder}; pick another name or pass overwrite=True (CLI: --overwrite)")
+    emb = ws.embeddings(web)
+    keys = np.asarray(emb.keys()).astype(str)
+    wanted = pd.unique(pd.Series(list(removed_keys), dtype=str))
+    removed = np.isin(keys, wanted)
+    if not removed.any():
+        raise WorkspaceError(f"none of the {len(wanted)} keys is in train set {web!r} ({ws.embedding_dir(web)}); "
+                             "tag images of the web set, or pick the set they belong to")
+    n = len(keys)
+    summary = {"rule": rule, "params": dict(params or {}), "web": web, "reference": None, "tests": [], "n": n,
+               "inputs": {"search": {}, "web_embeddings": emb.fingerprint()}, "counts": {},
+               "combined": {"removed": int(removed.sum()), "kept": int((~removed).sum()),
+                            "share": float(removed.sum() / n) if n else 0.0},
+               "unknown_keys": int(len(wanted) - np.isin(wanted, keys).sum()),
+               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    _write_atomically(ws.path(MANIFESTS), name, {"removed": keys[removed], "kept": keys[~removed]}, summary, overwrite)
+    return load_manifest(ws, name)

@@ -147,8 +147,8 @@ def zero_shot(ws, test: str, model, preprocess, tokenizer, templates: Sequence, 
     """Zero-shot top-1 accuracy of a loaded model on one test set.
 
     Returns:
-        {test, accuracy, correct, n, unlabelled, classes}: n counts images with a label; unlabelled ones
-        (label -1) are left out.
+        {test, accuracy, correct, n, unlabelled, classes, predictions}: n counts images with a label; unlabelled
+        ones (label -1) are left out; predictions holds key, label, prediction, correct per labelled image.
 
     Raises:
         DataError: a label outside the class list or outside the benchmark's class subset.
@@ -169,9 +169,13 @@ def zero_shot(ws, test: str, model, preprocess, tokenizer, templates: Sequence, 
     image_emb = embed_records(model, preprocess, records, int(ds.extra.get("crop_border", 0) or 0), device,
                               batch_size, progress, test)
     heads = group_heads(len(ds.classes), ds.extra.get("class_groups"))
-    correct = int((heads[predict(image_emb, class_emb, subset)] == labels).sum()) if len(labels) else 0
+    predicted = predict(image_emb, class_emb, subset) if len(labels) else np.zeros(0, np.int64)
+    right = heads[predicted] == labels
+    correct = int(right.sum())
+    per_image = pd.DataFrame({"key": records["key"].astype(str).to_numpy(), "label": labels, "prediction": predicted,
+                              "correct": right})
     return {"test": test, "accuracy": correct / len(labels) if len(labels) else float("nan"), "correct": correct,
-            "n": len(labels), "unlabelled": int((~known).sum()), "classes": len(allowed)}
+            "n": len(labels), "unlabelled": int((~known).sum()), "classes": len(allowed), "predictions": per_image}
 
 
 def evaluate(ws, run: str | Path, tests: list[str] | None = None, templates: str | Sequence | None = None,
@@ -188,7 +192,8 @@ def evaluate(ws, run: str | Path, tests: list[str] | None = None, templates: str
         device: 'auto' (cuda if available), 'cpu', 'cuda'.
         batch_size: images per forward pass.
         progress: progress(done, total, message) or None.
-        record: add the rows to the workspace's results table (clipsim.results).
+        record: add the rows to the workspace's results table (clipsim.runs.results) and store each image's
+            prediction (clipsim.runs.predictions).
 
     Returns:
         One row per test set with clipsim.results.RESULT_COLUMNS.
@@ -197,7 +202,7 @@ def evaluate(ws, run: str | Path, tests: list[str] | None = None, templates: str
         WorkspaceError: unknown run, test set or templates. ModelError: the checkpoint does not load.
     """
     from clipsim.models import load_model
-    from clipsim.runs import results
+    from clipsim.runs import predictions, results
     from clipsim.runs.train import resolve_checkpoint
 
     info = resolve_checkpoint(ws, run, model)
@@ -214,6 +219,8 @@ def evaluate(ws, run: str | Path, tests: list[str] | None = None, templates: str
         score = zero_shot(ws, test, net, preprocess, tokenizer, prompts, device, batch_size, progress)
         log.info("%s on %s: top-1 %.4f (%d images, %.1f s)", info["run"], test, score["accuracy"], score["n"],
                  time.time() - t0)
+        if record:  # per-image predictions first: a result row then always has its predictions beside it
+            predictions.write_predictions(ws, info, test, score["predictions"])
         rows.append(results.result_row(info, score, name))
     frame = pd.DataFrame(rows, columns=results.RESULT_COLUMNS)
     if record:

@@ -21,6 +21,27 @@ def train_resources(ws, preset: str, overrides: dict | None = None) -> dict | No
     return {"gpus": merged["nproc"]} if merged["launcher"] == "torchrun" else None
 
 
+def seed_overrides(ws, preset: str, overrides: dict | None = None, seeds: int = 1) -> list[dict]:
+    """The preset overrides of `seeds` training runs that differ only in their seed.
+
+    Args:
+        ws: the workspace; preset, overrides: as for train.
+        seeds: how many runs; run i trains with the preset's seed + i.
+
+    Returns:
+        One overrides dict per run ([overrides] unchanged for one seed, so a plain launch stays the same job).
+
+    Raises:
+        WorkspaceError: seeds < 1, or an unknown preset or field.
+    """
+    if int(seeds) < 1:
+        raise WorkspaceError(f"seeds={seeds} must be at least 1")
+    if int(seeds) == 1:
+        return [dict(overrides or {})]
+    base = get_preset(ws, preset, overrides)["seed"]
+    return [{**(overrides or {}), "seed": base + i} for i in range(int(seeds))]
+
+
 def train_manifest(ws, manifest: str, base: str | None) -> str:
     """The manifest a run trains on when it starts from `base`: 'full' means the base itself; any other manifest
     must have been cut from that base (clipsim.prune.base).
@@ -45,7 +66,7 @@ def train_manifest(ws, manifest: str, base: str | None) -> str:
 def queue_pipeline(ws, manifest: str | None = None, spec: RuleSpec | None = None, preset: str = "demo",
                    overrides: dict | None = None, random_control: bool = False, include_full: bool = False,
                    web: str | None = None, eval_tests: list[str] | None = None, backend: str | None = None,
-                   base: str | None = None) -> list:
+                   base: str | None = None, seeds: int = 1) -> list:
     """Queue a prune -> train -> evaluate chain.
 
     Args:
@@ -60,6 +81,7 @@ def queue_pipeline(ws, manifest: str | None = None, spec: RuleSpec | None = None
         backend: job backend ('local', 'slurm'; default the workspace's).
         base: start the chain from this manifest (e.g. a dedup manifest, as the study did): the rule prunes the
             samples it keeps, the random control is drawn from them, and 'the full web set' means the base.
+        seeds: train every variant this many times with seeds preset seed + 0, 1, ... (seed_overrides).
 
     Returns:
         The queued (or deduplicated) jobs in launch order.
@@ -82,10 +104,10 @@ def queue_pipeline(ws, manifest: str | None = None, spec: RuleSpec | None = None
         ([{"manifest": manifest, "control": "random"}] if manifest and random_control else [])
     for variant in variants:
         after = 0 if plan and plan[0][0] == "prune" and variant["manifest"] == manifest else None
-        plan.append(("train", {**variant, "web": web, "preset": preset, "overrides": dict(overrides or {})}, after,
-                     resources))
-        plan.append(("evaluate", {"run": f"train-job-{len(plan)}", **({"tests": list(eval_tests)} if eval_tests else {})},
-                     len(plan) - 1, None))
+        for seeded in seed_overrides(ws, preset, overrides, seeds):
+            plan.append(("train", {**variant, "web": web, "preset": preset, "overrides": seeded}, after, resources))
+            plan.append(("evaluate", {"run": f"train-job-{len(plan)}",
+                                      **({"tests": list(eval_tests)} if eval_tests else {})}, len(plan) - 1, None))
     return _launch_plan(ws, plan, backend)
 
 

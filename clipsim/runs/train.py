@@ -238,7 +238,8 @@ def resolve_checkpoint(ws, run: str | Path, model: str | None = None) -> dict:
         model: architecture or JSON config (required for a checkpoint outside a run folder).
 
     Returns:
-        {run, checkpoint, model, epoch, manifest, preset, rule, control_of, web, train_samples, web_samples}.
+        {run, checkpoint, model, epoch, manifest, preset, rule, control_of, web, train_samples, web_samples, seed}
+        (seed: the training seed, None when unknown).
 
     Raises:
         WorkspaceError: no such run, no checkpoint yet, or a bare checkpoint without a model.
@@ -265,4 +266,5 @@ def resolve_checkpoint(ws, run: str | Path, model: str | None = None) -> dict:
     return {"run": info.get("run", run_dir.name if info else checkpoint.stem), "checkpoint": str(checkpoint),
             "model": model, "epoch": int(epoch) if epoch.isdigit() else 0, "manifest": info.get("manifest"),
             "preset": info.get("preset_name"), "rule": info.get("rule"), "control_of": info.get("control_of"),
-            "web": info.get("web"), "train_samples": info.get("samples"), "web_samples": info.get("web_samples")}
+            "web": info.get("web"), "train_samples": info.get("samples"), "web_samples": info.get("web_samples"),
+            "seed": (info.get("preset") or {}).get("seed")}
