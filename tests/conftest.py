@@ -106,3 +106,14 @@ def mapped_ws(demo_ws, tmp_path_factory):
                      "--timeout", "300"])
     assert code == 0
     return Workspace.open(root)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The suite's CPU time (this process and the children it waited for: workers, trainers, browsers), so a run
+    reports what it cost as well as how long it took (`/usr/bin/time -v python -m pytest` agrees up to detached jobs)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    terminalreporter.write_line(f"suite CPU time: {cpu / 60:.1f} CPU-minutes (self {own.ru_utime + own.ru_stime:.0f} s, "
+                                f"waited-for children {kids.ru_utime + kids.ru_stime:.0f} s)")
