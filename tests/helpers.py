@@ -23,3 +23,24 @@ def chart_spec(chart) -> dict:
         return [decode(v) for v in value] if isinstance(value, list) else value
 
     return decode(json.loads(chart.proto.spec))
+
+
+def searched_workspace(root, sets: dict[str, np.ndarray], tests: list[str], shard_rows: int, block_rows: int):
+    """A workspace of the given embedding sets (in shards of shard_rows, keys '<set>-<row>'), the sets named in
+    `tests` registered as test sets and the others as train sets, reference 'curated'; 'curated' searched, then
+    'web' searched with similarity-gap margins against it (the scanner's blocks of block_rows rows)."""
+    import pandas as pd
+
+    from clipsim import Workspace, store
+    from clipsim.search import search
+
+    ws = Workspace.create(root)
+    for name, emb in sets.items():
+        for i, lo in enumerate(range(0, len(emb), shard_rows)):
+            part = emb[lo : lo + shard_rows]
+            store.write_shard(root / "emb" / name, i, part, pd.DataFrame({"key": [f"{name}-{lo + j}" for j in range(len(part))]}))
+        ws.register_dataset(name, "test" if name in tests else "train", f"emb/{name}", "embeddings")
+    ws.update_settings(reference="curated")
+    search(ws, "curated", tests, k=5, precision="fp32", device="cpu")
+    search(ws, "web", tests, k=5, reference="curated", precision="fp32", device="cpu", block_rows=block_rows)
+    return ws

@@ -32,7 +32,7 @@ from clipsim.prune import (
 )
 from clipsim.search import search
 from clipsim.search.exact import brute_force
-from tests.helpers import unit16
+from tests.helpers import searched_workspace, unit16
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny blocks: see conftest.one_thread
 
@@ -59,17 +59,7 @@ def make_sets(rng: np.random.Generator, dim: int = 16) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def rand_ws(tmp_path_factory) -> Workspace:
     """A workspace of random embeddings (web 600 rows in 2 shards), searched with margins against 'curated'."""
-    root = tmp_path_factory.mktemp("prune") / "ws"
-    ws = Workspace.create(root)
-    for name, emb in make_sets(np.random.default_rng(7)).items():
-        for i, lo in enumerate(range(0, len(emb), 300)):
-            part = emb[lo : lo + 300]
-            store.write_shard(root / "emb" / name, i, part, pd.DataFrame({"key": [f"{name}-{lo + j}" for j in range(len(part))]}))
-        ws.register_dataset(name, "test" if name in TESTS else "train", f"emb/{name}", "embeddings")
-    ws.update_settings(reference="curated")
-    search(ws, "curated", TESTS, k=5, precision="fp32", device="cpu")
-    search(ws, "web", TESTS, k=5, reference="curated", precision="fp32", device="cpu", block_rows=128)
-    return ws
+    return searched_workspace(tmp_path_factory.mktemp("prune") / "ws", make_sets(np.random.default_rng(7)), TESTS, 300, 128)
 
 
 @pytest.fixture

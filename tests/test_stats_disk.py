@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipsim import Workspace, fileio, sorted_stats, store
+from clipsim import Workspace, fileio, sorted_stats
 from clipsim.cli import main
 from clipsim.prune import PruneStats, RuleSpec, apply_rule, rule_far, rule_near, rule_similarity_gap, rule_threshold
 from clipsim.prune import columns as columns_module
@@ -18,8 +18,7 @@ from clipsim.prune import stats as stats_module
 from clipsim.prune.columns import Column, DiskColumn, cut_for_fraction, keep_cut
 from clipsim.prune.stats import CombinedPending, floor32
 from clipsim.prune.stored import combined_folder, ensure_search_stats, open_combined, open_search_stats
-from clipsim.search import search
-from tests.helpers import unit16
+from tests.helpers import searched_workspace, unit16
 
 TESTS = ["ta", "tb", "tc"]
 
@@ -110,17 +109,7 @@ def _sets(rng: np.random.Generator, dim: int = 16) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def disk_ws(tmp_path_factory) -> Workspace:
     """A searched workspace (web in 3 shards): its searches stored their sorted statistics and the combination."""
-    root = tmp_path_factory.mktemp("disk") / "ws"
-    ws = Workspace.create(root)
-    for name, emb in _sets(np.random.default_rng(3)).items():
-        for i, lo in enumerate(range(0, len(emb), 250)):
-            part = emb[lo : lo + 250]
-            store.write_shard(root / "emb" / name, i, part, pd.DataFrame({"key": [f"{name}-{lo + j}" for j in range(len(part))]}))
-        ws.register_dataset(name, "test" if name in TESTS else "train", f"emb/{name}", "embeddings")
-    ws.update_settings(reference="curated")
-    search(ws, "curated", TESTS, k=5, precision="fp32", device="cpu")
-    search(ws, "web", TESTS, k=5, reference="curated", precision="fp32", device="cpu", block_rows=100)
-    return ws
+    return searched_workspace(tmp_path_factory.mktemp("disk") / "ws", _sets(np.random.default_rng(3)), TESTS, 250, 100)
 
 
 @pytest.fixture
