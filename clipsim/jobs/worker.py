@@ -246,6 +246,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # run through the imported module so its classes are the ones kinds see
-    from clipsim.jobs.worker import main as _main
+    from clipsim.jobs.worker import main as worker_main
 
-    sys.exit(_main())
+    sys.exit(worker_main())
