@@ -90,7 +90,7 @@ def test_tile_shapes():
     assert tile_shape(0, 0) == (1, 1)  # empty groups and blocks still step through range()
 
 
-def gap_data(seed: int = 3, n_q: int = 150, d: int = 32):
+def gap_data(seed: int = 3, n_q: int = 150, d: int = 32, split: int = 110):
     """Queries in clusters (close maxima across buckets), train rows with copies and one-ulp nudges of queries, and
     offsets float32(c(t, j0) - 0.5): every query's margin on train row j0 is 0.5 give or take one rounding, so the
     exact first argmax decides among float32 ties spread over all buckets (and sorting by offset shuffles them)."""
@@ -108,8 +108,8 @@ def gap_data(seed: int = 3, n_q: int = 150, d: int = 32):
     offsets = {"half": (brute_force(q, x[j0 : j0 + 1])[:, 0].astype(np.float64) - 0.5).astype(np.float32),
                "rand": rng.uniform(0.3, 0.9, n_q).astype(np.float32)}
     ties = (brute_force(q, x[j0 : j0 + 1])[:, 0].astype(np.float64) - offsets["half"]).astype(np.float32)
-    group_a = {name: off[:110] for name, off in offsets.items()}
-    return q, x, [Group("a", 0, 110, group_a), Group("b", 110, n_q, {"rand": offsets["rand"][110:]})], ties
+    group_a = {name: off[:split] for name, off in offsets.items()}
+    return q, x, [Group("a", 0, split, group_a), Group("b", split, n_q, {"rand": offsets["rand"][split:]})], ties
 
 
 def test_gap_data_is_adversarial():
@@ -131,6 +131,21 @@ def test_gap_pass_over_buckets_chunks_and_column_tiles(monkeypatch, precision, t
     q, x, groups, _ = gap_data()
     scanner = assert_scan_exact(q, x, groups, 10, precision, block)
     assert scanner.rechecked > 0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize(("tile_elements", "min_cols"), [
+    (2**24, 2048),  # one tile per group: 530 rows = 2 whole R2 rows of BUCKET^2, then 18 (a bucket of 2)
+    (300 * 64, 64),  # chunks of 300 rows: one R2 row and 44 rows (a bucket of 12) per chunk
+])
+def test_gap_pass_over_several_second_level_buckets(monkeypatch, precision, tile_elements, min_cols):
+    """The per-row filters start on R2 (BUCKET^2 query rows per entry): groups and chunks of many rows, ragged at
+    both levels, still give the brute-force bits."""
+    monkeypatch.setattr(scan_module, "TILE_ELEMENTS", tile_elements)
+    monkeypatch.setattr(scan_module, "MIN_COLS", min_cols)
+    q, x, groups, _ = gap_data(n_q=600, split=530)
+    assert len(range(0, 530, BUCKET * BUCKET)) == 3 and 530 % BUCKET == 2
+    assert_scan_exact(q, x, groups, 10, precision, 10_000)
 
 
 class ReversedInline:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from clipsim.search.exact import Screen, exact_dots, exact_margin
-from clipsim.search.tiles import BUCKET, BucketTile, TrainRowMax, Uncertainty, at_least
+from clipsim.search.tiles import BUCKET, BucketTile, TopkHits, TrainRowMax, Uncertainty, at_least
 
 # Elements of one product tile (32 MB in bf16, 64 MB in float32): bounds memory beside the block itself. A tile of
 # 4000 queries x 4096 train rows runs the bf16 product at ~98% of its 4096^3 speed on 2 EPYC cores.
@@ -197,9 +197,10 @@ class ExactScanner:
                 buf = self._tile_buffer(bufs, "s", (hi - lo, c1 - c0))
                 s = self.screen.product(self.q_lo[lo:hi], blk.x_lo[c0:c1], out=buf)
                 tile = BucketTile(s, self._tile_buffer(bufs, "r", (-(-(hi - lo) // BUCKET), c1 - c0)))
-                self._update_topk(tile, lo, blk, c0)
+                topk = self._topk_hits(tile, lo, blk)
                 for acc in maxima.values():
                     acc.add(tile, lo - g.start)
+                self._update_topk(lo, *topk.take(*tile.entries(*topk.wanted)), blk, c0)
             for ref, (best, arg) in self._exact_maxima(maxima, g, blk.x16, c0).items():
                 stats[names[ref][0]][c0:c1], stats[names[ref][1]][c0:c1] = best, arg
         finally:
@@ -211,8 +212,8 @@ class ExactScanner:
         buf = _flat_buffer(bufs, name, shape[0] * shape[1], self.screen.tile_dtype, self.device)
         return None if buf is None else buf[: shape[0] * shape[1]].view(shape)
 
-    def _update_topk(self, tile: BucketTile, lo: int, blk: _Block, c0: int) -> None:
-        """Merge the exact candidates of a tile (scanner rows lo.., block columns c0..) into the running top-k.
+    def _topk_hits(self, tile: BucketTile, lo: int, blk: _Block) -> TopkHits:
+        """The entries of a tile (scanner rows lo..) that may enter the running top-k.
 
         After the merge the k-th best is at least F = max(old k-th, low(v_k)), v_k being the tile's k-th largest
         screened value; so only entries with high(s) >= F can enter, and all of them are re-checked. v_k (a top-k
@@ -220,16 +221,19 @@ class ExactScanner:
         alone keeps the candidates few. Workers merge column ranges in any order, and a k-th read while another
         merges is still a lower bound: entries equal to it go to the merge, which orders by (-sim, id).
         """
-        rows = self.order[lo : lo + tile.s.shape[0]]  # the tile's query rows in the caller's order
-        kth = self.top_s[rows, -1]
-        floor = kth
-        if tile.s.shape[1] >= self.k and bool(torch.isinf(kth).any()):
-            floor = torch.maximum(kth, blk.err.low(torch.topk(tile.s, self.k, dim=1, sorted=False).values.amin(dim=1)))
-        r, j = tile.topk_hits(at_least(blk.err.reach(floor), tile.s.dtype))
+        floor = self.top_s[self.order[lo : lo + tile.s.shape[0]], -1]
+        if tile.s.shape[1] >= self.k and bool(torch.isinf(floor).any()):
+            floor = torch.maximum(floor, blk.err.low(torch.topk(tile.s, self.k, dim=1, sorted=False).values.amin(dim=1)))
+        return TopkHits(tile, at_least(blk.err.reach(floor), tile.s.dtype))
+
+    def _update_topk(self, lo: int, r: torch.Tensor, j: torch.Tensor, blk: _Block, c0: int) -> None:
+        """Re-check the entries (r, j) found by `_topk_hits` (tile rows r from scanner row lo, block columns c0 + j)
+        and merge those that enter into the running top-k."""
         if len(r) == 0:
             return
+        rows = self.order[lo : lo + int(r.max()) + 1]  # the tile's query rows in the caller's order
         vals = exact_dots(self.q16, rows[r], blk.x16, j + c0)
-        enter = vals >= kth[r]
+        enter = vals >= self.top_s[rows[r], -1]
         with self._lock:
             self.rechecked += len(vals)
             if enter.any():

@@ -61,8 +61,33 @@ def per_bucket(values: torch.Tensor, reduce: str) -> torch.Tensor:
     return out
 
 
+def bucket_max(t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, m) -> (ceil(n / BUCKET), m): the maximum over each BUCKET consecutive rows, in one read of t (a
+    middle-axis max runs along contiguous rows: 0.12 ns per entry on a CPU, ~4% of a bf16 product)."""
+    n, m = t.shape
+    full, n_b = n // BUCKET, -(-n // BUCKET)
+    out = torch.empty((n_b, m), dtype=t.dtype, device=t.device) if out is None else out
+    if full:
+        torch.amax(t[: full * BUCKET].view(full, BUCKET, m), dim=1, out=out[:full])
+    if full < n_b:
+        torch.amax(t[full * BUCKET :], dim=0, keepdim=True, out=out[full:])
+    return out
+
+
+def lanes(t: torch.Tensor, b: torch.Tensor, j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The BUCKET entries of t under bucket-columns (b, j): rows (c, BUCKET) i64, values (c, BUCKET) and valid
+    (c, BUCKET) bool, false past the end of a short last bucket (those slots repeat t's last row)."""
+    n, m = t.shape
+    rows = b[:, None] * BUCKET + torch.arange(BUCKET, device=t.device)
+    valid = rows < n
+    rows.clamp_(max=n - 1)
+    flat = (rows * m + j[:, None]).view(-1)  # a flat index_select: ~3x faster than t[rows, j] on a CPU
+    return rows, t.view(-1).index_select(0, flat).view(rows.shape), valid
+
+
 class BucketTile:
-    """A product tile S (n, m) and its bucket maxima R (ceil(n / BUCKET), m), made in one read of S.
+    """A product tile S (n, m), its bucket maxima R (ceil(n / BUCKET), m), made in one read of S, and R's own
+    bucket maxima R2 (BUCKET^2 query rows each, 1/256 of S) for the per-column filters.
 
     Args:
         s: (n, m) screened products (bfloat16 or float32), rows = queries, columns = train rows.
@@ -70,32 +95,54 @@ class BucketTile:
     """
 
     def __init__(self, s: torch.Tensor, out: torch.Tensor | None = None):
-        n, m = s.shape
-        full, n_b = n // BUCKET, -(-n // BUCKET)
         self.s = s
-        self.r = torch.empty((n_b, m), dtype=s.dtype, device=s.device) if out is None else out
-        if full:  # a middle-axis max runs along contiguous rows of S: 0.12 ns per entry, ~4% of a bf16 product
-            torch.amax(s[: full * BUCKET].view(full, BUCKET, m), dim=1, out=self.r[:full])
-        if full < n_b:
-            torch.amax(s[full * BUCKET :], dim=0, keepdim=True, out=self.r[full:])
-        self._lanes = torch.arange(BUCKET, device=s.device)
+        self.r = bucket_max(s, out)
+        self._r2: torch.Tensor | None = None
+
+    @property
+    def r2(self) -> torch.Tensor:
+        """(ceil(n / BUCKET^2), m) maxima of R over BUCKET consecutive buckets, made on first use."""
+        if self._r2 is None:
+            self._r2 = bucket_max(self.r)
+        return self._r2
 
     def entries(self, b: torch.Tensor, j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every entry of bucket-columns (b, j): rows (c, BUCKET) i64, values (c, BUCKET) and valid (c, BUCKET)
-        bool, false past the end of a short last bucket (those slots repeat its last row)."""
-        rows = b[:, None] * BUCKET + self._lanes
-        n, m = self.s.shape
-        valid = rows < n
-        rows.clamp_(max=n - 1)
-        flat = (rows * m + j[:, None]).view(-1)  # a flat index_select: ~3x faster than s[rows, j] on a CPU
-        return rows, self.s.view(-1).index_select(0, flat).view(rows.shape), valid
+        """Every entry of S under bucket-columns (b, j) (see `lanes`)."""
+        return lanes(self.s, b, j)
+
+    def buckets(self, b2: torch.Tensor, j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every bucket maximum of R under R2's bucket-columns (b2, j) (see `lanes`)."""
+        return lanes(self.r, b2, j)
 
     def topk_hits(self, row_floor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, cols) of the entries s[i, j] >= row_floor[i] (row_floor in S's dtype, from `at_least`)."""
-        b, j = hits(self.r, per_bucket(row_floor, "amin"))
-        rows, vals, valid = self.entries(b, j)
-        keep = valid & (vals >= row_floor[rows])
-        return rows[keep], j[:, None].expand_as(rows)[keep]
+        found = TopkHits(self, row_floor)
+        return found.take(*self.entries(*found.wanted))
+
+
+def _lanes_of(floor: torch.Tensor, n_b: int) -> torch.Tensor:
+    """Per-row floors as (n_b, BUCKET), padded with +inf: the slots past the last row never pass."""
+    pad = torch.full((n_b * BUCKET - len(floor),), torch.inf, dtype=floor.dtype, device=floor.device)
+    return torch.cat([floor, pad]).view(n_b, BUCKET)
+
+
+class TopkHits:
+    """The entries s[i, j] >= row_floor[i] of a tile (row_floor in S's dtype, from `at_least`), in two steps:
+    `wanted`, the bucket-columns whose maximum passes its bucket's least floor; `take`, their entries that pass."""
+
+    def __init__(self, tile: BucketTile, row_floor: torch.Tensor):
+        self.lane_floor = _lanes_of(row_floor, tile.r.shape[0])  # slots past the last row never pass
+        bucket_floor = per_bucket(row_floor, "amin")
+        b2, j = torch.nonzero(tile.r2 >= per_bucket(bucket_floor, "amin")[:, None], as_tuple=True)
+        b, r, _ = tile.buckets(b2, j)
+        pick = torch.nonzero((r >= _lanes_of(bucket_floor, len(tile.r2)).index_select(0, b2)).view(-1), as_tuple=True)[0]
+        self.wanted = b.view(-1)[pick], j[pick // BUCKET]
+
+    def take(self, rows: torch.Tensor, vals: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, cols) of the passing entries, given the `wanted` bucket-columns' entries (BucketTile.entries)."""
+        b, j = self.wanted
+        pick = torch.nonzero((vals >= self.lane_floor.index_select(0, b)).view(-1), as_tuple=True)[0]
+        return rows.view(-1)[pick], j[pick // BUCKET]
 
 
 class Uncertainty:
@@ -149,6 +196,7 @@ class TrainRowMax:
         self.err, self.offsets = err, offsets
         self.best = torch.full((n_cols,), -torch.inf, device=device)
         self.rows, self.cols, self.vals = [], [], []
+        self._pending: tuple = ()  # select -> take: (floor, columns, r0, offsets, entry threshold)
 
     def floor(self) -> torch.Tensor:
         """Per column, the least stored value (screened s, or high(s) - offset) an entry needs to stay."""
@@ -156,26 +204,61 @@ class TrainRowMax:
 
     def add(self, tile: BucketTile, r0: int) -> None:
         """Take the candidates of one tile whose query rows are r0 .. r0 + n of the group."""
+        self.take(*tile.entries(*self.select(tile, r0)))
+
+    def select(self, tile: BucketTile, r0: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raise L from one tile (query rows r0 .. r0 + n of the group) and return the bucket-columns (b, j) whose
+        entries may stay; `take` then keeps those entries that do.
+
+        Both filters run on R2 first (1/256 of the tile), then on the buckets of the R2 entries that pass: each level
+        keeps a superset of what the next one keeps.
+        """
         if self.offsets is None:
-            self.best = torch.maximum(self.best, self.err.low(tile.r.amax(dim=0)))
+            self.best = torch.maximum(self.best, self.err.low(tile.r2.amax(dim=0)))
             floor = at_least(self.floor(), tile.r.dtype)  # compares in the tile's dtype: no copy
-            b, j = torch.nonzero(tile.r >= floor, as_tuple=True)
-            rows, vals, valid = tile.entries(b, j)
-            keep = valid & (vals >= floor[j][:, None])
-            stat = vals[keep].float()
-        else:
-            off = self.offsets[r0 : r0 + tile.s.shape[0]]
-            bucket_r = tile.r.float()
-            lows = self.err.low(bucket_r) - per_bucket(off, "amax")[:, None]
-            self.best = torch.maximum(self.best, lows.amax(dim=0))
-            floor = self.floor()
-            b, j = torch.nonzero(self.err.high(bucket_r) - per_bucket(off, "amin")[:, None] >= floor, as_tuple=True)
-            rows, vals, valid = tile.entries(b, j)
-            margin = self.err.high(vals) - off[rows]
-            keep = valid & (margin >= floor[j][:, None])
-            stat = margin[keep]
-        self.rows.append(rows[keep] + r0)
-        self.cols.append(j[:, None].expand_as(rows)[keep])
+            b2, j = torch.nonzero(tile.r2 >= floor, as_tuple=True)
+            b, r, valid = tile.buckets(b2, j)
+            pick = torch.nonzero((valid & (r >= floor[j][:, None])).view(-1), as_tuple=True)[0]
+            b, j = b.view(-1)[pick], j[pick // BUCKET]
+            self._pending = (floor, j, r0, None, None)
+            return b, j
+        off = self.offsets[r0 : r0 + tile.s.shape[0]]
+        lo_b, hi_b = per_bucket(off, "amin"), per_bucket(off, "amax")  # offsets over each bucket of rows
+        lo_b2, hi_b2 = per_bucket(lo_b, "amin"), per_bucket(hi_b, "amax")  # ... and over each R2 row
+        r2 = tile.r2.float()
+        self.best = torch.maximum(self.best, (self.err.low(r2) - hi_b2[:, None]).amax(dim=0))
+        floor = self.floor()
+        b2, j = torch.nonzero(self.err.high(r2) - lo_b2[:, None] >= floor, as_tuple=True)
+        # A bucket with high(R_b) - min(off over b) < floor can neither pass nor raise L (low - max off is lower):
+        # compared in R's dtype first (`reach`, less SLACK for the float32 sum), the float32 bounds then run on the
+        # few that stay.
+        b, r, valid = tile.buckets(b2, j)
+        near = at_least(self.err.reach(floor[j] + lo_b2[b2] - SLACK), r.dtype)
+        pick = torch.nonzero((valid & (r >= near[:, None])).view(-1), as_tuple=True)[0]
+        b, r, j = b.view(-1)[pick], r.view(-1)[pick].float(), j[pick // BUCKET]
+        self.best.scatter_reduce_(0, j, self.err.low(r) - hi_b[b], "amax")  # a tighter L from the buckets
+        floor = self.floor()
+        pick = torch.nonzero(self.err.high(r) - lo_b[b] >= floor[j], as_tuple=True)[0]
+        b, j = b[pick], j[pick]
+        self._pending = (floor, j, r0, off, at_least(self.err.reach(floor[j] + lo_b[b] - SLACK), tile.s.dtype))
+        return b, j
+
+    def take(self, rows: torch.Tensor, vals: torch.Tensor, valid: torch.Tensor) -> None:
+        """Keep the candidates among the entries (BucketTile.entries) of the bucket-columns `select` returned.
+
+        Slots past a short last bucket repeat its last row: a pair may be kept twice, which `candidates` allows (the
+        exact re-check takes distinct pairs)."""
+        floor, j, r0, off, near = self._pending
+        if off is None:
+            pick = torch.nonzero((vals >= floor.index_select(0, j)[:, None]).view(-1), as_tuple=True)[0]
+            rows, j, stat = rows.view(-1)[pick], j[pick // BUCKET], vals.view(-1)[pick].float()
+        else:  # entries below `near` have high(s) - off < floor: the float32 margins run on the rest only
+            pick = torch.nonzero((vals >= near[:, None]).view(-1), as_tuple=True)[0]
+            rows, j, stat = rows.view(-1)[pick], j[pick // BUCKET], self.err.high(vals.view(-1)[pick]) - off[rows.view(-1)[pick]]
+            keep = torch.nonzero(stat >= floor[j], as_tuple=True)[0]
+            rows, j, stat = rows[keep], j[keep], stat[keep]
+        self.rows.append(rows + r0)
+        self.cols.append(j)
         self.vals.append(stat)
 
     def candidates(self) -> tuple[torch.Tensor, torch.Tensor]:
