@@ -1,16 +1,18 @@
 """One pass over a product tile: bucket maxima, then the candidate entries of the top-k and per-row statistics.
 
 The scanner's tile S (queries x train rows) is read in full once, to take R[b, j] = max of S[i, j] over the BUCKET
-consecutive query rows i of bucket b. Every filter (top-k, per-train-row maximum, margins) first runs on R, 1/BUCKET
-of the tile, and then gathers the BUCKET entries of the few bucket-columns that pass; see `BucketTile`.
+consecutive query rows i of bucket b, and R's own bucket maxima R2 (BUCKET^2 query rows per entry) are taken from R.
+Every filter (top-k, per-train-row maximum, margins) first runs on R2, 1/256 of the tile, then on the BUCKET bucket
+maxima of the R2 entries that pass, and then gathers the BUCKET entries of the few bucket-columns that pass; each level
+keeps a superset of what the next keeps. See `BucketTile`.
 """
 from __future__ import annotations
 
 import torch
 
-# Query rows per bucket. R is 1/16 of the tile: taking it costs ~5% of a bf16 product, and the filters on it little
-# more; a candidate bucket-column gathers 16 entries. One EPYC core, gap pass of 4000 x 65536 x 512 (bf16 tiles of
-# 4000 x 4096): 2.37 / 2.34 / 2.53 CPU seconds with 8 / 16 / 32 rows per bucket.
+# Query rows per bucket. R is 1/16 of the tile: taking it costs ~5% of a bf16 product; a candidate bucket-column
+# gathers 16 entries. One EPYC core, bf16 tile of 4000 x 4096 x 512 (80 ms of product): R 3.7 ms, R2 0.2 ms, top-k
+# bucket hits 1.1 ms from R2 (2.3 ms from segments of R), per-row filters 1.3 ms (similarity) and 2.2 ms (margins).
 BUCKET = 16
 # Float32 bound arithmetic (s -+ u|s| -+ b, minus an offset, for |values| < 4) rounds by <= 2^-23 per step; 2^-21
 # on top of the screen's bound covers the four such steps any one bound takes (Uncertainty, TrainRowMax).
@@ -183,8 +185,9 @@ class TrainRowMax:
     final L discards the rest before the exact re-check (`candidates`).
 
     Bucket filter: no entry of bucket B can pass unless its maximum R_B does (margins: unless high(R_B) - min(off
-    over B) does). L itself grows from low(R_B) (margins: low(R_B) - max(off over B)), which an entry of B attains
-    or beats. Sorting each group's queries by offset keeps min and max(off over B) close (scan.py).
+    over B) does), and no bucket of an R2 entry unless that entry does (with min(off) over its BUCKET^2 rows). L
+    itself grows from low(R2) and low(R_B) (margins: minus max(off) over the same rows), which an entry attains or
+    beats. Sorting each group's queries by offset keeps min and max(off) over a bucket close (scan.py).
 
     Args:
         n_cols: columns (train rows) of the range.
