@@ -136,8 +136,9 @@ class TopkHits:
         self.lane_floor = _lanes_of(row_floor, tile.r.shape[0])  # slots past the last row never pass
         bucket_floor = per_bucket(row_floor, "amin")
         b2, j = torch.nonzero(tile.r2 >= per_bucket(bucket_floor, "amin")[:, None], as_tuple=True)
-        b, r, _ = tile.buckets(b2, j)
-        pick = torch.nonzero((r >= _lanes_of(bucket_floor, len(tile.r2)).index_select(0, b2)).view(-1), as_tuple=True)[0]
+        b, r, _ = tile.buckets(b2, j)  # slots past the last bucket: +inf floors below
+        lane_floor = _lanes_of(bucket_floor, len(tile.r2)).index_select(0, b2)
+        pick = torch.nonzero((r >= lane_floor).view(-1), as_tuple=True)[0]
         self.wanted = b.view(-1)[pick], j[pick // BUCKET]
 
     def take(self, rows: torch.Tensor, vals: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,7 +258,8 @@ class TrainRowMax:
             rows, j, stat = rows.view(-1)[pick], j[pick // BUCKET], vals.view(-1)[pick].float()
         else:  # entries below `near` have high(s) - off < floor: the float32 margins run on the rest only
             pick = torch.nonzero((vals >= near[:, None]).view(-1), as_tuple=True)[0]
-            rows, j, stat = rows.view(-1)[pick], j[pick // BUCKET], self.err.high(vals.view(-1)[pick]) - off[rows.view(-1)[pick]]
+            rows, j = rows.view(-1)[pick], j[pick // BUCKET]
+            stat = self.err.high(vals.view(-1)[pick]) - off[rows]
             keep = torch.nonzero(stat >= floor[j], as_tuple=True)[0]
             rows, j, stat = rows[keep], j[keep], stat[keep]
         self.rows.append(rows + r0)
