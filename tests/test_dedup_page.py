@@ -17,9 +17,9 @@ from clipsim.dedup.clusters import default_clusters
 from clipsim.dedup.stats import DedupStats, eps_cut
 from clipsim.search.text import text_search
 from clipsim.workspace import Workspace
+from tests.helpers import PAGE_TIMEOUT, html, metric, run_page, writable_copy
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 90  # seconds per script run (a cold run sorts the statistics and decodes the pair thumbnails)
 
 
 @pytest.fixture
@@ -31,26 +31,7 @@ def served(demo_ws, monkeypatch):
 
 @pytest.fixture
 def writable(demo_ws, tmp_path, monkeypatch):
-    root = tmp_path / "ws"
-    shutil.copytree(demo_ws.root, root, ignore=shutil.ignore_patterns("manifests", "runs", "jobs.sqlite*"))
-    monkeypatch.setenv("CLIPSIM_WORKSPACE", str(root))
-    monkeypatch.delenv("CLIPSIM_READ_ONLY", raising=False)
-    return Workspace.open(root)
-
-
-def run_page(name: str, **params) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=TIMEOUT)
-    for key, value in params.items():
-        at.query_params[key] = value
-    return at.run()
-
-
-def metric(at: AppTest, label: str) -> str:
-    return next(m.value for m in at.metric if m.label.startswith(label))
-
-
-def html(at: AppTest) -> str:
-    return "".join(h.proto.body for h in at.html)
+    return writable_copy(demo_ws.root, tmp_path / "ws", monkeypatch, ("manifests", "runs", "jobs.sqlite*"))
 
 
 def stats_of(ws) -> DedupStats:
@@ -58,7 +39,7 @@ def stats_of(ws) -> DedupStats:
 
 
 def test_app_navigates_to_the_dedup_page(served):
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=PAGE_TIMEOUT).run()
     at.switch_page("pages/dedup.py").run()
     assert not at.exception and at.title[0].value == "Dedup"
 

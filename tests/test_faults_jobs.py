@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -21,27 +20,9 @@ from clipsim.errors import WorkspaceError
 from clipsim.jobs import cancel, get_job, launch, list_jobs, reconcile, wait
 from clipsim.jobs.procs import job_processes
 from clipsim.workspace import Workspace
+from tests.helpers import process_gone, until
 
 LONG = {"seconds": 120, "steps": 1200}  # runs until it is killed or cancelled
-
-
-def _until(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def _gone(pid: int) -> bool:
-    """True when process `pid` no longer runs (no /proc entry, or a zombie); independent of clipsim."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")
 
 
 @pytest.fixture
@@ -58,21 +39,21 @@ def ws(tmp_path, monkeypatch):
 def _tree(ws, job_id: str) -> tuple[int, list[int]]:
     """(worker pid, pids of its children and grandchildren) once the sleep job has started its children."""
     folder = ws.path("runs", job_id)
-    tree = _until(lambda: (folder / "children.json").exists() and json.loads((folder / "children.json").read_text()),
-                  what="the job's children")
+    tree = until(lambda: (folder / "children.json").exists() and json.loads((folder / "children.json").read_text()),
+                 timeout=60, what="the job's children")
     return int(get_job(ws, job_id).backend_id), tree["children"] + tree["grandchildren"]
 
 
 def test_killed_worker_takes_its_process_tree_with_it(ws):
     job = launch(ws, "sleep", {**LONG, "children": 2})
     worker, tree = _tree(ws, job.id)
-    assert len(tree) == 4 and not any(_gone(p) for p in tree)
+    assert len(tree) == 4 and not any(process_gone(p) for p in tree)
     assert sorted(job_processes(job.id)) == sorted([worker, *tree])  # every process carries the job's id
     os.kill(worker, signal.SIGKILL)  # the worker only: its children are re-parented and keep running
-    _until(lambda: _gone(worker), timeout=10, what="the worker to die")
-    assert not any(_gone(p) for p in tree)
+    until(lambda: process_gone(worker), timeout=10, what="the worker to die")
+    assert not any(process_gone(p) for p in tree)
     reconcile(ws)
-    _until(lambda: all(_gone(p) for p in tree), timeout=10, what="the orphans to be killed")
+    until(lambda: all(process_gone(p) for p in tree), timeout=10, what="the orphans to be killed")
     dead = get_job(ws, job.id)
     assert dead.state == "failed" and "killed" in dead.error and "leftover process" in dead.error
     assert job_processes(job.id) == []
@@ -82,9 +63,9 @@ def test_cancel_works_after_the_worker_died(ws):
     job = launch(ws, "sleep", {**LONG, "children": 1})
     worker, tree = _tree(ws, job.id)
     os.kill(worker, signal.SIGKILL)
-    _until(lambda: _gone(worker), timeout=10, what="the worker to die")
+    until(lambda: process_gone(worker), timeout=10, what="the worker to die")
     assert cancel(ws, job.id, grace=1.0).state == "cancelled"
-    _until(lambda: all(_gone(p) for p in tree), timeout=10, what="the orphans to be killed")
+    until(lambda: all(process_gone(p) for p in tree), timeout=10, what="the orphans to be killed")
     assert job_processes(job.id) == []
 
 
@@ -93,7 +74,7 @@ def test_processes_that_outlive_the_kind_are_killed_when_the_job_ends(ws):
     done = wait(ws, job.id, timeout=60)
     tree = json.loads(ws.path("runs", job.id, "children.json").read_text())
     assert done.state == "done" and "still running after it ended" in (done.run_dir / "log.txt").read_text()
-    _until(lambda: all(_gone(p) for p in tree["children"] + tree["grandchildren"]), timeout=10, what="cleanup")
+    until(lambda: all(process_gone(p) for p in tree["children"] + tree["grandchildren"]), timeout=10, what="cleanup")
 
 
 # ----- the job database --------------------------------------------------------------------------------------
@@ -175,7 +156,7 @@ def _training(ws, job_id: str) -> dict:
         assert job.state in ("queued", "running"), job.error
         return (read_training_progress(job.run_dir)["step"] or 0) > 0
 
-    _until(started, timeout=240, what="the first training step")
+    until(started, timeout=240, what="the first training step")
     return json.loads(ws.path("runs", job_id, "training.json").read_text())
 
 
@@ -201,7 +182,7 @@ def test_train_faults_leave_no_orphan_and_a_rerun_trains_on_the_same_data(train_
     trainer = _training(ws, first.id)["trainer_pid"]
     data = _digests(ws.path("train_data", "small"))
     os.kill(int(get_job(ws, first.id).backend_id), signal.SIGKILL)  # the worker dies mid-training
-    _until(lambda: _gone(trainer), timeout=20, what="the trainer to die with its worker")  # PR_SET_PDEATHSIG
+    until(lambda: process_gone(trainer), timeout=20, what="the trainer to die with its worker")  # PR_SET_PDEATHSIG
     reconcile(ws)
     assert get_job(ws, first.id).state == "failed" and job_processes(first.id) == []
 
@@ -209,7 +190,7 @@ def test_train_faults_leave_no_orphan_and_a_rerun_trains_on_the_same_data(train_
     os.kill(_training(ws, second.id)["trainer_pid"], signal.SIGKILL)  # the trainer dies mid-training
     second = wait(ws, second.id, timeout=120)
     assert second.state == "failed" and "exit code -9" in second.error
-    _until(lambda: job_processes(second.id) == [], timeout=30, what="the worker to exit, leaving nothing behind")
+    until(lambda: job_processes(second.id) == [], timeout=30, what="the worker to exit, leaving nothing behind")
 
     rerun = wait(ws, launch(ws, "train", params).id, timeout=600)
     control = wait(ws, launch(ws, "train", params, dedupe=False).id, timeout=600)

@@ -37,33 +37,15 @@ from clipsim.jobs import (
     waiting_for,
 )
 from clipsim.jobs.backends import process_alive, process_start
+from tests.helpers import process_gone, until
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG = {"seconds": 60, "steps": 600}  # a job that runs until it is cancelled
 
 
-def _until(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def _gone(pid: int) -> bool:
-    """True when process `pid` no longer runs (no /proc entry, or a zombie); independent of clipsim."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")
-
-
 def _eta(ws: Workspace, job_id: str) -> float:
     """The running job's progress ETA in seconds, once it reports one."""
-    return _until(lambda: read_progress(get_job(ws, job_id)).get("eta_s"), what=f"an ETA from job {job_id}")
+    return until(lambda: read_progress(get_job(ws, job_id)).get("eta_s"), what=f"an ETA from job {job_id}")
 
 
 def _started(ws: Workspace, job_id: str):
@@ -72,7 +54,7 @@ def _started(ws: Workspace, job_id: str):
         job = get_job(ws, job_id)
         return job if job.started and read_progress(job) else None
 
-    return _until(check, what=f"job {job_id} to start")
+    return until(check, what=f"job {job_id} to start")
 
 
 @pytest.fixture
@@ -95,7 +77,7 @@ def test_launch_reports_progress_and_finishes_with_result(ws):
     job = launch(ws, "sleep", {"seconds": 2.0, "steps": 8})
     assert job.state == "running" and job.backend == "local" and job.run_dir == ws.path("runs", job.id)
     assert json.loads((job.run_dir / "config.json").read_text())["params"] == {"seconds": 2.0, "steps": 8}
-    progress = _until(lambda: (p := read_progress(get_job(ws, job.id))).get("done", 0) >= 2 and p, what="progress")
+    progress = until(lambda: (p := read_progress(get_job(ws, job.id))).get("done", 0) >= 2 and p, what="progress")
     running = get_job(ws, job.id)
     assert running.state == "running" and running.pid == int(running.backend_id) and running.started >= running.created
     assert progress["total"] == 8 and 0 < progress["fraction"] < 1 and progress["eta_s"] > 0 and progress["rate"] > 0
@@ -131,10 +113,10 @@ def test_kinds_registered_at_run_time_reach_the_worker(ws, monkeypatch):
 def test_cancel_stops_the_running_process(ws):
     job = _started(ws, launch(ws, "sleep", LONG).id)
     pid = int(job.backend_id)
-    assert not _gone(pid)
+    assert not process_gone(pid)
     out = cancel(ws, job.id)
     assert out.state == "cancelled" and out.exit_code == 128 + signal.SIGTERM and out.finished
-    assert _until(lambda: _gone(pid), timeout=5, what="the worker to exit")
+    assert until(lambda: process_gone(pid), timeout=5, what="the worker to exit")
     assert "cancelled" in tail_log(out)
     assert cancel(ws, job.id).state == "cancelled"  # cancelling twice changes nothing
 
@@ -145,7 +127,7 @@ def test_worker_ignoring_sigterm_gets_sigkill_after_the_grace_period(ws):
     out = cancel(ws, job.id, grace=0.5)
     assert time.time() - t0 >= 0.5
     assert out.state == "cancelled" and out.exit_code == -signal.SIGKILL
-    assert _gone(int(job.backend_id))
+    assert process_gone(int(job.backend_id))
 
 
 def test_jobs_survive_the_process_that_launched_them(ws):
@@ -157,7 +139,7 @@ def test_jobs_survive_the_process_that_launched_them(ws):
     reopened = Workspace.open(ws.root)  # the "restarted app": new objects, new connections
     job = get_job(reopened, job_id)
     assert [j.id for j in list_jobs(reopened)] == [job_id]
-    assert job.state == "running" and not _gone(int(job.backend_id))
+    assert job.state == "running" and not process_gone(int(job.backend_id))
     done = wait(reopened, job_id, timeout=30)
     assert done.state == "done" and done.result == {"slept_s": 2.0, "steps": 8}
 
@@ -165,7 +147,7 @@ def test_jobs_survive_the_process_that_launched_them(ws):
 def test_killed_worker_is_marked_failed_by_reconcile(ws):
     job = _started(ws, launch(ws, "sleep", LONG).id)
     os.killpg(int(job.backend_id), signal.SIGKILL)
-    _until(lambda: _gone(int(job.backend_id)), timeout=5, what="the worker to die")
+    until(lambda: process_gone(int(job.backend_id)), timeout=5, what="the worker to die")
     assert get_job(ws, job.id).state == "running"  # nobody has looked yet
     reconcile(ws)
     dead = get_job(ws, job.id)
@@ -211,7 +193,7 @@ def test_one_slot_queues_the_second_job_and_its_worker_starts_it(ws):
     assert (a.state, b.state, c.state) == ("running", "queued", "queued")
     assert cancel(ws, c.id).state == "cancelled"
     # no reconcile and no wait() here: only a's worker, as it finishes, can start b
-    b_done = _until(lambda: (j := get_job(ws, b.id)).state == "done" and j, what="b to finish")
+    b_done = until(lambda: (j := get_job(ws, b.id)).state == "done" and j, what="b to finish")
     a_done = get_job(ws, a.id)
     assert a_done.state == "done" and b_done.submitted >= a_done.finished
     assert get_job(ws, c.id).started is None
@@ -303,7 +285,7 @@ def test_slurm_backend_runs_and_cancels_through_submitit(ws):
     long = _started(ws, launch(ws, "sleep", LONG, backend="slurm").id)
     out = cancel(ws, long.id)
     assert out.state == "cancelled"
-    _until(lambda: _gone(long.pid) and _gone(int(long.backend_id)), timeout=10, what="the SLURM task to stop")
+    until(lambda: process_gone(long.pid) and process_gone(int(long.backend_id)), timeout=10, what="the SLURM task to stop")
 
 
 def test_cli_run_job_and_jobs_list_show_logs_cancel(ws, capsys):

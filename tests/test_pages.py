@@ -21,9 +21,9 @@ from clipsim.errors import ReadOnlyError
 from clipsim.status import workspace_status
 from clipsim.store import write_shard
 from clipsim.workspace import Workspace
+from tests.helpers import PAGE_TIMEOUT, html, metric, run_page, writable_copy
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 90  # seconds per script run; a cold run reads the demo's metadata and decodes ~250 thumbnails
 PAGES = ["neighbours", "similarity", "prune"]
 
 
@@ -39,22 +39,7 @@ def served(demo_ws, monkeypatch):
 def writable(demo_ws, tmp_path, monkeypatch):
     """A private copy of the demo workspace (mtimes kept, so every fingerprint still matches; not the similarity model,
     which no page reads) for saving manifests."""
-    root = tmp_path / "ws"
-    shutil.copytree(demo_ws.root, root, ignore=shutil.ignore_patterns("manifests", "models"))
-    monkeypatch.setenv("CLIPSIM_WORKSPACE", str(root))
-    monkeypatch.delenv("CLIPSIM_READ_ONLY", raising=False)
-    return Workspace.open(root)
-
-
-def run_page(name: str, **params) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=TIMEOUT)
-    for key, value in params.items():
-        at.query_params[key] = value
-    return at.run()
-
-
-def html(at: AppTest) -> str:
-    return "".join(h.proto.body for h in at.html)
+    return writable_copy(demo_ws.root, tmp_path / "ws", monkeypatch, ("manifests", "models"))
 
 
 def gallery_keys(at: AppTest) -> list[str]:
@@ -66,10 +51,6 @@ def table(at: AppTest, column: str) -> pd.DataFrame:
     return next(d.value for d in at.dataframe if column in d.value.columns)
 
 
-def metric(at: AppTest, label: str) -> str:
-    return next(m.value for m in at.metric if m.label.startswith(label))
-
-
 def order(s: pd.Series, descending: bool) -> list[str]:
     """Keys sorted by value, ties in dataset order (what the page promises)."""
     values = s.to_numpy(np.float64)
@@ -78,7 +59,7 @@ def order(s: pd.Series, descending: bool) -> list[str]:
 
 # ----- Neighbours ---------------------------------------------------------------------------------------
 def test_app_navigates_to_every_page(served):
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=PAGE_TIMEOUT).run()
     assert not at.exception
     for name in PAGES:
         at.switch_page(f"pages/{name}.py").run()

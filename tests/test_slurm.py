@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +26,13 @@ from clipsim.jobs import ACTIVE, cancel, get_job, launch, list_jobs, read_progre
 from clipsim.jobs.backends import get_backend
 from clipsim.search import search
 from tests.conftest import draw_image
-from tests.helpers import unit16
+from tests.helpers import process_gone, unit16, until
 from tests.slurm.cluster import PARTITION, Session, processes, unavailable
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]  # the chains take 1-3 minutes on 2 shared cores
 CHAIN_TIMEOUT_S = 900  # both chains at once take 1-3 minutes on 2 shared cores
 LONG = {"seconds": 120, "steps": 1200}  # a sleep job that runs until it is stopped
+wait_for = partial(until, poll=0.2)  # sacct and sinfo at most five times a second
 VOLATILE = ("created", "finished", "seconds")  # JSON keys that hold times
 FINGERPRINT = re.compile(r'"[0-9a-f]{16}"')  # fingerprints hash file paths and times, which differ by workspace
 
@@ -151,26 +153,9 @@ def sacct(cluster, job_id: str) -> str:
     return dict(line.split("|") for line in lines).get(job_id, "")
 
 
-def until(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def started(ws: Workspace, job_id: str):
     """Wait until the worker runs on the cluster and has reported progress; the record."""
-    return until(lambda: (j := get_job(ws, job_id)).started and read_progress(j) and j, 120, f"job {job_id} to start")
-
-
-def gone(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
+    return wait_for(lambda: (j := get_job(ws, job_id)).started and read_progress(j) and j, 120, f"job {job_id} to start")
 
 
 # ----- the chain -----------------------------------------------------------------------------------------
@@ -213,8 +198,8 @@ def test_job_records_match_the_local_backend_and_sacct_follows_them(chains, slur
     backend, arrays = get_backend("slurm"), {}
     for role, job in rjobs.items():
         assert job.backend == "slurm" and job.pid and job.started >= job.submitted and job.resources["cpus"] == 1
-        until(lambda j=job: sacct(slurm, j.backend_id) == "COMPLETED", 60, f"sacct to show {role} COMPLETED")
-        until(lambda j=job: not backend.alive(remote, j), 10, f"sacct to show {role} ended")  # one sacct per 2 s
+        wait_for(lambda j=job: sacct(slurm, j.backend_id) == "COMPLETED", 60, f"sacct to show {role} COMPLETED")
+        wait_for(lambda j=job: not backend.alive(remote, j), 10, f"sacct to show {role} ended")  # one sacct per 2 s
         assert backend.exit_code(job) == 0
         if "/" in role:  # an array task: `<array id>_<task>`
             array_id, index = job.backend_id.split("_")
@@ -233,7 +218,7 @@ def test_cancel_through_the_cli_runs_scancel(slurm_ws, slurm, capsys):
     from clipsim.jobs import tail_log
 
     job = started(slurm_ws, launch(slurm_ws, "sleep", LONG).id)
-    until(lambda: get_backend("slurm").state(job) == "RUNNING", 30, "sacct to show the job running")
+    wait_for(lambda: get_backend("slurm").state(job) == "RUNNING", 30, "sacct to show the job running")
     root = str(slurm_ws.root)
     assert main(["jobs", "show", "--workspace", root, "--id", job.id]) == 0
     assert job.backend_id in capsys.readouterr().out
@@ -241,8 +226,8 @@ def test_cancel_through_the_cli_runs_scancel(slurm_ws, slurm, capsys):
     assert capsys.readouterr().out.strip() == f"{job.id}: cancelled"
     out = get_job(slurm_ws, job.id)
     assert out.state == "cancelled" and out.exit_code == 143 and out.error is None and "cancelled" in tail_log(out)
-    until(lambda: sacct(slurm, job.backend_id).startswith("CANCELLED"), 30, "sacct to show the cancel")
-    until(lambda: gone(out.pid), 30, "the worker to exit")
+    wait_for(lambda: sacct(slurm, job.backend_id).startswith("CANCELLED"), 30, "sacct to show the cancel")
+    wait_for(lambda: process_gone(out.pid), 30, "the worker to exit")
 
 
 def test_cancelling_an_array_job_scancels_its_running_tasks(slurm_ws, slurm, monkeypatch):
@@ -254,12 +239,12 @@ def test_cancelling_an_array_job_scancels_its_running_tasks(slurm_ws, slurm, mon
     tasks = [started(slurm_ws, t) for t in array.depends_on.split(",")]
     assert sorted(t.backend_id for t in tasks) == [f"{tasks[0].backend_id.split('_')[0]}_{i}" for i in (0, 1)]
     # slurmdbd records a task a moment after it starts: wait for accounting rather than race it
-    until(lambda: [sacct(slurm, t.backend_id) for t in tasks] == ["RUNNING", "RUNNING"], 60, "sacct to show both tasks")
+    wait_for(lambda: [sacct(slurm, t.backend_id) for t in tasks] == ["RUNNING", "RUNNING"], 60, "sacct to show both tasks")
     assert cancel(slurm_ws, array.id).state == "cancelled"
     for task in tasks:
         assert get_job(slurm_ws, task.id).state == "cancelled"
-        until(lambda t=task: sacct(slurm, t.backend_id).startswith("CANCELLED"), 30, "sacct to show the cancel")
-        until(lambda t=task: gone(t.pid), 30, "the task to exit")
+        wait_for(lambda t=task: sacct(slurm, t.backend_id).startswith("CANCELLED"), 30, "sacct to show the cancel")
+        wait_for(lambda t=task: process_gone(t.pid), 30, "the task to exit")
 
 
 def test_node_failure_fails_the_job_with_slurms_state_and_no_requeue(slurm_ws, slurm):
@@ -273,14 +258,14 @@ def test_node_failure_fails_the_job_with_slurms_state_and_no_requeue(slurm_ws, s
         soft, stuck = (wait(slurm_ws, j.id, timeout=120) for j in (soft, stuck))
     finally:
         slurm.run("scontrol", "update", f"NodeName={node}", "State=RESUME", check=False)
-        until(lambda: slurm.run("sinfo", "-h", "-o", "%T").stdout.strip() == "idle", 60, "the node to return")
+        wait_for(lambda: slurm.run("sinfo", "-h", "-o", "%T").stdout.strip() == "idle", 60, "the node to return")
     assert soft.state == "failed" and "stopped by SIGTERM, which no clipsim cancel sent" in soft.error, soft.error
     assert f"sacct -j {soft.backend_id}" in soft.error and "started with params" in soft.error
     assert stuck.state == "failed" and "ended without recording a result (SLURM state NODE_FAIL" in stuck.error
     assert stuck.exit_code is None or stuck.exit_code < 0, stuck.exit_code
-    until(lambda: [sacct(slurm, j.backend_id) for j in (soft, stuck)] == ["NODE_FAIL", "NODE_FAIL"], 60, "sacct NODE_FAIL")
+    wait_for(lambda: [sacct(slurm, j.backend_id) for j in (soft, stuck)] == ["NODE_FAIL", "NODE_FAIL"], 60, "sacct NODE_FAIL")
     time.sleep(2)
     assert slurm.run("squeue", "-h", "-o", "%A").stdout.strip() == ""  # --no-requeue: nothing runs them again
     reconcile(slurm_ws)
     assert [get_job(slurm_ws, j.id).state for j in (soft, stuck)] == ["failed", "failed"]
-    until(lambda: "slurmstepd" not in processes(slurm).values(), 60, "the failed job steps to end")
+    wait_for(lambda: "slurmstepd" not in processes(slurm).values(), 60, "the failed job steps to end")
