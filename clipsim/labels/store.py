@@ -124,15 +124,6 @@ def read_labels(ws, test: str | None = None, train: str | None = None) -> pd.Dat
     return frame.astype({"simulated": bool})
 
 
-def delete_labels(ws, test: str, train: str, simulated_only: bool = False) -> int:
-    """Delete the labels of a test and train set (only the simulated ones when asked); returns how many."""
-    with connect(ws, write=True) as con:
-        cur = con.execute("DELETE FROM labels WHERE test = ? AND train = ?" + (" AND simulated = 1" if
-                                                                                  simulated_only else ""),
-                          (test, train))
-        return cur.rowcount
-
-
 def design_id(ws, test: str, train: str, model: str, params: dict) -> int:
     """The id of a sampling design (created on first use). params: tau, lo, hi, bump, bins, width."""
     values = (test, train, model, params["tau"], params["lo"], params["hi"], params["bump"], params["bins"],

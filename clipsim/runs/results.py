@@ -114,18 +114,6 @@ def add_results(ws, rows: pd.DataFrame | list[dict]) -> pd.DataFrame:
     return results_frame(ws)
 
 
-def remove_results(ws, run: str) -> int:
-    """Delete every row of a run; returns how many were removed."""
-    if read_only():
-        raise ReadOnlyError("this workspace is served read-only (CLIPSIM_READ_ONLY=1); results were not changed")
-    with fileio.locked(_path(ws).parent / ".lock"):
-        old = results_frame(ws)
-        gone = old["run"] == run
-        if gone.any():
-            fileio.write_parquet(_path(ws), old[~gone])
-    return int(gone.sum())
-
-
 def model_label(frame: pd.DataFrame) -> pd.Series:
     """A short label per row for plots: 'full web', the manifest name, or '<manifest> (random control)'.
 

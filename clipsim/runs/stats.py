@@ -8,7 +8,7 @@ drawn from a seeded generator, so the same inputs give the same bits.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,10 +36,6 @@ class PairedComparison:
     high: float
     p_value: float
     n: int
-
-    def as_dict(self) -> dict:
-        """The fields as a plain dict (for JSON and tables)."""
-        return asdict(self)
 
 
 def _values(values) -> np.ndarray:
