@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from clipsim.search.exact import Screen, exact_dots, exact_margin
-from clipsim.search.tiles import BUCKET, BucketTile, TopkHits, TrainRowMax, Uncertainty, at_least
+from clipsim.search.tiles import BUCKET, BucketTile, TrainRowMax, Uncertainty, at_least
 
 # Elements of one product tile (32 MB in bf16, 64 MB in float32): bounds memory beside the block itself. A tile of
 # 4000 queries x 4096 train rows runs the bf16 product at ~98% of its 4096^3 speed on 2 EPYC cores.
@@ -198,10 +198,9 @@ class ExactScanner:
                 buf = self._tile_buffer(bufs, "s", (hi - lo, c1 - c0))
                 s = self.screen.product(self.q_lo[lo:hi], blk.x_lo[c0:c1], out=buf)
                 tile = BucketTile(s, self._tile_buffer(bufs, "r", (-(-(hi - lo) // BUCKET), c1 - c0)))
-                topk = self._topk_hits(tile, lo, blk)
                 for acc in maxima.values():
                     acc.add(tile, lo - g.start)
-                known.append(self._update_topk(lo, *topk.take(*tile.entries(*topk.wanted)), blk, c0))
+                known.append(self._update_topk(lo, *tile.topk_hits(self._topk_floor(tile, lo, blk)), blk, c0))
             for ref, (best, arg) in self._exact_maxima(maxima, g, blk.x16, c0, known).items():
                 stats[names[ref][0]][c0:c1], stats[names[ref][1]][c0:c1] = best, arg
         finally:
@@ -213,8 +212,9 @@ class ExactScanner:
         buf = _flat_buffer(bufs, name, shape[0] * shape[1], self.screen.tile_dtype, self.device)
         return None if buf is None else buf[: shape[0] * shape[1]].view(shape)
 
-    def _topk_hits(self, tile: BucketTile, lo: int, blk: _Block) -> TopkHits:
-        """The entries of a tile (scanner rows lo..) that may enter the running top-k.
+    def _topk_floor(self, tile: BucketTile, lo: int, blk: _Block) -> torch.Tensor:
+        """Per tile row (scanner rows lo..), in the tile's dtype, the least screened value of an entry that may enter
+        the running top-k.
 
         After the merge the k-th best is at least F = max(old k-th, low(v_k)), v_k being the tile's k-th largest
         screened value; so only entries with high(s) >= F can enter, and all of them are re-checked. v_k (a top-k
@@ -225,10 +225,10 @@ class ExactScanner:
         floor = self.top_s[self.order[lo : lo + tile.s.shape[0]], -1]
         if tile.s.shape[1] >= self.k and bool(torch.isinf(floor).any()):
             floor = torch.maximum(floor, blk.err.low(torch.topk(tile.s, self.k, dim=1, sorted=False).values.amin(dim=1)))
-        return TopkHits(tile, at_least(blk.err.reach(floor), tile.s.dtype))
+        return at_least(blk.err.reach(floor), tile.s.dtype)
 
     def _update_topk(self, lo: int, r: torch.Tensor, j: torch.Tensor, blk: _Block, c0: int) -> tuple:
-        """Re-check the entries (r, j) found by `_topk_hits` (tile rows r from scanner row lo, block columns c0 + j)
+        """Re-check the entries (r, j) above `_topk_floor` (tile rows r from scanner row lo, block columns c0 + j)
         and merge those that enter into the running top-k. Returns (query rows in the caller's order, j, exact
         similarities) of the re-checked pairs."""
         if len(r) == 0:

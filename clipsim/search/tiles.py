@@ -117,35 +117,24 @@ class BucketTile:
         return lanes(self.r, b2, j)
 
     def topk_hits(self, row_floor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, cols) of the entries s[i, j] >= row_floor[i] (row_floor in S's dtype, from `at_least`)."""
-        found = TopkHits(self, row_floor)
-        return found.take(*self.entries(*found.wanted))
+        """(rows, cols) of the entries s[i, j] >= row_floor[i] (row_floor in S's dtype, from `at_least`): R2 entries
+        that pass their rows' least floor, then their buckets that pass their own least floor, then entries."""
+        bucket_floor = per_bucket(row_floor, "amin")
+        b2, j = torch.nonzero(self.r2 >= per_bucket(bucket_floor, "amin")[:, None], as_tuple=True)
+        b, r, _ = self.buckets(b2, j)  # slots past the last bucket meet +inf floors
+        pick = torch.nonzero((r >= _lanes_of(bucket_floor, len(self.r2)).index_select(0, b2)).view(-1),
+                             as_tuple=True)[0]
+        b, j = b.view(-1)[pick], j[pick // BUCKET]
+        rows, vals, _ = self.entries(b, j)  # slots past the last row meet +inf floors
+        pick = torch.nonzero((vals >= _lanes_of(row_floor, len(self.r)).index_select(0, b)).view(-1),
+                             as_tuple=True)[0]
+        return rows.view(-1)[pick], j[pick // BUCKET]
 
 
 def _lanes_of(floor: torch.Tensor, n_b: int) -> torch.Tensor:
     """Per-row floors as (n_b, BUCKET), padded with +inf: the slots past the last row never pass."""
     pad = torch.full((n_b * BUCKET - len(floor),), torch.inf, dtype=floor.dtype, device=floor.device)
     return torch.cat([floor, pad]).view(n_b, BUCKET)
-
-
-class TopkHits:
-    """The entries s[i, j] >= row_floor[i] of a tile (row_floor in S's dtype, from `at_least`), in two steps:
-    `wanted`, the bucket-columns whose maximum passes its bucket's least floor; `take`, their entries that pass."""
-
-    def __init__(self, tile: BucketTile, row_floor: torch.Tensor):
-        self.lane_floor = _lanes_of(row_floor, tile.r.shape[0])  # slots past the last row never pass
-        bucket_floor = per_bucket(row_floor, "amin")
-        b2, j = torch.nonzero(tile.r2 >= per_bucket(bucket_floor, "amin")[:, None], as_tuple=True)
-        b, r, _ = tile.buckets(b2, j)  # slots past the last bucket: +inf floors below
-        lane_floor = _lanes_of(bucket_floor, len(tile.r2)).index_select(0, b2)
-        pick = torch.nonzero((r >= lane_floor).view(-1), as_tuple=True)[0]
-        self.wanted = b.view(-1)[pick], j[pick // BUCKET]
-
-    def take(self, rows: torch.Tensor, vals: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, cols) of the passing entries, given the `wanted` bucket-columns' entries (BucketTile.entries)."""
-        b, j = self.wanted
-        pick = torch.nonzero((vals >= self.lane_floor.index_select(0, b)).view(-1), as_tuple=True)[0]
-        return rows.view(-1)[pick], j[pick // BUCKET]
 
 
 class Uncertainty:
@@ -200,32 +189,43 @@ class TrainRowMax:
         self.err, self.offsets = err, offsets
         self.best = torch.full((n_cols,), -torch.inf, device=device)
         self.rows, self.cols, self.vals = [], [], []
-        self._pending: tuple = ()  # select -> take: (floor, columns, r0, offsets, entry threshold)
 
     def floor(self) -> torch.Tensor:
         """Per column, the least stored value (screened s, or high(s) - offset) an entry needs to stay."""
         return self.err.reach(self.best) if self.offsets is None else self.best - SLACK
 
     def add(self, tile: BucketTile, r0: int) -> None:
-        """Take the candidates of one tile whose query rows are r0 .. r0 + n of the group."""
-        self.take(*tile.entries(*self.select(tile, r0)))
+        """Take the candidates of one tile whose query rows are r0 .. r0 + n of the group.
 
-    def select(self, tile: BucketTile, r0: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raise L from one tile (query rows r0 .. r0 + n of the group) and return the bucket-columns (b, j) whose
-        entries may stay; `take` then keeps those entries that do.
-
-        Both filters run on R2 first (1/256 of the tile), then on the buckets of the R2 entries that pass: each level
-        keeps a superset of what the next one keeps.
+        Both filters run on R2 first (1/256 of the tile), then on the buckets of the R2 entries that pass, then on
+        the entries of the buckets that pass: each level keeps a superset of what the next keeps. Slots past a short
+        last bucket repeat its last row, so a pair may be kept twice, which `candidates` allows (the exact re-check
+        takes distinct pairs).
         """
-        if self.offsets is None:
-            self.best = torch.maximum(self.best, self.err.low(tile.r2.amax(dim=0)))
-            floor = at_least(self.floor(), tile.r.dtype)  # compares in the tile's dtype: no copy
-            b2, j = torch.nonzero(tile.r2 >= floor, as_tuple=True)
-            b, r, valid = tile.buckets(b2, j)
-            pick = torch.nonzero((valid & (r >= floor[j][:, None])).view(-1), as_tuple=True)[0]
-            b, j = b.view(-1)[pick], j[pick // BUCKET]
-            self._pending = (floor, j, r0, None, None)
-            return b, j
+        rows, j, stat = self._similarity(tile) if self.offsets is None else self._margins(tile, r0)
+        self.rows.append(rows + r0)
+        self.cols.append(j)
+        self.vals.append(stat)
+
+    def _similarity(self, tile: BucketTile) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tile rows, columns, screened s as float32) of the entries that may hold a column's maximum."""
+        self.best = torch.maximum(self.best, self.err.low(tile.r2.amax(dim=0)))
+        floor = at_least(self.floor(), tile.r.dtype)  # compares in the tile's dtype: no copy
+        b2, j = torch.nonzero(tile.r2 >= floor, as_tuple=True)
+        b, r, valid = tile.buckets(b2, j)
+        pick = torch.nonzero((valid & (r >= floor[j][:, None])).view(-1), as_tuple=True)[0]
+        b, j = b.view(-1)[pick], j[pick // BUCKET]
+        rows, vals, _ = tile.entries(b, j)
+        pick = torch.nonzero((vals >= floor.index_select(0, j)[:, None]).view(-1), as_tuple=True)[0]
+        return rows.view(-1)[pick], j[pick // BUCKET], vals.view(-1)[pick].float()
+
+    def _margins(self, tile: BucketTile, r0: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tile rows, columns, high(s) - offset) of the entries that may hold a column's maximum margin.
+
+        A bucket or entry with high(s) - min(offset) < floor can neither pass nor raise L (low - max offset is
+        lower): each level compares in the tile's dtype first (`reach`, less SLACK for the float32 sum), and the
+        float32 bounds run on the few that stay.
+        """
         off = self.offsets[r0 : r0 + tile.s.shape[0]]
         lo_b, hi_b = per_bucket(off, "amin"), per_bucket(off, "amax")  # offsets over each bucket of rows
         lo_b2, hi_b2 = per_bucket(lo_b, "amin"), per_bucket(hi_b, "amax")  # ... and over each R2 row
@@ -233,9 +233,6 @@ class TrainRowMax:
         self.best = torch.maximum(self.best, (self.err.low(r2) - hi_b2[:, None]).amax(dim=0))
         floor = self.floor()
         b2, j = torch.nonzero(self.err.high(r2) - lo_b2[:, None] >= floor, as_tuple=True)
-        # A bucket with high(R_b) - min(off over b) < floor can neither pass nor raise L (low - max off is lower):
-        # compared in R's dtype first (`reach`, less SLACK for the float32 sum), the float32 bounds then run on the
-        # few that stay.
         b, r, valid = tile.buckets(b2, j)
         near = at_least(self.err.reach(floor[j] + lo_b2[b2] - SLACK), r.dtype)
         pick = torch.nonzero((valid & (r >= near[:, None])).view(-1), as_tuple=True)[0]
@@ -244,27 +241,13 @@ class TrainRowMax:
         floor = self.floor()
         pick = torch.nonzero(self.err.high(r) - lo_b[b] >= floor[j], as_tuple=True)[0]
         b, j = b[pick], j[pick]
-        self._pending = (floor, j, r0, off, at_least(self.err.reach(floor[j] + lo_b[b] - SLACK), tile.s.dtype))
-        return b, j
-
-    def take(self, rows: torch.Tensor, vals: torch.Tensor, valid: torch.Tensor) -> None:
-        """Keep the candidates among the entries (BucketTile.entries) of the bucket-columns `select` returned.
-
-        Slots past a short last bucket repeat its last row: a pair may be kept twice, which `candidates` allows (the
-        exact re-check takes distinct pairs)."""
-        floor, j, r0, off, near = self._pending
-        if off is None:
-            pick = torch.nonzero((vals >= floor.index_select(0, j)[:, None]).view(-1), as_tuple=True)[0]
-            rows, j, stat = rows.view(-1)[pick], j[pick // BUCKET], vals.view(-1)[pick].float()
-        else:  # entries below `near` have high(s) - off < floor: the float32 margins run on the rest only
-            pick = torch.nonzero((vals >= near[:, None]).view(-1), as_tuple=True)[0]
-            rows, j = rows.view(-1)[pick], j[pick // BUCKET]
-            stat = self.err.high(vals.view(-1)[pick]) - off[rows]
-            keep = torch.nonzero(stat >= floor[j], as_tuple=True)[0]
-            rows, j, stat = rows[keep], j[keep], stat[keep]
-        self.rows.append(rows + r0)
-        self.cols.append(j)
-        self.vals.append(stat)
+        near = at_least(self.err.reach(floor[j] + lo_b[b] - SLACK), tile.s.dtype)
+        rows, vals, _ = tile.entries(b, j)
+        pick = torch.nonzero((vals >= near[:, None]).view(-1), as_tuple=True)[0]
+        rows, j = rows.view(-1)[pick], j[pick // BUCKET]
+        stat = self.err.high(vals.view(-1)[pick]) - off[rows]
+        keep = torch.nonzero(stat >= floor[j], as_tuple=True)[0]
+        return rows[keep], j[keep], stat[keep]
 
     def candidates(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(group rows, columns) of the pairs the final L still admits."""
