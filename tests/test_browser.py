@@ -168,6 +168,13 @@ def _number(pg, label: str):
     return pg.locator(f"[data-testid=stNumberInput] input[aria-label='{label}']")
 
 
+def _value(pg, label: str) -> str:
+    """The number field's value once it holds one (the field renders before its value on a loaded machine)."""
+    pg.wait_for_function("(l) => document.querySelector(`[data-testid=stNumberInput] input[aria-label='${l}']`)?.value",
+                         arg=label, timeout=WAIT_MS)
+    return _number(pg, label).input_value()
+
+
 def _fill(pg, label: str, value: str) -> None:
     box = _number(pg, label)
     box.fill(value)
@@ -212,7 +219,7 @@ def test_similarity_threshold_in_chromium(page, server, site, tmp_path):
     page.goto(server[0] + "/similarity")
     metric(page, "Web samples removed").wait_for()
     idle(page)
-    before = _number(page, "Threshold τ on s_web(t)").input_value()
+    before = _value(page, "Threshold τ on s_web(t)")
     track = page.locator("[data-testid=stSlider] [data-orientation=horizontal]").first.bounding_box()
     knob = page.locator("[data-testid=stSlider] input[type=range]").first.locator("xpath=../..").bounding_box()
     page.mouse.move(knob["x"] + knob["width"] / 2, knob["y"] + knob["height"] / 2)  # drag the slider's thumb
