@@ -78,8 +78,9 @@ def test_bucket_tile_maxima_and_entries(rows):
     cols = j[:, None].expand_as(got_rows)
     assert int(valid.sum()) == rows * 37 and torch.equal(vals[valid], s[got_rows[valid], cols[valid]])
     floor = s[:, 5].clone()  # each row's entry in column 5: hits are exactly the entries >= it
-    r, c = tile.topk_hits(floor)
+    r, c, v = tile.topk_hits(floor)
     assert sorted(zip(r.tolist(), c.tolist())) == sorted(map(tuple, torch.nonzero(s >= floor[:, None]).tolist()))
+    assert torch.equal(v, s[r, c])
     assert torch.equal(per_bucket(torch.arange(rows, dtype=torch.float32), "amin"), torch.arange(n_b) * BUCKET * 1.0)
 
 

@@ -182,6 +182,20 @@ def test_k_larger_than_train_set(precision, block):
     assert (scanner.top_i.numpy()[:, 5:] == -1).all() and np.isneginf(scanner.top_s.numpy()[:, 5:]).all()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_empty_group_among_others(workers):
+    """A test set with no queries scans no tile and reports no statistics; the others are unchanged."""
+    q, x, (a, b) = random_data()
+    groups = [a, Group("none", a.stop, a.stop), b]
+    scanner, stats = run_scanner(q, x, groups, 10, "bf16", 700, workers=workers)
+    alone, want = run_scanner(q, x, [a, b], 10, "bf16", 700, workers=workers)
+    assert stats.pop("none") == {}
+    np.testing.assert_array_equal(scanner.top_i.numpy(), alone.top_i.numpy())
+    for name in want:
+        for key in want[name]:
+            np.testing.assert_array_equal(stats[name][key], want[name][key])
+
+
 def test_scanner_state_round_trip():
     """Checkpointing mid-stream and continuing in a new scanner gives the uninterrupted answer."""
     q, x, groups = near_tie_data()

@@ -116,9 +116,9 @@ class BucketTile:
         """Every bucket maximum of R under R2's bucket-columns (b2, j) (see `lanes`)."""
         return lanes(self.r, b2, j)
 
-    def topk_hits(self, row_floor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, cols) of the entries s[i, j] >= row_floor[i] (row_floor in S's dtype, from `at_least`): R2 entries
-        that pass their rows' least floor, then their buckets that pass their own least floor, then entries."""
+    def topk_hits(self, row_floor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, cols, values) of the entries s[i, j] >= row_floor[i] (row_floor in S's dtype, from `at_least`): R2
+        entries that pass their rows' least floor, then their buckets that pass their own least floor, then entries."""
         bucket_floor = per_bucket(row_floor, "amin")
         b2, j = torch.nonzero(self.r2 >= per_bucket(bucket_floor, "amin")[:, None], as_tuple=True)
         b, r, _ = self.buckets(b2, j)  # slots past the last bucket meet +inf floors
@@ -128,7 +128,7 @@ class BucketTile:
         rows, vals, _ = self.entries(b, j)  # slots past the last row meet +inf floors
         pick = torch.nonzero((vals >= _lanes_of(row_floor, len(self.r)).index_select(0, b)).view(-1),
                              as_tuple=True)[0]
-        return rows.view(-1)[pick], j[pick // BUCKET]
+        return rows.view(-1)[pick], j[pick // BUCKET], vals.view(-1)[pick]
 
 
 def _lanes_of(floor: torch.Tensor, n_b: int) -> torch.Tensor:
