@@ -16,13 +16,7 @@ st.title("Prune")
 st.caption("Exact pruning rules over the stored per-sample statistics: every count below is exact and updates "
            "live. Save a rule as a manifest to train on the pruned web set.")
 ws, tests, ref = loaders.explore_context()
-webs = searches.searched_web_sets(ws, tests)
-if not webs:
-    st.info("No web (non-reference) train set is searched against every test set yet. Search it:",
-            icon=":material/info:")
-    st.code(f"python -m clipsim search --workspace {ws.root} --train WEB" + (f" --reference {ref}" if ref else ""),
-            language="bash")
-    st.stop()
+webs = loaders.searched_web_sets(ws, tests, ref)
 
 c = st.columns([3, 1])
 with c[0]:

@@ -16,14 +16,8 @@ st.caption("s_D(t) = max over x in D of cos(t, x): how close each test image's n
            "Where the web set is closer than the curated reference, web data may explain benchmark performance.")
 ws, tests, ref = loaders.explore_context()
 nns = {t: loaders.test_neighbours(ws, t) for t in tests}
-webs = searches.searched_web_sets(ws, tests)
+webs = loaders.searched_web_sets(ws, tests, ref)
 colours = plots.workspace_colours(ws)
-if not webs:
-    st.info("No web (non-reference) train set is searched against every test set yet. Search it:",
-            icon=":material/info:")
-    st.code(f"python -m clipsim search --workspace {ws.root} --train WEB" + (f" --reference {ref}" if ref else ""),
-            language="bash")
-    st.stop()
 if ref is None:
     st.info("No reference train set is set, so web and curated coverage cannot be compared. "
             f"Search with one: `python -m clipsim search --workspace {ws.root} --reference curated`.",

@@ -93,6 +93,14 @@ def demo_ws(tmp_path_factory):
     return build_demo(root, seed=0, size="small")
 
 
+@pytest.fixture
+def served(demo_ws, monkeypatch):
+    """The demo workspace served by the app (read-write)."""
+    monkeypatch.setenv("CLIPSIM_WORKSPACE", str(demo_ws.root))
+    monkeypatch.delenv("CLIPSIM_READ_ONLY", raising=False)
+    return demo_ws
+
+
 @pytest.fixture(scope="session")
 def mapped_ws(demo_ws, tmp_path_factory):
     """A copy of the demo workspace with a map computed once per session by `python -m clipsim map --wait` (a real

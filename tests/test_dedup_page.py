@@ -23,13 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def served(demo_ws, monkeypatch):
-    monkeypatch.setenv("CLIPSIM_WORKSPACE", str(demo_ws.root))
-    monkeypatch.delenv("CLIPSIM_READ_ONLY", raising=False)
-    return demo_ws
-
-
-@pytest.fixture
 def writable(demo_ws, tmp_path, monkeypatch):
     return writable_copy(demo_ws.root, tmp_path / "ws", monkeypatch, ("manifests", "runs", "jobs.sqlite*"))
 

@@ -28,14 +28,6 @@ PAGES = ["neighbours", "similarity", "prune"]
 
 
 @pytest.fixture
-def served(demo_ws, monkeypatch):
-    """The demo workspace served by the app (read-write)."""
-    monkeypatch.setenv("CLIPSIM_WORKSPACE", str(demo_ws.root))
-    monkeypatch.delenv("CLIPSIM_READ_ONLY", raising=False)
-    return demo_ws
-
-
-@pytest.fixture
 def writable(demo_ws, tmp_path, monkeypatch):
     """A private copy of the demo workspace (mtimes kept, so every fingerprint still matches; not the similarity model,
     which no page reads) for saving manifests."""
@@ -371,6 +363,22 @@ def test_empty_workspaces_say_what_to_run(tmp_path, monkeypatch, state, command)
         assert not at.exception, name
         assert at.info, name
         assert any(command in c.value for c in at.code), (name, [c.value for c in at.code])
+
+
+def test_similarity_and_prune_ask_for_a_web_search_when_only_the_reference_is_searched(tmp_path, monkeypatch):
+    from clipsim.search import search
+
+    ws = Workspace.create(tmp_path / "ws")
+    _embedded(ws, "curated", "train", 20, 0)
+    _embedded(ws, "val", "test", 5, 1)
+    ws.update_settings(reference="curated")
+    search(ws, "curated", ["val"], k=3)
+    monkeypatch.setenv("CLIPSIM_WORKSPACE", str(ws.root))
+    for name in ("similarity", "prune"):
+        at = run_page(name)
+        assert not at.exception and any("No web (non-reference)" in i.value for i in at.info), name
+        want = f"python -m clipsim search --workspace {ws.root} --train WEB --reference curated"
+        assert [c.value for c in at.code] == [want], name
 
 
 def test_missing_workspace_builds_the_demo_from_a_button_once(tmp_path, monkeypatch):

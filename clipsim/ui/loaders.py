@@ -46,6 +46,19 @@ def explore_context() -> tuple[Workspace, list[str], str | None]:
     return ws, tests, ws.reference
 
 
+def searched_web_sets(ws: Workspace, tests: list[str], ref: str | None) -> list[str]:
+    """Web (non-reference) train sets searched against every test set; stops the page with the command to run when
+    there is none (the Similarity and Prune pages)."""
+    webs = searches.searched_web_sets(ws, tests)
+    if not webs:
+        st.info("No web (non-reference) train set is searched against every test set yet. Search it:",
+                icon=":material/info:")
+        st.code(f"python -m clipsim search --workspace {ws.root} --train WEB" + (f" --reference {ref}" if ref else ""),
+                language="bash")
+        st.stop()
+    return webs
+
+
 def searched_tests(ws: Workspace) -> list[str]:
     """Test sets with a completed search; stops with the command to run (register, embed or search) if none."""
     found = searches.searched_tests(ws)  # one stat per search folder: the usual answer, checked first
