@@ -57,7 +57,7 @@ class _Block:
 @dataclass
 class _Range:
     """One column range's screened candidates, kept until the group's block ends: the per-row maxima's, and the
-    top-k's (group rows in scanner order, range columns, screened values)."""
+    top-k's (group rows in scanner order and range columns, int32; screened values)."""
 
     span: tuple[int, int]
     maxima: dict[str, TrainRowMax]
@@ -261,8 +261,8 @@ class ExactScanner:
                 r = r + (lo - g.start)
                 with self._lock:
                     kth.add(r, blk.err.low(vals))
-                out.rows.append(r)
-                out.cols.append(j)
+                out.rows.append(r.int())  # int32: a first block keeps ~90 per query (4000 x 65536 rows)
+                out.cols.append(j.int())
                 out.vals.append(vals)
             return out
         finally:
@@ -297,7 +297,7 @@ class ExactScanner:
         width, n_g = c1 - c0, g.stop - g.start
         if n_g == 0:  # an empty group screens no tile and has no statistics
             return
-        r, j = torch.cat(rng.rows), torch.cat(rng.cols)
+        r, j = torch.cat(rng.rows).long(), torch.cat(rng.cols).long()
         keep = torch.nonzero(torch.cat(rng.vals) >= floor[r], as_tuple=True)[0]
         r, j = r[keep], j[keep]
         found = {ref: acc.candidates() for ref, acc in rng.maxima.items()}
