@@ -215,6 +215,7 @@ def check_pages(ws: Workspace, app: dict) -> bool:
 def run_one(n: int, args: argparse.Namespace) -> dict:
     """Build at n rows, measure the app in a fresh process, clean up."""
     need = n * (32 * args.tests + 24 * (args.tests > 1)) * 1.05 + 2e9
+    Path(args.dir).mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(args.dir).free
     if free < need:
         raise SystemExit(f"--dir {args.dir} has {free / 1e9:.1f} GB free but n={n} x {args.tests} tests needs about "

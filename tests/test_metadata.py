@@ -169,3 +169,24 @@ def test_a_few_rows_are_read_from_their_row_groups_only(tmp_path):
     got = store.read_rows(path, rows, ("key", "caption"))
     pd.testing.assert_frame_equal(got, frame.iloc[rows].reset_index(drop=True))
     assert store.read_rows(path, rows[:1], ("key",))["key"].tolist() == ["k9999"]
+
+
+def test_a_reopened_set_reuses_its_validation_until_a_shard_file_changes(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "set"
+    write_folder(root, [captions_frame(rng, 0, 5), captions_frame(rng, 5, 3)])
+    first = store.EmbeddingSet(root)
+    headers = []
+    read_header = store.npy_header
+    monkeypatch.setattr(store, "npy_header", lambda path: headers.append(path) or read_header(path))
+    again = store.EmbeddingSet(root)
+    assert headers == [] and again.shards == first.shards and (again.count, again.dim) == (8, 8)
+    write_folder(root / "more", [captions_frame(rng, 8, 4)])  # a third shard appears
+    store.fileio.write_npy(store.emb_path(root, 2), np.load(store.emb_path(root / "more", 0)))
+    store.fileio.write_parquet(store.meta_path(root, 2), pd.read_parquet(store.meta_path(root / "more", 0)))
+    assert store.EmbeddingSet(root).count == 12 and headers
+    path = store.emb_path(root, 1)
+    with open(path, "r+b") as f:  # cut short in place
+        f.truncate(path.stat().st_size - 16)
+    with pytest.raises(DataError, match="img_emb_1.npy is truncated"):
+        store.EmbeddingSet(root)
