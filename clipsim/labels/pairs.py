@@ -89,9 +89,11 @@ def record_design(ws, population: Population, tau: float) -> int:
     return _design(ws, population, tau, record=True)[1]
 
 
-def next_pairs(ws, test: str, train: str, tau: float, n: int = 1) -> pd.DataFrame:
+def next_pairs(ws, test: str, train: str, tau: float, n: int = 1, population: Population | None = None
+               ) -> pd.DataFrame:
     """The next unlabelled pairs to label under the design centred on `tau` (reads only; the design is recorded
-    when a label is stored with label_pair(..., tau=tau)).
+    when a label is stored with label_pair(..., tau=tau)). `population`: load_population's answer, when the caller
+    holds it for the current labels and search (a page caches it); read afresh when None.
 
     Returns:
         test_key, train_key, similarity, test_row, train_row (embedding rows), tau (the design's centre), in
@@ -100,7 +102,7 @@ def next_pairs(ws, test: str, train: str, tau: float, n: int = 1) -> pd.DataFram
     Raises:
         WorkspaceError: no search of test against train.
     """
-    population = load_population(ws, test, train)
+    population = load_population(ws, test, train) if population is None else population
     design, _ = _design(ws, population, tau)
     pairs = population.pairs
     rows = sampler.next_rows(design, pairs["similarity"].to_numpy(), pairs["u"].to_numpy(),
@@ -159,7 +161,8 @@ class Calibration:
     simulated: int  # simulated labels among the used ones
 
 
-def calibrate(ws, test: str, train: str, taus=None, target_precision: float = 0.95) -> Calibration:
+def calibrate(ws, test: str, train: str, taus=None, target_precision: float = 0.95,
+              population: Population | None = None) -> Calibration:
     """Precision and recall of "s_train(t) > tau means (near-)duplicate" per tau, from the stored labels.
 
     Args:
@@ -167,6 +170,8 @@ def calibrate(ws, test: str, train: str, taus=None, target_precision: float = 0.
         test, train: the test set and the (web) train set.
         taus: thresholds (default: 41 from the lowest to the highest similarity).
         target_precision: precision the threshold should reach.
+        population: load_population's answer, when the caller holds it for the current labels and search (a page
+            caches it); read afresh when None.
 
     Returns:
         Calibration.
@@ -176,7 +181,7 @@ def calibrate(ws, test: str, train: str, taus=None, target_precision: float = 0.
     """
     if not 0 < target_precision <= 1:
         raise WorkspaceError(f"target precision {target_precision} must be in (0, 1], e.g. 0.95")
-    population = load_population(ws, test, train)
+    population = load_population(ws, test, train) if population is None else population
     pairs = population.pairs
     s = pairs["similarity"].to_numpy()
     duplicate = pairs["label"].isin(store.DUPLICATES).to_numpy()

@@ -29,9 +29,22 @@ def _stamp(ws) -> int:
     return path.stat().st_mtime_ns if path.exists() else 0
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def _population(root: str, test: str, train: str, stamp: int, search: str, model: str, _ws) -> labels.Population:
+    return labels.load_population(_ws, test, train)
+
+
+def population(ws, test: str, train: str) -> labels.Population:
+    """labels.load_population, cached until a label is stored, the search changes or the train set is re-embedded:
+    it resolves the train key of every test image's neighbour, one metadata read per web shard (400 at LAION's
+    size), which every rerun paid twice (the next pair, and the precision at tau)."""
+    return _population(str(ws.root.resolve()), test, train, _stamp(ws), ws.search_result(test, train).fingerprint,
+                       labels.model_fingerprint(ws, train), ws)
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def _calibration(root: str, test: str, train: str, stamp: int, search: str, target: float, _ws) -> labels.Calibration:
-    return labels.calibrate(_ws, test, train, target_precision=target)
+    return labels.calibrate(_ws, test, train, target_precision=target, population=population(_ws, test, train))
 
 
 def calibration(ws, test: str, train: str, target: float) -> labels.Calibration:
@@ -50,7 +63,8 @@ def calibration_plot(ws, test: str, train: str, tau: float, key: str) -> labels.
     target = float(st.number_input("Target precision", 0.5, 1.0, 0.95, step=0.01, format="%.2f",
                                    key=f"{key}_target", bind=BIND))
     result = calibration(ws, test, train, target)
-    at_tau = labels.calibrate(ws, test, train, [tau], target).table.iloc[0] if result.used else None
+    at_tau = labels.calibrate(ws, test, train, [tau], target, population(ws, test, train)).table.iloc[0] \
+        if result.used else None
     cols = st.columns(3)
     cols[0].metric("Labelled pairs used", f"{result.used:,}",
                    help=f"{result.simulated} simulated from planted truth; {result.outside} labelled outside the "
@@ -99,7 +113,7 @@ def labeller(ws, test: str, train: str, tau: float, key: str) -> None:
     if f"{key}_error" in st.session_state:
         st.error(st.session_state.pop(f"{key}_error"))
     try:
-        todo = labels.next_pairs(ws, test, train, tau, 1)
+        todo = labels.next_pairs(ws, test, train, tau, 1, population(ws, test, train))
     except ClipsimError as err:
         st.error(str(err))
         return
