@@ -29,8 +29,15 @@ def _stamp(ws) -> int:
     return path.stat().st_mtime_ns if path.exists() else 0
 
 
+def _inputs(ws, test: str, train: str) -> tuple:
+    """What the labels of test vs train are read against: (workspace root, labels database mtime, search fingerprint,
+    similarity model fingerprint); the caches below hold until one of them changes."""
+    return (str(ws.root.resolve()), _stamp(ws), ws.search_result(test, train).fingerprint,
+            labels.model_fingerprint(ws, train))
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
-def _population(root: str, test: str, train: str, stamp: int, search: str, model: str, _ws) -> labels.Population:
+def _population(inputs: tuple, test: str, train: str, _ws) -> labels.Population:
     return labels.load_population(_ws, test, train)
 
 
@@ -38,19 +45,17 @@ def population(ws, test: str, train: str) -> labels.Population:
     """labels.load_population, cached until a label is stored, the search changes or the train set is re-embedded:
     it resolves the train key of every test image's neighbour, one metadata read per web shard (400 at LAION's
     size), which every rerun paid twice (the next pair, and the precision at tau)."""
-    return _population(str(ws.root.resolve()), test, train, _stamp(ws), ws.search_result(test, train).fingerprint,
-                       labels.model_fingerprint(ws, train), ws)
+    return _population(_inputs(ws, test, train), test, train, ws)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _calibration(root: str, test: str, train: str, stamp: int, search: str, target: float, _ws) -> labels.Calibration:
+def _calibration(inputs: tuple, test: str, train: str, target: float, _ws) -> labels.Calibration:
     return labels.calibrate(_ws, test, train, target_precision=target, population=population(_ws, test, train))
 
 
 def calibration(ws, test: str, train: str, target: float) -> labels.Calibration:
-    """labels.calibrate, cached until a label is stored or the search changes."""
-    return _calibration(str(ws.root.resolve()), test, train, _stamp(ws), ws.search_result(test, train).fingerprint,
-                        float(target), ws)
+    """labels.calibrate, cached like `population`."""
+    return _calibration(_inputs(ws, test, train), test, train, float(target), ws)
 
 
 def calibration_plot(ws, test: str, train: str, tau: float, key: str) -> labels.Calibration:
