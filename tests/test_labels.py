@@ -9,9 +9,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from clipsim import store
 from clipsim.cli import main as cli_main
 from clipsim.errors import DataError, ReadOnlyError, WorkspaceError
-from clipsim.labels import calibrate, exchange, label_pair, load_population, next_pairs, read_labels, sampler, tags
+from clipsim.labels import (
+    calibrate,
+    exchange,
+    keyed_pairs,
+    label_pair,
+    load_population,
+    next_pairs,
+    read_labels,
+    sampler,
+    tags,
+)
 from clipsim.labels.calibration import calibration_table, tau_grid, weighted_proportion
 from clipsim.prune.manifest import load_manifest
 from clipsim.runs.data import kept_hashes
@@ -99,13 +110,39 @@ def test_simulated_labels_calibrate_against_the_planted_truth(ws, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert set(rows[0]) >= {"tau", "precision", "precision_low", "precision_high", "recall", "recall_low",
                             "recall_high", "n_labelled", "estimated_duplicates"}
-    pairs = load_population(ws, "sketch", "web").pairs
+    pairs = keyed_pairs(ws, load_population(ws, "sketch", "web"))
     truth = exchange.planted_labels(ws, "sketch", pairs).isin(["duplicate", "near-duplicate"]).to_numpy()
     s = pairs["similarity"].to_numpy()
     covered = [r["precision_low"] - 1e-12 <= truth[s > r["tau"]].mean() <= r["precision_high"] + 1e-12
                for r in rows if r["n_labelled"]]
     assert len(covered) > 10 and np.mean(covered) >= 0.95
     assert cli_main(["label", *args, "--simulate-from-planted", "--n", "0"]) == 2  # bad input: exit 2, no traceback
+
+
+def test_population_reads_train_keys_only_for_labelled_and_proposed_pairs(ws, monkeypatch):
+    """At web scale a train key costs a metadata row-group read: the population holds none, a proposal reads its own
+    and the labels' merge reads the labelled pairs' (before, every test image's neighbour was read each time)."""
+    asked = []
+    metadata_at = store.EmbeddingSet.metadata_at
+    monkeypatch.setattr(store.EmbeddingSet, "metadata_at",
+                        lambda self, ids, columns=None: asked.append(len(ids)) or metadata_at(self, ids, columns))
+    population = load_population(ws, "val", "web")
+    n = len(ws.keys("val"))
+    assert "train_key" not in population.pairs and sum(asked) == 0 and len(population.pairs) == n
+    nearest = ws.neighbours("val", "web", k=1).query("rank == 1")
+    asked.clear()
+    keyed = keyed_pairs(ws, population)
+    assert keyed["test_key"].tolist() == nearest["test_key"].tolist()
+    assert keyed["train_key"].tolist() == nearest["train_key"].tolist() and asked == [n]
+    asked.clear()
+    first = next_pairs(ws, "val", "web", 0.9, 2, population=population)
+    assert asked == [2]
+    for row in first.itertuples():
+        label_pair(ws, "val", "web", row.test_key, row.train_key, "duplicate", "ann", row.tau)
+    label_pair(ws, "val", "web", first["test_key"].iloc[0], "not-its-neighbour", "different", "ann")  # replaces nothing
+    asked.clear()
+    after = load_population(ws, "val", "web")
+    assert asked == [2] and after.other == 1 and after.pairs["label"].notna().sum() == 2
 
 
 def test_labelling_flow_store_and_csv_round_trip(ws, tmp_path):
@@ -118,7 +155,7 @@ def test_labelling_flow_store_and_csv_round_trip(ws, tmp_path):
     result = calibrate(ws, "val", "web")
     assert (result.labels, result.used, result.outside) == (3, 3, 0)
     assert result.table["n_labelled"].max() == 3
-    pair = load_population(ws, "val", "web").pairs.iloc[0]  # a hand-picked pair outside the sampler's order
+    pair = keyed_pairs(ws, load_population(ws, "val", "web"), [0]).iloc[0]  # a hand-picked pair outside the sampler's order
     label_pair(ws, "val", "web", pair["test_key"], pair["train_key"], "different", "ann")
     later = calibrate(ws, "val", "web")
     assert later.labels == 4 and later.used + later.outside == 4

@@ -9,6 +9,7 @@ from clipsim.labels.pairs import (
     Population,
     calibrate,
     default_tau,
+    keyed_pairs,
     label_pair,
     load_population,
     model_fingerprint,
@@ -17,4 +18,4 @@ from clipsim.labels.pairs import (
 from clipsim.labels.store import DUPLICATES, LABELS, read_labels
 
 __all__ = ["DUPLICATES", "LABELS", "SIMULATED", "Calibration", "Population", "calibrate", "default_tau", "exchange",
-           "label_pair", "load_population", "model_fingerprint", "next_pairs", "read_labels", "sampler", "tags"]
+           "keyed_pairs", "label_pair", "load_population", "model_fingerprint", "next_pairs", "read_labels", "sampler", "tags"]

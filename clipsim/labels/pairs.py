@@ -36,8 +36,9 @@ class Population:
     """Every test image of `test` with its nearest `train` neighbour, and what is labelled of them.
 
     Attributes:
-        pairs: test_key, train_key, similarity (float64), u (permanent random number), label (None when not
-            labelled for this exact pair), pi (inclusion probability; 0 outside the sample).
+        pairs: test_key, similarity (float64), test_row, train_row, u (permanent random number), label (None when
+            not labelled for this exact pair), pi (inclusion probability; 0 outside the sample). No train keys: at
+            web scale they cost a read of every metadata shard; `keyed_pairs` adds them to the rows that need them.
         model: similarity model fingerprint; designs: the sampling designs used under it.
         other: labels of this test set whose pair is not a current nearest-neighbour pair (another neighbour).
         stale: labels of current pairs sampled under another similarity model (kept, not used).
@@ -62,7 +63,9 @@ def load_population(ws, test: str, train: str) -> Population:
     pairs["similarity"] = pairs["similarity"].astype(np.float64)
     model = model_fingerprint(ws, train)
     labels = store.read_labels(ws, test, train)
-    current = labels.merge(pairs[["test_key", "train_key"]], on=["test_key", "train_key"])
+    held = pairs[pairs["test_key"].isin(labels["test_key"])]  # only labelled test images need their pair's train key
+    held = held[["test_key"]].assign(train_key=sampler.train_keys(ws, train, held["train_row"]))
+    current = labels.merge(held, on=["test_key", "train_key"])
     stale = current["model"].notna() & (current["model"] != model)
     fresh = current[~stale]
     pairs = pairs.merge(fresh[["test_key", "label"]], on="test_key", how="left")
@@ -108,7 +111,14 @@ def next_pairs(ws, test: str, train: str, tau: float, n: int = 1, population: Po
     rows = sampler.next_rows(design, pairs["similarity"].to_numpy(), pairs["u"].to_numpy(),
                              pairs["label"].notna().to_numpy(), n)
     columns = ["test_key", "train_key", "similarity", "test_row", "train_row"]
-    return pairs.iloc[rows][columns].assign(tau=design.tau).reset_index(drop=True)
+    return keyed_pairs(ws, population, rows)[columns].assign(tau=design.tau).reset_index(drop=True)
+
+
+def keyed_pairs(ws, population: Population, rows=None) -> pd.DataFrame:
+    """population.pairs, or its rows at positions `rows`, with each pair's train_key. Only the metadata row groups
+    holding those rows are read: at web scale, ask for the rows you need."""
+    pairs = population.pairs if rows is None else population.pairs.iloc[np.asarray(rows, dtype=np.int64)]
+    return pairs.assign(train_key=sampler.train_keys(ws, population.train, pairs["train_row"]))
 
 
 def label_pair(ws, test: str, train: str, test_key: str, train_key: str, label: str, labeller: str = "user",
@@ -132,7 +142,9 @@ def label_pair(ws, test: str, train: str, test_key: str, train_key: str, label: 
     population = load_population(ws, test, train)
     design = _design(ws, population, tau, record=True)[1] if tau is not None else None
     pairs = population.pairs
-    match = pairs[(pairs["test_key"] == str(test_key)) & (pairs["train_key"] == str(train_key))]
+    match = pairs[pairs["test_key"] == str(test_key)]
+    if len(match) and sampler.train_keys(ws, train, match["train_row"])[0] != str(train_key):
+        match = match.iloc[:0]  # another neighbour than the current nearest one
     similarity = float(match["similarity"].iloc[0]) if len(match) else None
     row = {"test": test, "test_key": str(test_key), "train": train, "train_key": str(train_key), "label": label,
            "labeller": labeller, "created": time.time(), "model": population.model, "similarity": similarity,

@@ -42,9 +42,8 @@ def _population(inputs: tuple, test: str, train: str, _ws) -> labels.Population:
 
 
 def population(ws, test: str, train: str) -> labels.Population:
-    """labels.load_population, cached until a label is stored, the search changes or the train set is re-embedded:
-    it resolves the train key of every test image's neighbour, one metadata read per web shard (400 at LAION's
-    size), which every rerun paid twice (the next pair, and the precision at tau)."""
+    """labels.load_population, cached until a label is stored, the search changes or the train set is re-embedded
+    (every rerun read it twice: for the next pair, and for the precision at tau)."""
     return _population(_inputs(ws, test, train), test, train, ws)
 
 
