@@ -154,7 +154,8 @@ class Shard:
 # Sets whose validated shard list a process keeps (`EmbeddingSet`): a page or job opens the same sets many times, and
 # validating 400 shards' headers took ~0.1 s per 40 shards on every open.
 OPENED_SETS = 64
-_OPENED: OrderedDict[tuple[str, bool], tuple[tuple, tuple[list[Shard], int]]] = OrderedDict()
+KNOWN_KEYS = 200_000  # keys of single rows an opened set keeps (`EmbeddingSet.keys_at`): ~25 MB
+_OPENED: OrderedDict[tuple[str, bool], tuple[tuple, tuple[list[Shard], int, dict]]] = OrderedDict()
 _OPENED_LOCK = threading.Lock()
 
 
@@ -190,13 +191,14 @@ class EmbeddingSet:
         with _OPENED_LOCK:
             known = _OPENED.get(key)
         if known is not None and known[0] == stamp:
-            shards, self.dim = known[1]
+            shards, self.dim, self._known_keys = known[1]
         else:
             shards = self._discover(allow_partial)
             self.dim = npy_header(shards[0].emb)[0][1] if shards else 0
+            self._known_keys: dict[int, str] = {}
             if stamp is not None:
                 with _OPENED_LOCK:
-                    _OPENED[key] = (stamp, (shards, self.dim))
+                    _OPENED[key] = (stamp, (shards, self.dim, self._known_keys))
                     _OPENED.move_to_end(key)
                     while len(_OPENED) > OPENED_SETS:
                         _OPENED.popitem(last=False)
@@ -313,6 +315,23 @@ class EmbeddingSet:
             order.append(sel)
         frame = pd.concat(parts, ignore_index=True)
         return frame.iloc[np.argsort(np.concatenate(order), kind="stable")].reset_index(drop=True)
+
+    def keys_at(self, ids: np.ndarray) -> np.ndarray:
+        """Keys (str, object array) of global rows `ids`, in the order given. Read through `metadata_at`, and kept
+        while the set's shard files are unchanged (up to KNOWN_KEYS per set): a labelling loop asks for the same few
+        rows after every label, and each costs a metadata row-group read in a web shard."""
+        ids = np.asarray(ids, dtype=np.int64)
+        memo = self._known_keys
+        found = {i: key for i in set(ids.tolist()) if (key := memo.get(i)) is not None}
+        missing = np.array(sorted(set(ids.tolist()) - found.keys()), dtype=np.int64)
+        if len(missing):
+            read = dict(zip(missing.tolist(), self.metadata_at(missing, ["key"])["key"].astype(str).tolist()))
+            found.update(read)
+            if len(read) <= KNOWN_KEYS:
+                if len(memo) + len(read) > KNOWN_KEYS:
+                    memo.clear()
+                memo.update(read)
+        return np.array([found[i] for i in ids.tolist()], dtype=object)
 
     def keys(self) -> np.ndarray:
         """All keys as an object array (n,), row-aligned."""

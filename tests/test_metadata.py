@@ -171,6 +171,24 @@ def test_a_few_rows_are_read_from_their_row_groups_only(tmp_path):
     assert store.read_rows(path, rows[:1], ("key",))["key"].tolist() == ["k9999"]
 
 
+def test_keys_at_reads_a_row_once_until_the_set_changes(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "set"
+    write_folder(root, [captions_frame(rng, 0, 5), captions_frame(rng, 5, 3)])
+    ids = np.array([6, 0, 6, 3])
+    want = store.EmbeddingSet(root).metadata_at(ids, ["key"])["key"].tolist()
+    asked = []
+    metadata_at = store.EmbeddingSet.metadata_at
+    monkeypatch.setattr(store.EmbeddingSet, "metadata_at",
+                        lambda self, ids, columns=None: asked.append(list(ids)) or metadata_at(self, ids, columns))
+    assert store.EmbeddingSet(root).keys_at(ids).tolist() == want and asked == [[0, 3, 6]]
+    assert store.EmbeddingSet(root).keys_at(ids[::-1]).tolist() == want[::-1] and len(asked) == 1
+    assert store.EmbeddingSet(root).keys_at([7, 0]).tolist()[1] == want[1] and asked[1:] == [[7]]
+    renamed = pd.read_parquet(store.meta_path(root, 1)).assign(key=lambda f: "new-" + f["key"])
+    store.fileio.write_parquet(store.meta_path(root, 1), renamed)  # the second shard's keys change
+    assert store.EmbeddingSet(root).keys_at(ids).tolist() == ["new-" + want[0], want[1], "new-" + want[2], want[3]]
+
+
 def test_a_reopened_set_reuses_its_validation_until_a_shard_file_changes(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     root = tmp_path / "set"

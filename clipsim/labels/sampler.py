@@ -126,6 +126,6 @@ def population_frame(ws, test: str, train: str) -> pd.DataFrame:
 
 
 def train_keys(ws, train: str, train_rows) -> np.ndarray:
-    """The keys (str) of rows `train_rows` of `train`, read from the metadata row groups that hold them only."""
-    rows = np.asarray(train_rows, dtype=np.int64)
-    return ws.embeddings(train).metadata_at(rows, ["key"])["key"].astype(str).to_numpy()
+    """The keys (str) of rows `train_rows` of `train`: only the metadata row groups that hold them are read, and a
+    process reads each row once while the set is unchanged (`EmbeddingSet.keys_at`)."""
+    return ws.embeddings(train).keys_at(np.asarray(train_rows, dtype=np.int64))
