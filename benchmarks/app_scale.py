@@ -9,7 +9,8 @@ Measured: `build` (the search commit's sorted statistics of every test set, then
 first open (`open_s`: caches cold, modules imported beforehand: `imported_s`), the app process's peak RSS (VmHWM;
 `rss_after_imports_mb` is the code alone), threshold-change latency p50/p99 (`change_ms`: what the pages compute
 from the statistics for a new tau / delta: counts per test set and combined, the rule's counts and its post-pruning
-lookup; `rerun_ms`: the whole AppTest rerun, drawing included), and whether the pages' counts equal the library's.
+lookup; `rerun_ms`: the whole AppTest rerun, drawing included), `label_ms` (labelling proposed pairs on the Similarity
+page: each click's rerun), and whether the pages' counts equal the library's.
 Two app processes measure one after the other, once the build's writes are flushed: `app_first` meets the OS page
 cache as the build left it (emptied first with --drop-caches: code and data read from disk), `app` finds code and
 statistics cached; the targets are checked on `app`.
@@ -161,6 +162,19 @@ def _reruns(at, key: str, values: np.ndarray) -> list[float]:
     return times
 
 
+def _labels(at, n: int) -> list[float]:
+    """Label n proposed pairs on the Similarity page, alternating two labels: each click's whole rerun (the label
+    stored, the next pair proposed, the precision at tau redrawn)."""
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        at.button(key=f"sim_lab_{'different' if i % 2 else 'duplicate'}").click().run()
+        times.append((time.perf_counter() - t0) * 1e3)
+        if at.exception:
+            raise RuntimeError(f"labelling failed: {at.exception[0].message}")
+    return times
+
+
 def library_changes(ws: Workspace, tests: list[str], taus, deltas) -> list[float]:
     """Per change, what the pages compute from the statistics: Similarity's counts per test set and combined, the
     Prune page's rule counts and the post-pruning lookup of one test set's stored neighbours."""
@@ -194,6 +208,7 @@ def measure_app(root: Path, changes: int, seed: int) -> dict:
     sim, out["similarity_open_s"] = _open("similarity")
     out["similarity_rerun_ms"] = _quantiles(_reruns(sim, "tau", rng.uniform(0.5, 0.95, changes)))
     out["similarity_check"] = [float(sim.number_input(key="tau").value), _metric(sim, "Web samples removed")]
+    out["label_ms"] = _quantiles(_labels(sim, changes // 2))
     prune, out["prune_open_s"] = _open("prune")
     out["prune_rerun_ms"] = _quantiles(_reruns(prune, "delta", rng.uniform(-0.3, 0.2, changes)))
     out["prune_check"] = [float(prune.number_input(key="delta").value), _metric(prune, "Web samples removed")]

@@ -233,6 +233,7 @@ def test_app_scale_benchmark_runs_small(tmp_path):
                          "--changes", "2", "--dir", str(tmp_path)])
     runs = report["runs"]
     assert [r["n"] for r in runs] == [30000, 60000] and all(r["pages_exact"] for r in runs)
-    assert all(r[a]["peak_rss_mb"] > 0 and r[a]["change_ms"]["p99"] > 0 for r in runs for a in ("app", "app_first"))
+    assert all(r[a]["peak_rss_mb"] > 0 and r[a]["change_ms"]["p99"] > 0 and r[a]["label_ms"]["p50"] > 0
+               for r in runs for a in ("app", "app_first"))
     assert set(report["projection"]["figures"]) >= {"similarity_open_s", "peak_rss_mb", "change_ms_p99"}
     assert list(tmp_path.iterdir()) == []  # cleaned up
