@@ -231,7 +231,7 @@ def check_pages(ws: Workspace, app: dict) -> bool:
 
 
 def run_one(n: int, args: argparse.Namespace) -> dict:
-    """Build at n rows, measure the app in a fresh process, clean up."""
+    """Build at n rows, measure the app in two fresh processes one after the other, clean up."""
     need = n * (32 * args.tests + 24 * (args.tests > 1)) * 1.05 + 2e9
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(args.dir).free
