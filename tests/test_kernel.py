@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clipsim.search import scan as scan_module
-from clipsim.search.exact import Screen, brute_force
+from clipsim.search.exact import COMPILED_MIN_PAIRS, DOT_KERNELS, Screen, brute_force, dot_kernel, exact_dots
 from clipsim.search.scan import Group, offset_order, tile_shape
 from clipsim.search.tiles import BUCKET, BucketTile, Uncertainty, at_least, per_bucket
 from tests.helpers import unit16
@@ -17,6 +17,58 @@ from tests.test_search import assert_scan_exact, near_tie_data, random_data
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tiles: see conftest.one_thread
 
 CPU = torch.device("cpu")
+
+
+def edge_rows(rng: np.random.Generator) -> np.ndarray:
+    """Unit float16 rows, then rows of the extremes a float16 holds: subnormals down to 2^-24, signed zeros, the
+    largest normal 65504 and the binade edges around 2^-14 (norm <= 4 each: exact_dots' premise)."""
+    rows = unit16(rng.standard_normal((40, 64)).astype(np.float32))
+    bits = rng.integers(0, 2**16, (40, 64), dtype=np.uint16)
+    odd = bits.view(np.float16).astype(np.float32)
+    odd[~np.isfinite(odd)] = 0.0  # inf and NaN bit patterns: covered by the next test
+    odd = odd / np.maximum(1.0, np.linalg.norm(odd, axis=1, keepdims=True) / 4)  # scaled into norm <= 4
+    tiny = np.float16(2.0**-24) * rng.integers(-1023, 1024, (8, 64)).astype(np.float16)  # every subnormal step
+    edge = np.array([[6.1035e-05, -6.0976e-05, 2.0**-24, -0.0, 0.0, 1.0, -1.0, 2.0**-15] * 8], np.float32)
+    return np.concatenate([rows, odd.astype(np.float16), tiny, edge.astype(np.float16)]).astype(np.float16)
+
+
+@pytest.mark.parametrize("kernel", DOT_KERNELS)
+def test_exact_dots_equal_brute_force_on_every_kind_of_float16(kernel):
+    """Both re-check kernels (numba's and torch's) give float32(float64 q . float64 x) bit for bit, subnormals and
+    the largest values included, in any pair order, with repeats."""
+    rng = np.random.default_rng(3)
+    q, x = edge_rows(rng), edge_rows(np.random.default_rng(4))
+    qi, xj = rng.integers(0, len(q), 5000), rng.integers(0, len(x), 5000)
+    qi[:len(q)], xj[:len(q)] = np.arange(len(q)), np.arange(len(q)) % len(x)  # every row, and the two edge rows
+    want = brute_force(q, x)[qi, xj]
+    got = exact_dots(torch.as_tensor(q), torch.as_tensor(qi), torch.as_tensor(x), torch.as_tensor(xj), kernel=kernel)
+    assert got.dtype == torch.float32
+    np.testing.assert_array_equal(got.numpy(), want)
+    sorted_cols = np.argsort(xj, kind="stable")  # column order, as the scanner sends them: train rows reused
+    got = exact_dots(torch.as_tensor(q), torch.as_tensor(qi[sorted_cols]), torch.as_tensor(x),
+                     torch.as_tensor(xj[sorted_cols]), kernel=kernel)
+    np.testing.assert_array_equal(got.numpy(), want[sorted_cols])
+    empty = torch.zeros(0, dtype=torch.int64)
+    assert len(exact_dots(torch.as_tensor(q), empty, torch.as_tensor(x), empty, kernel=kernel)) == 0
+
+
+def test_compiled_dots_keep_inf_and_nan_and_check_indices():
+    """Non-finite float16 values widen to the same inf and NaN as torch's; an index out of range is an IndexError
+    (the compiled loop reads memory unchecked), and the compiled kernel refuses a non-CPU device."""
+    q = np.array([[np.inf, 1.0], [np.nan, 1.0], [-np.inf, 0.0], [1.0, 2.0]], np.float16)
+    x = np.array([[1.0, 0.5], [-1.0, 0.0], [0.0, 1.0]], np.float16)
+    qi, xj = np.repeat(np.arange(4), 3), np.tile(np.arange(3), 4)
+    args = torch.as_tensor(q), torch.as_tensor(qi), torch.as_tensor(x), torch.as_tensor(xj)
+    np.testing.assert_array_equal(exact_dots(*args, kernel="compiled").numpy(), exact_dots(*args, kernel="torch"))
+    with pytest.raises(IndexError, match="xj holds rows outside 0..2"):
+        exact_dots(args[0], args[1], args[2], args[3] + 1, kernel="compiled")
+    with pytest.raises(ValueError, match="runs on a CPU"):
+        exact_dots(args[0].to("meta"), args[1], args[2], args[3], kernel="compiled")
+    with pytest.raises(ValueError, match="not one of"):
+        exact_dots(*args, kernel="numba")
+    assert [dot_kernel("auto", CPU, n) for n in (COMPILED_MIN_PAIRS - 1, COMPILED_MIN_PAIRS, None)] == \
+        ["torch", "compiled", "compiled"]
+    assert dot_kernel("auto", torch.device("meta")) == "torch"
 
 
 def test_bf16_output_rounding_is_in_the_bound():
@@ -168,3 +220,23 @@ def test_workers_and_range_order_do_not_change_the_answer(monkeypatch, precision
         monkeypatch.setattr(scan_module, "_Inline", ReversedInline)
     for q, x, groups in (near_tie_data(), gap_data()[:3]):
         assert_scan_exact(q, x, groups, 10, precision, 1000, workers=workers)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("kernel", ["torch", "compiled"])
+def test_either_recheck_kernel_gives_the_same_scan(monkeypatch, precision, kernel):
+    """The scan with torch's re-check (CUDA's kernel, run here on the CPU) and with the compiled one for every call
+    (the default takes it for large calls only) equals brute force, on near ties and adversarial margins; a kernel
+    the device cannot run is refused up front."""
+    monkeypatch.setattr(scan_module, "TILE_ELEMENTS", 64 * 64)
+    monkeypatch.setattr(scan_module, "MIN_COLS", 64)
+    calls = []
+    monkeypatch.setattr(scan_module, "exact_dots", lambda *a, **kw: calls.append(kw["kernel"]) or exact_dots(*a, **kw))
+    for q, x, groups in (near_tie_data(), gap_data()[:3]):
+        assert assert_scan_exact(q, x, groups, 10, precision, 1000, kernel=kernel).rechecked > 0
+    assert set(calls) == {kernel}
+    q, _, groups = near_tie_data()
+    with pytest.raises(ValueError, match="runs on a CPU"):
+        scan_module.ExactScanner(q, groups, 3, precision, torch.device("meta"), kernel="compiled")
+    with pytest.raises(ValueError, match="not one of"):
+        scan_module.ExactScanner(q, groups, 3, precision, CPU, kernel="numba")

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+DOT_KERNELS = ("auto", "compiled", "torch")  # see exact_dots
+COMPILED_MIN_PAIRS = 1024  # 'auto' re-checks smaller CPU calls with torch: < 1 ms each, no numba import (dot_kernel)
 NORM_SLACK = 1.001  # safety factor on float32-computed norms (error <= (d + 2) 2^-24 relative)
 PREPARE_ROWS = 512  # rows per step of Screen.prepare on a CPU: 1 MB of float32 at dim 512 (L2); 1024: 1.6x slower
 PAIR_BATCH = 1024  # CPU re-check batch, one tile's pairs at dim 512: 0.45 / 0.39 / 0.33 us per pair at 128 / 256 / 1024
@@ -141,16 +143,49 @@ class Screen:
         return rq * nx + nq * rx + (self.gamma + 2.0**-24) * nq * nx * (1 + self.gamma) + 1e-12
 
 
-def exact_dots(q16: torch.Tensor, qi: torch.Tensor, x16: torch.Tensor, xj: torch.Tensor) -> torch.Tensor:
+def dot_kernel(kernel: str, device: torch.device, n_pairs: int | None = None) -> str:
+    """The re-check kernel `exact_dots` runs for `kernel` on `device`: 'compiled' or 'torch'.
+
+    'auto' takes the compiled one on a CPU for COMPILED_MIN_PAIRS pairs or more (or n_pairs None): below that torch
+    needs under a millisecond, and a process that only makes small calls (a text search on a page) is spared
+    numba's import and cache load (~0.5 s; 1-2 s to compile on first use).
+
+    Raises:
+        ValueError: an unknown kernel, or 'compiled' off a CPU.
+    """
+    if kernel not in DOT_KERNELS:
+        raise ValueError(f"kernel {kernel!r} is not one of {DOT_KERNELS}")
+    if kernel == "compiled" and device.type != "cpu":
+        raise ValueError(f"kernel 'compiled' runs on a CPU, not on {device}: use 'torch' or 'auto'")
+    if kernel == "auto":
+        big = n_pairs is None or n_pairs >= COMPILED_MIN_PAIRS
+        return "compiled" if (device.type == "cpu" and big) else "torch"
+    return kernel
+
+
+def exact_dots(q16: torch.Tensor, qi: torch.Tensor, x16: torch.Tensor, xj: torch.Tensor,
+               kernel: str = "auto") -> torch.Tensor:
     """Canonical similarities of pairs (q16[qi[n]], x16[xj[n]]): float32 (n_pairs,) on q16's device.
 
     float16 x float16 products are exact in float32 (22 significant bits), so only the sum needs float64; for
     rows of norm <= 4 every partial sum is a multiple of 2^-48 below 2^5, exact in float64 in any order, so this
-    equals float32(float64(q) @ float64(x).T) bit for bit. index_select gathers rows 2x faster than indexing.
+    equals float32(float64(q) @ float64(x).T) bit for bit, whichever kernel sums it.
+
+    Args:
+        kernel: 'compiled' (numba, CPU only; at dim 512 on one EPYC core 0.14 us per pair with warm caches, 0.32
+            inside a scan), 'torch' (batched gathers and a float64 sum: 0.55-0.9 us per pair on a CPU; the only one
+            on CUDA) or 'auto' (compiled for CPU calls of COMPILED_MIN_PAIRS pairs or more); see `dot_kernel`.
     """
+    on_cpu = q16.device.type == "cpu"
+    if dot_kernel(kernel, q16.device, len(qi)) == "compiled":
+        from clipsim.search.compiled import pair_dots  # numba's import and first compile only where it is used
+
+        bits = [t.contiguous().numpy().view(np.uint16) for t in (q16, x16)]
+        idx = [t.to(torch.int64).contiguous().numpy() for t in (qi, xj)]
+        return torch.from_numpy(pair_dots(bits[0], idx[0], bits[1], idx[1]))
     out = torch.empty(len(qi), dtype=torch.float32, device=q16.device)
-    batch = PAIR_BATCH if q16.device.type == "cpu" else 65536
-    for lo in range(0, len(qi), batch):
+    batch = PAIR_BATCH if on_cpu else 65536
+    for lo in range(0, len(qi), batch):  # index_select gathers rows 2x faster than indexing
         a = q16.index_select(0, qi[lo : lo + batch]).float()
         b = x16.index_select(0, xj[lo : lo + batch]).float()
         out[lo : lo + batch] = a.mul_(b).sum(dim=1, dtype=torch.float64)  # float64 accumulation, no float64 copy

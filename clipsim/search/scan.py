@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from clipsim.search.exact import Screen, exact_dots, exact_margin
+from clipsim.search.exact import Screen, dot_kernel, exact_dots, exact_margin
 from clipsim.search.tiles import BUCKET, BucketTile, TrainRowMax, Uncertainty, at_least
 
 # Elements of one product tile (32 MB in bf16, 64 MB in float32): bounds memory beside the block itself. A tile of
@@ -147,10 +147,14 @@ class ExactScanner:
             (default: torch's thread count up to MAX_WORKERS; one thread each on small machines). Not one OpenMP
             barrier per small op: on 2 busy shared cores those cost 6x the work, and the small ops between products
             scale as the products do. Results do not depend on it.
+        kernel: the exact re-check's kernel (exact.exact_dots): 'compiled' (numba, CPU only), 'torch' (the only one
+            on CUDA) or 'auto' (compiled for large CPU calls). Results do not depend on it.
     """
 
     def __init__(self, queries: np.ndarray, groups: list[Group], k: int, precision: str, device: torch.device,
-                 row_stats: bool = True, workers: int | None = None):
+                 row_stats: bool = True, workers: int | None = None, kernel: str = "auto"):
+        dot_kernel(kernel, device)  # before any work: a kernel the device cannot run is refused
+        self.kernel = kernel
         self.k, self.groups, self.device, self.row_stats = k, groups, device, row_stats
         self.workers = max(1, workers or (min(MAX_WORKERS, torch.get_num_threads()) if device.type == "cpu" else 1))
         self._threads_each = max(1, torch.get_num_threads() // self.workers)
@@ -303,7 +307,8 @@ class ExactScanner:
         found = {ref: acc.candidates() for ref, acc in rng.maxima.items()}
         keys = torch.cat([j * n_g + r] + [cols * n_g + rows for rows, cols in found.values()])
         pairs, where = torch.unique(keys, return_inverse=True)
-        sims = exact_dots(self.q16, self.order[g.start + pairs % n_g], blk.x16, pairs // n_g + c0)[where]
+        sims = exact_dots(self.q16, self.order[g.start + pairs % n_g], blk.x16, pairs // n_g + c0,
+                          kernel=self.kernel)[where]
         with self._lock:
             self.rechecked += len(pairs)
         self._merge_exact(self.order[g.start : g.stop], r, sims[: len(r)], j + c0 + blk.base)
