@@ -177,11 +177,11 @@ def run_torch_chunked(q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray,
     return best_s.numpy(), best_i.numpy(), clock
 
 
-def run_scanner(q, x, k: int, precision: str, block_rows: int, mode: str, s_ref: np.ndarray):
+def run_scanner(q, x, k: int, precision: str, block_rows: int, mode: str, s_ref: np.ndarray, kernel: str = "auto"):
     """One ExactScanner pass over x in blocks: (top_s, top_i, Clock, rechecked, per-row stats concatenated)."""
     offsets = {"ref": s_ref} if mode == "gap_pass" else None
     scanner = ExactScanner(q, [Group("bench", 0, len(q), offsets)], k, precision, torch.device("cpu"),
-                           row_stats=mode != "topk")
+                           row_stats=mode != "topk", kernel=kernel)
     parts = []
     with Clock() as clock:
         for lo in range(0, len(x), block_rows):
@@ -233,6 +233,7 @@ def compare(sims, ids, canon: dict, q: np.ndarray, x: np.ndarray, flops: float, 
 
 def machine() -> dict:
     import faiss
+    import numba
 
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")), "")
@@ -241,7 +242,7 @@ def machine() -> dict:
         "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
         "torch_threads": torch.get_num_threads(), "faiss_threads": faiss.omp_get_max_threads(),
         "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-        "faiss": faiss.__version__, "load_average_at_start": list(os.getloadavg()),
+        "faiss": faiss.__version__, "numba": numba.__version__, "load_average_at_start": list(os.getloadavg()),
     }
 
 
@@ -256,6 +257,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="threads for torch, faiss and BLAS (default: theirs)")
+    p.add_argument("--recheck-kernels", type=lambda v: [k for k in v.split(",") if k], default=[],
+                   help="also run the gap pass with these exact re-check kernels (e.g. 'torch,compiled'; the default "
+                        "'auto' compiles large CPU calls): exact_scanner_<precision>_gap_pass_recheck_<kernel>")
     p.add_argument("--repeats", type=int, default=3,
                    help="runs of every method, interleaved; each reports its fastest (a shared machine's load swings)")
     args = p.parse_args(argv)
@@ -284,9 +288,11 @@ def main(argv: list[str] | None = None) -> dict:
         runs.setdefault("torch_chunked_matmul_topk_fp32", []).append((clock, (sims, ids)))
         for precision in args.precisions.split(","):
             screens.setdefault(precision, []).append(screen_only(q, x, precision, args.block_rows))
-            for mode in MODES:
-                sims, ids, clock, rechecked, stats = run_scanner(q, x, args.k, precision, args.block_rows, mode, s_ref)
-                runs.setdefault(f"exact_scanner_{precision}_{mode}", []).append((clock, (sims, ids, rechecked, stats)))
+            for mode, kernel in [(m, "auto") for m in MODES] + [("gap_pass", kn) for kn in args.recheck_kernels]:
+                sims, ids, clock, rechecked, stats = run_scanner(q, x, args.k, precision, args.block_rows, mode, s_ref,
+                                                                 kernel)
+                name = f"exact_scanner_{precision}_{mode}" + ("" if kernel == "auto" else f"_recheck_{kernel}")
+                runs.setdefault(name, []).append((clock, (sims, ids, rechecked, stats)))
     for name, tries in runs.items():
         clock, found = min(tries, key=lambda t: t[0].wall)  # best of the repeats; every repeat gives the same answer
         out = methods[name] = compare(found[0], found[1], canon, q, x, flops, clock)

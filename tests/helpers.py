@@ -30,6 +30,17 @@ def process_gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (the folder is not a package): its main(argv) runs a small size in a test."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def unit16(a: np.ndarray) -> np.ndarray:
     """Rows L2-normalised in float64, stored as float16."""
     a = np.asarray(a, np.float64)

@@ -22,7 +22,7 @@ from clipsim.dedup.stats import DedupStats, eps_cut
 from clipsim.prune import load_manifest
 from clipsim.search.exact import Screen, brute_force
 from clipsim.workspace import Workspace
-from tests.helpers import unit16
+from tests.helpers import load_benchmark, unit16
 
 DIM, K, SEED = 24, 4, 1234
 SHARDS = (0, 180, 181, 330, 420)  # uneven shards, one of a single row
@@ -192,21 +192,10 @@ def test_array_jobs_give_what_one_process_gives(ws, tmp_path, capsys):
     assert sorted(j.result["range"] for j in parts) == [[0, 2], [2, 4]] and all(j.state == "done" for j in parts)
 
 
-def _benchmark(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_dedup_benchmarks_run_small(one_thread):
-    latency = _benchmark("dedup_latency").main(["--n", "20000", "--clusters", "50", "--changes", "5"])
+    latency = load_benchmark("dedup_latency").main(["--n", "20000", "--clusters", "50", "--changes", "5"])
     assert set(latency["counts_and_pairs_ms"]) == {"median", "p99"} and latency["build_seconds"] >= 0
-    report = _benchmark("dedup_throughput").main(["--n", "3000", "--dim", "16", "--clusters", "6", "--niter", "2"])
+    report = load_benchmark("dedup_throughput").main(["--n", "3000", "--dim", "16", "--clusters", "6", "--niter", "2"])
     assert report["assign"]["clipsim_argmax_differs_from_canonical_of_20k"] == 0
     assert report["pipeline"]["removed"] > 0 and set(report["pipeline"]["steps_seconds"]) == {
         "k-means", "assign", "within-cluster"}

@@ -11,7 +11,7 @@ from clipsim.search import scan as scan_module
 from clipsim.search.exact import COMPILED_MIN_PAIRS, DOT_KERNELS, Screen, brute_force, dot_kernel, exact_dots
 from clipsim.search.scan import Group, offset_order, tile_shape
 from clipsim.search.tiles import BUCKET, BucketTile, Uncertainty, at_least, per_bucket
-from tests.helpers import unit16
+from tests.helpers import load_benchmark, unit16
 from tests.test_search import assert_scan_exact, near_tie_data, random_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tiles: see conftest.one_thread
@@ -240,3 +240,21 @@ def test_either_recheck_kernel_gives_the_same_scan(monkeypatch, precision, kerne
         scan_module.ExactScanner(q, groups, 3, precision, torch.device("meta"), kernel="compiled")
     with pytest.raises(ValueError, match="not one of"):
         scan_module.ExactScanner(q, groups, 3, precision, CPU, kernel="numba")
+
+
+def test_search_throughput_benchmark_runs_small(monkeypatch):
+    """The benchmark at a tiny size: every scanner method (the gap pass also with torch's re-check) agrees with the
+    float64 brute force, and the ratios the issue asks for are reported."""
+    bench = load_benchmark("search_throughput")
+    monkeypatch.setattr(bench, "PEAK_N", 256)
+    report = bench.main(["--queries", "150", "--train", "3000", "--ref", "400", "--dim", "32", "--k", "5",
+                         "--block-rows", "1024", "--precisions", "bf16", "--repeats", "1",
+                         "--recheck-kernels", "torch"])
+    scanners = {n: m for n, m in report["methods"].items() if n.startswith("exact_scanner_")}
+    assert set(scanners) == {f"exact_scanner_bf16_{m}" for m in ("topk", "with_train_row_max", "gap_pass",
+                                                                 "gap_pass_recheck_torch")}
+    for m in scanners.values():
+        assert m["rows_ids_differ"] == m["entries_sims_differ_from_canonical_topk"] == 0
+        assert all(v == 0 for key, v in m.items() if key.startswith("train_rows_"))
+    assert {"topk_vs_faiss", "gap_pass_vs_faiss_topk", "topk_fraction_of_bf16_peak"} <= set(report["ratios"])
+    assert report["machine"]["numba"]

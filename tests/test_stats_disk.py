@@ -18,7 +18,7 @@ from clipsim.prune import stats as stats_module
 from clipsim.prune.columns import Column, DiskColumn, cut_for_fraction, keep_cut
 from clipsim.prune.stats import CombinedPending, floor32
 from clipsim.prune.stored import combined_folder, ensure_search_stats, open_combined, open_search_stats
-from tests.helpers import searched_workspace, unit16
+from tests.helpers import load_benchmark, searched_workspace, unit16
 
 TESTS = ["ta", "tb", "tc"]
 
@@ -222,15 +222,8 @@ def test_readers_trust_only_committed_current_folders(ws_copy):
 
 
 def test_app_scale_benchmark_runs_small(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "app_scale.py"
-    spec = importlib.util.spec_from_file_location("app_scale", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    report = bench.main(["--n", "30000,60000", "--tests", "2", "--test-rows", "200", "--shard-rows", "20000",
-                         "--changes", "2", "--dir", str(tmp_path)])
+    report = load_benchmark("app_scale").main(["--n", "30000,60000", "--tests", "2", "--test-rows", "200",
+                                               "--shard-rows", "20000", "--changes", "2", "--dir", str(tmp_path)])
     runs = report["runs"]
     assert [r["n"] for r in runs] == [30000, 60000] and all(r["pages_exact"] for r in runs)
     assert all(r[a]["peak_rss_mb"] > 0 and r[a]["change_ms"]["p99"] > 0 and r[a]["label_ms"]["p50"] > 0
