@@ -148,7 +148,7 @@ def dot_kernel(kernel: str, device: torch.device, n_pairs: int | None = None) ->
 
     'auto' takes the compiled one on a CPU for COMPILED_MIN_PAIRS pairs or more (or n_pairs None): below that torch
     needs under a millisecond, and a process that only makes small calls (a text search on a page) is spared
-    numba's import and cache load (~0.5 s; 1-2 s to compile on first use).
+    numba's import and cache load (0.5-1.9 s here; 1.3-5 s to compile on first use).
 
     Raises:
         ValueError: an unknown kernel, or 'compiled' off a CPU.
