@@ -226,14 +226,14 @@ def test_workers_and_range_order_do_not_change_the_answer(monkeypatch, precision
 @pytest.mark.parametrize("kernel", ["torch", "compiled"])
 def test_either_recheck_kernel_gives_the_same_scan(monkeypatch, precision, kernel):
     """The scan with torch's re-check (CUDA's kernel, run here on the CPU) and with the compiled one for every call
-    (the default takes it for large calls only) equals brute force, on near ties and adversarial margins; a kernel
-    the device cannot run is refused up front."""
+    (the default takes it for large calls only) equals brute force, on near ties and adversarial margins, with two
+    tile workers re-checking at once; a kernel the device cannot run is refused up front."""
     monkeypatch.setattr(scan_module, "TILE_ELEMENTS", 64 * 64)
     monkeypatch.setattr(scan_module, "MIN_COLS", 64)
     calls = []
     monkeypatch.setattr(scan_module, "exact_dots", lambda *a, **kw: calls.append(kw["kernel"]) or exact_dots(*a, **kw))
     for q, x, groups in (near_tie_data(), gap_data()[:3]):
-        assert assert_scan_exact(q, x, groups, 10, precision, 1000, kernel=kernel).rechecked > 0
+        assert assert_scan_exact(q, x, groups, 10, precision, 1000, kernel=kernel, workers=2).rechecked > 0
     assert set(calls) == {kernel}
     q, _, groups = near_tie_data()
     with pytest.raises(ValueError, match="runs on a CPU"):
