@@ -21,8 +21,11 @@ SEGMENT = 256  # columns per segment in hits(): segment maxima of a 4096-column 
 
 
 def at_least(threshold: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`threshold` (float32) as the largest `dtype` values not above it: for a tile of that dtype, s >= result
-    exactly when s >= threshold, and the comparison needs no float32 copy of the tile."""
+    """`threshold` (float32) as the largest `dtype` values not above it: for a tile of that dtype, every s >= threshold
+    has s >= result, and the comparison needs no float32 copy of the tile. It keeps a superset: where the threshold
+    is no dtype value, s == result (one bf16 ulp below it) passes too. That is 7% more entries in a 4000 x 4096 tile's
+    similarity filter (9119 against 8497); the smallest dtype value not below the threshold would keep exactly the
+    entries s >= threshold, once every caller's float32 threshold is shown to round only the safe way."""
     if dtype == threshold.dtype:
         return threshold
     low = threshold.to(dtype)
