@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from clipsim.search import scan as scan_module
-from clipsim.search.exact import COMPILED_MIN_PAIRS, DOT_KERNELS, Screen, brute_force, dot_kernel, exact_dots
+from clipsim.search.exact import (
+    COMPILED_MIN_PAIRS,
+    COMPILED_MIN_TILE,
+    DOT_KERNELS,
+    Screen,
+    brute_force,
+    dot_kernel,
+    exact_dots,
+    filter_kernel,
+)
 from clipsim.search.scan import Group, offset_order, tile_shape
 from clipsim.search.tiles import BUCKET, BucketTile, Uncertainty, at_least, per_bucket
 from tests.helpers import load_benchmark, unit16
@@ -224,17 +233,20 @@ def test_workers_and_range_order_do_not_change_the_answer(monkeypatch, precision
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("kernel", ["torch", "compiled"])
-def test_either_recheck_kernel_gives_the_same_scan(monkeypatch, precision, kernel):
-    """The scan with torch's re-check (CUDA's kernel, run here on the CPU) and with the compiled one for every call
-    (the default takes it for large calls only) equals brute force, on near ties and adversarial margins, with two
-    tile workers re-checking at once; a kernel the device cannot run is refused up front."""
+def test_either_kernel_gives_the_same_scan(monkeypatch, precision, kernel):
+    """The scan with torch's re-checks and tile filters (CUDA's kernel, run here on the CPU) and with the compiled
+    ones for every call and tile (the default takes them for large ones only) equals brute force, on near ties and
+    adversarial margins, with two tile workers at once; a kernel the device cannot run is refused up front."""
     monkeypatch.setattr(scan_module, "TILE_ELEMENTS", 64 * 64)
     monkeypatch.setattr(scan_module, "MIN_COLS", 64)
-    calls = []
+    calls, tiles = [], []
     monkeypatch.setattr(scan_module, "exact_dots", lambda *a, **kw: calls.append(kw["kernel"]) or exact_dots(*a, **kw))
+    monkeypatch.setattr(scan_module, "BucketTile", lambda *a, **kw: tiles.append(kw["compiled"]) or BucketTile(*a, **kw))
     for q, x, groups in (near_tie_data(), gap_data()[:3]):
         assert assert_scan_exact(q, x, groups, 10, precision, 1000, kernel=kernel, workers=2).rechecked > 0
-    assert set(calls) == {kernel}
+    assert set(calls) == {kernel} and set(tiles) == {kernel == "compiled"}
+    assert filter_kernel("auto", CPU, COMPILED_MIN_TILE - 1) == "torch"
+    assert filter_kernel("auto", CPU, COMPILED_MIN_TILE) == "compiled"
     q, _, groups = near_tie_data()
     with pytest.raises(ValueError, match="runs on a CPU"):
         scan_module.ExactScanner(q, groups, 3, precision, torch.device("meta"), kernel="compiled")

@@ -1,4 +1,5 @@
-"""The CPU exact re-check compiled with numba: canonical similarities of (query row, train row) pairs.
+"""The scanner's CPU loops compiled with numba: the exact re-check of (query row, train row) pairs, and the lane
+gathers of the tile filters.
 
 numba comes with umap-learn (a fixed dependency). The kernel reads float16 rows as their uint16 bits, widens them
 to float32 exactly and sums the exact float32 products in float64, as `exact.exact_dots` does with torch (see its
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 # float16 bits moved into a float32's fields read as 2^-112 times the value (normal and subnormal alike); the
 # scale is a power of two, so the float32 multiplication that undoes it is exact.
@@ -68,3 +71,51 @@ def pair_dots(q_bits: np.ndarray, qi: np.ndarray, x_bits: np.ndarray, xj: np.nda
     _pair_dots(q_bits, qi, x_bits, xj, out)
     return out
 
+
+
+def _value(t, i, j):
+    """t[i, j] as float32: a float32 tile's entry, or a bfloat16 tile's (given as uint16 bits) widened exactly."""
+
+
+@overload(_value, inline="always")
+def _value_impl(t, i, j):
+    if t.dtype == types.uint16:
+        return lambda t, i, j: np.uint32(np.uint32(t[i, j]) << np.uint32(16)).view(np.float32)
+    return lambda t, i, j: t[i, j]
+
+
+@numba.njit(nogil=True, cache=True)
+def _lane_hits(t, b, j, thr_pair, thr_row, bucket):
+    n = t.shape[0]
+    lane = np.empty(bucket, np.float32)
+    at = np.empty(len(b) * bucket, np.int64)
+    rows = np.empty(len(b) * bucket, np.int64)
+    vals = np.empty(len(b) * bucket, np.float32)
+    k = 0
+    for p in range(len(b)):
+        lo, col = b[p] * bucket, j[p]
+        count = min(bucket, n - lo)
+        for lane_i in range(count):  # independent loads first: the misses overlap
+            lane[lane_i] = _value(t, lo + lane_i, col)
+        for lane_i in range(count):  # then a counter, not a branch, keeps the lanes that pass
+            at[k], rows[k], vals[k] = p, lo + lane_i, lane[lane_i]
+            k += lane[lane_i] >= max(thr_pair[p], thr_row[lo + lane_i])
+    return at[:k], rows[:k], vals[:k]
+
+
+def lane_hits(t: np.ndarray, b: np.ndarray, j: np.ndarray, thr_pair: np.ndarray, thr_row: np.ndarray,
+              bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entries t[b[p] * bucket + l, j[p]] (l < bucket, row < len(t)) at or above max(thr_pair[p], thr_row[row]).
+
+    The filters of tiles.py gather the BUCKET lanes under (bucket, column) pairs of a tile (or of its bucket maxima)
+    and keep those that pass: torch builds index tensors for that, this loop does it in one pass.
+
+    Args:
+        t: (n, m) float32, or bfloat16 as uint16 bits (C-contiguous).
+        b, j: (p,) int64 bucket and column of each pair, in range.
+        thr_pair: (p,) float32 threshold per pair (-inf where unused); thr_row: (n,) float32 per row.
+
+    Returns:
+        (pair index, row, value as float32): int64, int64, float32, in pair then lane order.
+    """
+    return _lane_hits(t, b, j, thr_pair, thr_row, bucket)

@@ -12,6 +12,7 @@ import torch
 PRECISIONS = ("fp32", "bf16", "fp16")
 DOT_KERNELS = ("auto", "compiled", "torch")  # see exact_dots
 COMPILED_MIN_PAIRS = 1024  # 'auto' re-checks smaller CPU calls with torch: < 1 ms each, no numba import (dot_kernel)
+COMPILED_MIN_TILE = 2**18  # 'auto' filters smaller CPU tiles with torch (a text search's few queries): filter_kernel
 NORM_SLACK = 1.001  # safety factor on float32-computed norms (error <= (d + 2) 2^-24 relative)
 PREPARE_ROWS = 512  # rows per step of Screen.prepare on a CPU: 1 MB of float32 at dim 512 (L2); 1024: 1.6x slower
 PAIR_BATCH = 1024  # CPU re-check batch, one tile's pairs at dim 512: 0.45 / 0.39 / 0.33 us per pair at 128 / 256 / 1024
@@ -161,6 +162,13 @@ def dot_kernel(kernel: str, device: torch.device, n_pairs: int | None = None) ->
         big = n_pairs is None or n_pairs >= COMPILED_MIN_PAIRS
         return "compiled" if (device.type == "cpu" and big) else "torch"
     return kernel
+
+
+def filter_kernel(kernel: str, device: torch.device, tile_entries: int) -> str:
+    """The kernel of the tile filters' lane gathers (tiles.lane_hits) for `kernel` on `device`: 'compiled' or
+    'torch'; 'auto' compiles CPU tiles of COMPILED_MIN_TILE entries or more (see `dot_kernel` for the reason)."""
+    chosen = dot_kernel(kernel, device)
+    return "torch" if (kernel == "auto" and tile_entries < COMPILED_MIN_TILE) else chosen
 
 
 def exact_dots(q16: torch.Tensor, qi: torch.Tensor, x16: torch.Tensor, xj: torch.Tensor,

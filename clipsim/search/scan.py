@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from clipsim.search.exact import Screen, dot_kernel, exact_dots, exact_margin
+from clipsim.search.exact import Screen, dot_kernel, exact_dots, exact_margin, filter_kernel
 from clipsim.search.tiles import BUCKET, BucketTile, TrainRowMax, Uncertainty, at_least
 
 # Elements of one product tile (32 MB in bf16, 64 MB in float32): bounds memory beside the block itself. A tile of
@@ -147,8 +147,9 @@ class ExactScanner:
             (default: torch's thread count up to MAX_WORKERS; one thread each on small machines). Not one OpenMP
             barrier per small op: on 2 busy shared cores those cost 6x the work, and the small ops between products
             scale as the products do. Results do not depend on it.
-        kernel: the exact re-check's kernel (exact.exact_dots): 'compiled' (numba, CPU only), 'torch' (the only one
-            on CUDA) or 'auto' (compiled for large CPU calls). Results do not depend on it.
+        kernel: the kernel of the exact re-checks (exact.exact_dots) and of the tile filters' lane gathers
+            (tiles.lane_hits): 'compiled' (numba, CPU only), 'torch' (the only one on CUDA) or 'auto' (compiled for
+            large CPU calls and tiles). Results do not depend on it.
     """
 
     def __init__(self, queries: np.ndarray, groups: list[Group], k: int, precision: str, device: torch.device,
@@ -256,7 +257,8 @@ class ExactScanner:
                 hi = min(g.stop, lo + rows)
                 buf = self._tile_buffer(bufs, "s", (hi - lo, c1 - c0))
                 s = self.screen.product(self.q_lo[lo:hi], blk.x_lo[c0:c1], out=buf)
-                tile = BucketTile(s, self._tile_buffer(bufs, "r", (-(-(hi - lo) // BUCKET), c1 - c0)))
+                tile = BucketTile(s, self._tile_buffer(bufs, "r", (-(-(hi - lo) // BUCKET), c1 - c0)),
+                                  compiled=filter_kernel(self.kernel, self.device, s.numel()) == "compiled")
                 for acc in out.maxima.values():
                     acc.add(tile, lo - g.start)
                 with self._lock:  # a row half written by another worker's add could read too high
