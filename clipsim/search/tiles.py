@@ -98,7 +98,8 @@ def lane_hits(t: torch.Tensor, b: torch.Tensor, j: torch.Tensor, thr_pair: torch
 
     Returns:
         (pair index into b and j, row, value in t's dtype), in pair then lane order. `compiled` runs it as one loop
-        (search/compiled.py, CPU): no index tensors, 1.5-2x faster than these torch ops in a tile's filters.
+        (search/compiled.py, CPU) without index tensors: the filters that use it took 1.25-1.45x less time in a
+        4000-query scan (per 65536-row block: similarity 0.106 -> 0.085 s, margins 0.124 -> 0.088 s).
     """
     if compiled:
         from clipsim.search import compiled as loops  # numba is imported where the compiled path runs
