@@ -320,10 +320,10 @@ class EmbeddingSet:
         """Keys (str, object array) of global rows `ids`, in the order given. Read through `metadata_at`, and kept
         while the set's shard files are unchanged (up to KNOWN_KEYS per set): a labelling loop asks for the same few
         rows after every label, and each costs a metadata row-group read in a web shard."""
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = np.asarray(ids, dtype=np.int64).tolist()
         memo = self._known_keys
-        found = {i: key for i in set(ids.tolist()) if (key := memo.get(i)) is not None}
-        missing = np.array(sorted(set(ids.tolist()) - found.keys()), dtype=np.int64)
+        found = {i: memo[i] for i in set(ids) if i in memo}
+        missing = np.array(sorted(set(ids) - found.keys()), dtype=np.int64)
         if len(missing):
             read = dict(zip(missing.tolist(), self.metadata_at(missing, ["key"])["key"].astype(str).tolist()))
             found.update(read)
@@ -331,7 +331,7 @@ class EmbeddingSet:
                 if len(memo) + len(read) > KNOWN_KEYS:
                     memo.clear()
                 memo.update(read)
-        return np.array([found[i] for i in ids.tolist()], dtype=object)
+        return np.array([found[i] for i in ids], dtype=object)
 
     def keys(self) -> np.ndarray:
         """All keys as an object array (n,), row-aligned."""

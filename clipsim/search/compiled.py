@@ -72,7 +72,6 @@ def pair_dots(q_bits: np.ndarray, qi: np.ndarray, x_bits: np.ndarray, xj: np.nda
     return out
 
 
-
 def _value(t, i, j):
     """t[i, j] as float32: a float32 tile's entry, or a bfloat16 tile's (given as uint16 bits) widened exactly."""
 

@@ -104,11 +104,8 @@ def lane_hits(t: torch.Tensor, b: torch.Tensor, j: torch.Tensor, thr_pair: torch
     if compiled:
         from clipsim.search import compiled as loops  # numba is imported where the compiled path runs
 
-        none = np.full(0, -np.inf, np.float32)
-        pair = none if thr_pair is None else thr_pair.float().contiguous().numpy()
-        row = none if thr_row is None else thr_row.float().contiguous().numpy()
-        pair = np.full(len(b), -np.inf, np.float32) if len(pair) == 0 else pair
-        row = np.full(len(t), -np.inf, np.float32) if len(row) == 0 else row
+        pair = np.full(len(b), -np.inf, np.float32) if thr_pair is None else thr_pair.float().contiguous().numpy()
+        row = np.full(len(t), -np.inf, np.float32) if thr_row is None else thr_row.float().contiguous().numpy()
         at, rows, vals = loops.lane_hits(_numpy_view(t.contiguous()), b.contiguous().numpy(),
                                          j.contiguous().numpy(), pair, row, BUCKET)
         return torch.from_numpy(at), torch.from_numpy(rows), torch.from_numpy(vals).to(t.dtype)
@@ -153,10 +150,6 @@ class BucketTile:
     def entries(self, b: torch.Tensor, j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every entry of S under bucket-columns (b, j) (see `lanes`)."""
         return lanes(self.s, b, j)
-
-    def buckets(self, b2: torch.Tensor, j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every bucket maximum of R under R2's bucket-columns (b2, j) (see `lanes`)."""
-        return lanes(self.r, b2, j)
 
     def topk_hits(self, row_floor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows, cols, values) of the entries s[i, j] >= row_floor[i] (row_floor in S's dtype, from `at_least`): R2
