@@ -111,6 +111,25 @@ def test_per_entry_bound_holds_and_beats_the_uniform_one(precision):
             assert np.median(per_entry) < 0.8 * screen.bound((nq, rq), (nx, rx))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_at_least_is_the_smallest_value_not_below_the_threshold(dtype):
+    """Against every finite and infinite value of the dtype: s >= at_least(t) exactly when float32(s) >= t, for
+    thresholds between values, on values, at the extremes of the range and beyond it."""
+    every = torch.arange(2**16, dtype=torch.int32).to(torch.int16).view(dtype)
+    every = every[~torch.isnan(every)].float().unique()  # ascending; -0.0 and 0.0 are one value
+    rng = np.random.default_rng(3)
+    finite = every[1:-1]  # every[0] is -inf, every[-1] inf
+    mids = finite[:-1] + (finite[1:] - finite[:-1]) * torch.as_tensor(rng.random(len(finite) - 1), dtype=torch.float32)
+    big = torch.finfo(dtype).max
+    t = torch.cat([every, mids, torch.tensor([-torch.inf, torch.inf, 0.0, -0.0, 2.0**-133, -2.0**-133, 3.4e38,
+                                              -3.4e38, big * 1.001, -big * 1.001])]).float()
+    got = at_least(t, dtype)
+    assert got.dtype == dtype
+    want = every[torch.searchsorted(every, t).clamp(max=len(every) - 1)]
+    assert torch.equal(got.float(), want)
+    assert (got.float() >= t).all()
+
+
 def test_uncertainty_thresholds_are_conservative():
     """On a dense bfloat16 grid: every s with high(s) >= y lies at or above at_least(reach(y)), and low(s) <= s <=
     high(s) leave room for the error model (so a screened value below the threshold can be skipped safely)."""
@@ -123,6 +142,7 @@ def test_uncertainty_thresholds_are_conservative():
             floor = at_least(err.reach(torch.tensor([y])), torch.bfloat16)
             reaching = grid[err.high(grid) >= y]
             assert (reaching >= floor).all()
+            assert torch.equal(grid >= floor, s >= err.reach(torch.tensor([y])))  # at_least drops no extra entry
             assert (grid[grid >= floor].float() - err.high(grid[grid >= floor])).abs().max() < 1  # non-vacuous
 
 
@@ -268,5 +288,6 @@ def test_search_throughput_benchmark_runs_small(monkeypatch):
     for m in scanners.values():
         assert m["rows_ids_differ"] == m["entries_sims_differ_from_canonical_topk"] == 0
         assert all(v == 0 for key, v in m.items() if key.startswith("train_rows_"))
-    assert {"topk_vs_faiss", "gap_pass_vs_faiss_topk", "topk_fraction_of_bf16_peak"} <= set(report["ratios"])
+    assert {"topk_vs_faiss", "gap_pass_vs_faiss_topk", "topk_fraction_of_bf16_peak", "bf16_products_alone_vs_faiss",
+            "int8_peak_over_bf16_peak"} <= set(report["ratios"])
     assert report["machine"]["numba"]
