@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from clipsim import Workspace, fileio, store
-from clipsim.errors import DataError, WorkspaceError
+from clipsim.checks import SCREEN_PRECISIONS, check_screen_precision
+from clipsim.cli import build_parser
+from clipsim.errors import ArgumentError, DataError, WorkspaceError
+from clipsim.search import exact, search
 from clipsim.search import scan as scan_module
-from clipsim.search import search
 from clipsim.search.checkpoint import read_meta
 from clipsim.search.exact import Screen, brute_force
 from clipsim.search.scan import ExactScanner, Group
@@ -24,7 +26,7 @@ from tests.helpers import unit16
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny blocks: see conftest.one_thread
 
 CPU = torch.device("cpu")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16")  # the CPU screens (fp16 needs CUDA)
 
 
 # ----- brute-force references ----------------------------------------------------------------------------
@@ -136,6 +138,19 @@ def test_near_tie_data_is_adversarial():
     s = screen.product(q_lo, x_lo).float().numpy()
     screened = np.argsort(-s[0], kind="stable")[:k]
     assert not np.array_equal(screened, np.argsort(-c[0], kind="stable")[:k]), "bf16 screen alone already exact"
+
+
+def test_one_list_of_screen_precisions():
+    """The CLI's --precision choices (search, dedup, text), the argument checks and Screen read one list."""
+    assert SCREEN_PRECISIONS == ("auto", *exact.PRECISIONS)
+    parser = build_parser()
+    for argv in (["search"], ["dedup", "--name", "d"], ["text-search", "--query", "a dog"]):
+        assert [parser.parse_args([*argv, "--precision", p]).precision for p in SCREEN_PRECISIONS] == \
+            list(SCREEN_PRECISIONS)
+        with pytest.raises(SystemExit):
+            parser.parse_args([*argv, "--precision", "int4"])
+    with pytest.raises(ArgumentError, match=r"precision = 'int4' is not known"):
+        check_screen_precision("int4")
 
 
 # ----- the scanner --------------------------------------------------------------------------------------

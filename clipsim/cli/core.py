@@ -110,7 +110,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=POSITIVE, default=10)
     p.add_argument("--reference", help="train set giving s_ref(t) for similarity-gap margins "
                                        "(default: the workspace's reference setting)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="auto", choices=checks.SCREEN_PRECISIONS)
     p.add_argument("--device", type=DEVICE, default="auto")
     p.add_argument("--block-rows", type=POSITIVE, default=65536)
     p.add_argument("--force", action="store_true")

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from clipsim.checks import SCREEN_PRECISIONS
 from clipsim.cli.common import DEVICE, NON_NEGATIVE, POSITIVE, command, name_type, tqdm_progress
 from clipsim.errors import ClipsimError
 from clipsim.workspace import Workspace
@@ -26,7 +27,7 @@ def _dedup_args(p: argparse.ArgumentParser) -> None:
                    help="also find every exact eps-duplicate pair of the whole set and report how many the clustering "
                         "split across clusters (O(n^2): for sets up to a few million rows)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing manifest of that name")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="auto", choices=SCREEN_PRECISIONS)
     p.add_argument("--device", default="auto", type=DEVICE, help="auto (GPU when available), cpu or cuda")
     p.add_argument("--backend", choices=["local", "slurm"], help="run as jobs on this backend (default: in this process)")
     p.add_argument("--array", type=POSITIVE, metavar="N", help="assign shard ranges in N jobs (a SLURM array with --backend "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from clipsim.checks import SCREEN_PRECISIONS
 from clipsim.cli.common import DEVICE, POSITIVE, command, name_type
 from clipsim.workspace import Workspace
 
@@ -14,7 +15,7 @@ def _text_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--query", required=True, action="append",
                    help="text prompt, e.g. 'a sketch of a star' (repeat for several; one scan serves all)")
     p.add_argument("--k", type=POSITIVE, default=50, help="results per query (default 50)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="auto", choices=SCREEN_PRECISIONS)
     p.add_argument("--device", default="auto", type=DEVICE)
     p.add_argument("--json", action="store_true", help="print the results as JSON records")
 

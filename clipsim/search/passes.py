@@ -49,7 +49,7 @@ def search(
         k: neighbours kept per test image.
         reference: train set whose nearest-neighbour similarity s_ref(t) defines per-sample margins
             (the similarity-gap statistic); its search must be complete. Ignored when equal to `train`.
-        precision: screen precision ('auto', 'fp32', 'bf16', 'fp16'); results are exact for all.
+        precision: screen precision ('auto', 'fp32', 'bf16', 'fp16' on CUDA); results are exact for all.
         device: 'auto', 'cpu', 'cuda', ...
         block_rows: train rows per block (memory).
         progress: optional callable(done_rows, total_rows, description).
@@ -222,7 +222,7 @@ def reference_offsets(ws, test: str, reference: str) -> tuple[np.ndarray, str]:
 
 
 def resolve_precision(precision: str, device: str) -> tuple[str, object]:
-    """('fp32' | 'bf16' | 'fp16', torch.device): 'auto' resolved for the device."""
+    """(one of exact.PRECISIONS, torch.device): 'auto' resolved for the device."""
     dev = resolve_device(device)
     return (default_precision(dev) if precision == "auto" else precision), dev
 

@@ -140,7 +140,7 @@ class ExactScanner:
         queries: (n_q, d) float16, L2-normalised.
         groups: query ranges (test sets); per-row statistics are reported per group.
         k: neighbours kept per query.
-        precision: screen precision ('fp32', 'bf16', 'fp16').
+        precision: screen precision (one of exact.PRECISIONS).
         device: torch device.
         row_stats: also compute per-train-row maxima (and margins); off for a pure top-k search.
         workers: CPU threads, each scanning whole column ranges of a block with its share of torch's threads
