@@ -4,6 +4,7 @@ first, then the web search with margins, once per screen precision; seconds, eff
 the scanner's cost breakdown, and exact equality with float64 brute force on random rows. Prints one JSON object.
 
     python benchmarks/gap_statistics.py [--web 1000000 --tests 5000 --dim 512 --ref 100000 --precisions fp32,bf16]
+    python benchmarks/gap_statistics.py --device cuda --precisions fp16,bf16   # on a GPU machine
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # run from a checkout without installing
 
-from search_throughput import peaks, screen_only
+from search_throughput import Clock, peaks, screen_only
 
 from clipsim import Workspace, store
 from clipsim.search import search
@@ -82,7 +83,7 @@ def _vm_hwm_mb() -> float:
 def child(argv: list[str]) -> dict:
     """One search in a fresh process: seconds, peak memory and search's logged estimate."""
     p = argparse.ArgumentParser()
-    for name in ("--workspace", "--train", "--reference", "--precision"):
+    for name in ("--workspace", "--train", "--reference", "--precision", "--device"):
         p.add_argument(name)
     p.add_argument("--k", type=int)
     p.add_argument("--block-rows", type=int)
@@ -95,7 +96,7 @@ def child(argv: list[str]) -> dict:
     ws = Workspace.open(a.workspace)
     before = _vm_hwm_mb()
     t0 = time.perf_counter()
-    search(ws, a.train, ["bench"], k=a.k, reference=a.reference or None, precision=a.precision, device="cpu",
+    search(ws, a.train, ["bench"], k=a.k, reference=a.reference or None, precision=a.precision, device=a.device,
            block_rows=a.block_rows, force=True)
     seconds = time.perf_counter() - t0
     estimate = next((line for line in lines if "memory estimate" in line), "")
@@ -107,7 +108,7 @@ def child(argv: list[str]) -> dict:
 
 def run_child(ws: Workspace, train: str, reference: str, precision: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", "--workspace", str(ws.root), "--train", train, "--reference", reference,
-           "--precision", precision, "--k", str(args.k), "--block-rows", str(args.block_rows)]
+           "--precision", precision, "--k", str(args.k), "--block-rows", str(args.block_rows), "--device", args.device]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
 
@@ -157,12 +158,13 @@ def breakdown(ws: Workspace, precision: str, args) -> dict:
     s_ref = ws.search_result("bench", "ref").arrays()[0][:, 0]
     blocks = ws.embeddings("web").iter_blocks(args.block_rows)
     x = np.concatenate([b for _, _, b in itertools.islice(blocks, max(1, BREAKDOWN_ROWS // args.block_rows))])
-    scanner = ExactScanner(q, [Group("bench", 0, len(q), {"ref": s_ref})], args.k, precision, torch.device("cpu"))
-    t0 = time.perf_counter()
-    for lo in range(0, len(x), args.block_rows):
-        scanner.add_block(x[lo : lo + args.block_rows], lo)
-    full = time.perf_counter() - t0
-    products = screen_only(q, x, precision, args.block_rows)
+    device = torch.device(args.device)
+    scanner = ExactScanner(q, [Group("bench", 0, len(q), {"ref": s_ref})], args.k, precision, device)
+    with Clock() as clock:
+        for lo in range(0, len(x), args.block_rows):
+            scanner.add_block(x[lo : lo + args.block_rows], lo)
+    full = clock.wall
+    products = screen_only(q, x, precision, args.block_rows, device)
     flops = 2.0 * len(q) * len(x) * q.shape[1]
     return {"rows": len(x), "seconds": round(full, 3), "screen_products_only_seconds": round(products, 3),
             "product_share": round(products / full, 3), "screen_gflops": round(flops / products / 1e9, 1),
@@ -183,9 +185,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--check-rows", type=int, default=2000)
     p.add_argument("--check-queries", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="'cpu' or 'cuda': where the searches and the breakdown run")
     args = p.parse_args(argv)
+    if args.device not in ("cpu", "cuda"):
+        p.error(f"--device {args.device!r}: use 'cpu' or 'cuda'")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA GPU is visible here; run on a GPU machine or use --device cpu")
     report = {"config": vars(args), "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                                                "load_average_at_start": list(os.getloadavg())}}
+                                                "device": args.device, "load_average_at_start": list(os.getloadavg())}}
+    if args.device == "cuda":
+        report["machine"]["gpu"] = torch.cuda.get_device_name()
     with tempfile.TemporaryDirectory(prefix="clipsim-gap-") as tmp:
         t0 = time.perf_counter()
         ws = build(Path(tmp), args)
@@ -200,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
             run["check"] = check(ws, args, np.random.default_rng(args.seed + 1))
             run["results_digest"] = fingerprint(ws)
             run["breakdown"] = breakdown(ws, precision, args)
-    report["peak"] = peaks()
+    report["peak"] = peaks(torch.device(args.device))
     report["machine"]["load_average_at_end"] = list(os.getloadavg())
     report["notes"] = NOTES
     return report

@@ -3,6 +3,8 @@ thresholds, bucket tiles, and the scanner over many buckets, query chunks and co
 exactly across buckets. Every scanner answer must equal float32(Q64 @ X64.T) brute force bit for bit."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -21,7 +23,7 @@ from clipsim.search.exact import (
 from clipsim.search.scan import Group, offset_order, tile_shape
 from clipsim.search.tiles import BUCKET, BucketTile, Uncertainty, at_least, per_bucket
 from tests.helpers import load_benchmark, unit16
-from tests.test_search import assert_scan_exact, near_tie_data, random_data
+from tests.test_search import DEVICE, assert_scan_exact, near_tie_data, random_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tiles: see conftest.one_thread
 
@@ -257,6 +259,8 @@ def test_either_kernel_gives_the_same_scan(monkeypatch, precision, kernel):
     """The scan with torch's re-checks and tile filters (CUDA's kernel, run here on the CPU) and with the compiled
     ones for every call and tile (the default takes them for large ones only) equals brute force, on near ties and
     adversarial margins, with two tile workers at once; a kernel the device cannot run is refused up front."""
+    if kernel == "compiled" and DEVICE.type != "cpu":
+        pytest.skip("the compiled kernels run on a CPU only")
     monkeypatch.setattr(scan_module, "TILE_ELEMENTS", 64 * 64)
     monkeypatch.setattr(scan_module, "MIN_COLS", 64)
     calls, tiles = [], []
@@ -290,4 +294,22 @@ def test_search_throughput_benchmark_runs_small(monkeypatch):
         assert all(v == 0 for key, v in m.items() if key.startswith("train_rows_"))
     assert {"topk_vs_faiss", "gap_pass_vs_faiss_topk", "topk_fraction_of_bf16_peak", "bf16_products_alone_vs_faiss",
             "int8_peak_over_bf16_peak"} <= set(report["ratios"])
-    assert report["machine"]["numba"]
+    assert report["machine"]["numba"] and report["machine"]["device"] == "cpu" and not report["skipped"]
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):  # argparse's one-line error: no GPU here
+            bench.main(["--device", "cuda"])
+
+
+def test_gap_statistics_benchmark_runs_small(monkeypatch):
+    """The web-scale gap benchmark at a tiny size, searches in child processes as a user runs them: every check
+    against float64 brute force holds, and both screens store the same bits."""
+    bench = load_benchmark("gap_statistics")
+    monkeypatch.setattr(sys.modules["search_throughput"], "PEAK_N", 256)  # the module it imports its peaks from
+    report = bench.main(["--web", "3000", "--tests", "60", "--ref", "500", "--dim", "32", "--shard-rows", "1000",
+                         "--block-rows", "1024", "--precisions", "fp32,bf16", "--check-rows", "500"])
+    runs = report["runs"]
+    for run in runs.values():
+        assert run["check"]["web_rows_checked"] == 500 and run["check"]["queries_checked"] == 20
+        assert all(v == 0 for key, v in run["check"].items() if key.endswith("_differ"))
+        assert run["breakdown"]["rechecked_pairs"] > 0
+    assert runs["fp32"]["results_digest"] == runs["bf16"]["results_digest"]

@@ -3,6 +3,7 @@ staleness and bad inputs. Every streamed answer must equal float32(Q64 @ X64.T) 
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from pathlib import Path
 
@@ -26,7 +27,10 @@ from tests.helpers import unit16
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny blocks: see conftest.one_thread
 
 CPU = torch.device("cpu")
-PRECISIONS = ("fp32", "bf16")  # the CPU screens (fp16 needs CUDA)
+# Where the scanner's tests run: the CPU, or a GPU with CLIPSIM_TEST_DEVICE=cuda (benchmarks/device_check.sh);
+# there fp16, the GPU's default screen, joins the precisions.
+DEVICE = torch.device(os.environ.get("CLIPSIM_TEST_DEVICE", "cpu"))
+PRECISIONS = ("fp32", "bf16") + (("fp16",) if DEVICE.type == "cuda" else ())
 
 
 # ----- brute-force references ----------------------------------------------------------------------------
@@ -54,7 +58,7 @@ def expected_margin(c: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 def run_scanner(q, x, groups, k, precision, block, **options):
     """Stream x in blocks of `block` rows; return the scanner and per-group statistics concatenated over blocks."""
-    scanner = ExactScanner(q, groups, k, precision, CPU, **options)
+    scanner = ExactScanner(q, groups, k, precision, DEVICE, **options)
     parts = {g.name: [] for g in groups}
     for lo in range(0, len(x), block):
         for name, stats in scanner.add_block(x[lo : lo + block], lo).items():
@@ -67,8 +71,8 @@ def assert_scan_exact(q, x, groups, k, precision, block, **options):
     scanner, stats = run_scanner(q, x, groups, k, precision, block, **options)
     c = brute_force(q, x)
     sims, ids = expected_topk(c, k)
-    np.testing.assert_array_equal(scanner.top_i.numpy(), ids)
-    np.testing.assert_array_equal(scanner.top_s.numpy(), sims)  # bitwise: same float32 values, -inf included
+    np.testing.assert_array_equal(scanner.top_i.cpu().numpy(), ids)
+    np.testing.assert_array_equal(scanner.top_s.cpu().numpy(), sims)  # bitwise: same float32 values, -inf included
     for g in groups:
         cg = c[g.start : g.stop]
         got = stats[g.name]
@@ -157,11 +161,11 @@ def test_one_list_of_screen_precisions():
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_screen_bound_holds_and_is_tight(precision):
     for q, x, _ in (random_data(), near_tie_data()):
-        screen = Screen(precision, CPU, x.shape[1])
-        q_lo, nq, rq = screen.prepare(torch.as_tensor(q))
-        x_lo, nx, rx = screen.prepare(torch.as_tensor(x))
+        screen = Screen(precision, DEVICE, x.shape[1])
+        q_lo, nq, rq = screen.prepare(torch.as_tensor(q).to(DEVICE))
+        x_lo, nx, rx = screen.prepare(torch.as_tensor(x).to(DEVICE))
         bound = screen.bound((nq, rq), (nx, rx))
-        err = np.abs(screen.product(q_lo, x_lo).float().numpy().astype(np.float64) - brute_force(q, x))
+        err = np.abs(screen.product(q_lo, x_lo).float().cpu().numpy().astype(np.float64) - brute_force(q, x))
         assert err.max() <= bound
         assert bound < (1e-5 if precision == "fp32" else 1e-2)  # a vacuous bound would re-check everything
 
@@ -194,7 +198,7 @@ def test_scanner_small_query_tiles(monkeypatch, precision):
 def test_k_larger_than_train_set(precision, block):
     q, x, groups = near_tie_data()
     scanner = assert_scan_exact(q, x[:5], groups, 8, precision, block)
-    assert (scanner.top_i.numpy()[:, 5:] == -1).all() and np.isneginf(scanner.top_s.numpy()[:, 5:]).all()
+    assert (scanner.top_i.cpu().numpy()[:, 5:] == -1).all() and np.isneginf(scanner.top_s.cpu().numpy()[:, 5:]).all()
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -205,7 +209,7 @@ def test_empty_group_among_others(workers):
     scanner, stats = run_scanner(q, x, groups, 10, "bf16", 700, workers=workers)
     alone, want = run_scanner(q, x, [a, b], 10, "bf16", 700, workers=workers)
     assert stats.pop("none") == {}
-    np.testing.assert_array_equal(scanner.top_i.numpy(), alone.top_i.numpy())
+    np.testing.assert_array_equal(scanner.top_i.cpu().numpy(), alone.top_i.cpu().numpy())
     for name in want:
         for key in want[name]:
             np.testing.assert_array_equal(stats[name][key], want[name][key])
@@ -214,9 +218,9 @@ def test_empty_group_among_others(workers):
 def test_scanner_state_round_trip():
     """Checkpointing mid-stream and continuing in a new scanner gives the uninterrupted answer."""
     q, x, groups = near_tie_data()
-    first = ExactScanner(q, groups, 10, "bf16", CPU)
+    first = ExactScanner(q, groups, 10, "bf16", DEVICE)
     first.add_block(x[:200], 0)
-    second = ExactScanner(q, groups, 10, "bf16", CPU)
+    second = ExactScanner(q, groups, 10, "bf16", DEVICE)
     second.load_state(first.state())
     second.add_block(x[200:], 200)
     sims, ids = expected_topk(brute_force(q, x), 10)
@@ -265,7 +269,7 @@ def world(tmp_path):
 
 
 def run_search(ws, train, tests=("val", "sketch"), **kw):
-    kw = {"k": 5, "device": "cpu", "precision": "fp32", "block_rows": 4, **kw}
+    kw = {"k": 5, "device": str(DEVICE), "precision": "fp32", "block_rows": 4, **kw}
     return search(ws, train, list(tests), **kw)
 
 
