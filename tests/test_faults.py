@@ -228,8 +228,7 @@ def test_prune_killed_anywhere_saves_the_same_manifest(searched, tmp_path):
 
 
 def test_map_killed_anywhere_stores_the_same_map(searched, tmp_path):
-    pytest.importorskip("umap")
-    from clipsim.maps.compute import compute_map
+    from clipsim.maps.compute import compute_map  # umap-learn is a requirement: no skip without it
 
     def map_step(root: Path) -> None:
         compute_map(Workspace.open(root), "m", datasets=["val", "sketch", "web"], sample=30, seed=0,
