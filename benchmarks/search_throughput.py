@@ -160,8 +160,6 @@ def peaks(device: torch.device = CPU) -> dict:
 def gpu_peaks(device: torch.device) -> dict:
     """Best-of-3 FLOP/s of GPU_PEAK_REPS GPU_PEAK_N^3 matmuls into a preallocated output: fp32 (TF32 off, as the
     scanner's fp32 screen runs), bf16, fp16, and int8 -> int32. Keys as cpu_peaks'; the CPU-only ones are None."""
-    from clipsim.search.exact import Screen
-
     Screen("fp32", device, 8)  # the scanner's matmul settings: no TF32, no reduced-precision reductions
     n, reps = GPU_PEAK_N, GPU_PEAK_REPS
     gen = torch.Generator(device=device).manual_seed(0)

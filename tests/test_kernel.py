@@ -21,7 +21,7 @@ from clipsim.search.exact import (
     filter_kernel,
 )
 from clipsim.search.scan import Group, offset_order, tile_shape
-from clipsim.search.tiles import BUCKET, BucketTile, Uncertainty, at_least, per_bucket
+from clipsim.search.tiles import BUCKET, BucketTile, Uncertainty, at_least, lanes, per_bucket
 from tests.helpers import load_benchmark, unit16
 from tests.test_search import DEVICE, assert_scan_exact, near_tie_data, random_data
 
@@ -157,7 +157,7 @@ def test_bucket_tile_maxima_and_entries(rows):
     want = torch.stack([s[b * BUCKET : (b + 1) * BUCKET].amax(dim=0) for b in range(n_b)])
     assert torch.equal(tile.r, want)
     b, j = torch.nonzero(torch.ones_like(tile.r, dtype=torch.bool), as_tuple=True)
-    got_rows, vals, valid = tile.entries(b, j)
+    got_rows, vals, valid = lanes(tile.s, b, j)
     cols = j[:, None].expand_as(got_rows)
     assert int(valid.sum()) == rows * 37 and torch.equal(vals[valid], s[got_rows[valid], cols[valid]])
     floor = s[:, 5].clone()  # each row's entry in column 5: hits are exactly the entries >= it

@@ -147,10 +147,6 @@ class BucketTile:
             self._r2 = bucket_max(self.r)
         return self._r2
 
-    def entries(self, b: torch.Tensor, j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every entry of S under bucket-columns (b, j) (see `lanes`)."""
-        return lanes(self.s, b, j)
-
     def topk_hits(self, row_floor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows, cols, values) of the entries s[i, j] >= row_floor[i] (row_floor in S's dtype, from `at_least`): R2
         entries that pass their rows' least floor, then their buckets that pass their own least floor, then entries."""
